@@ -1,0 +1,301 @@
+"""GPU and model specifications: frozen dataclasses parsed from INI sections.
+
+The catalogs `profiles/gpus.ini` and `profiles/models.ini` hold one section per type; a cluster file
+may add or override types with `[gpu NAME]` and `[model NAME]` sections parsed by the same code.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.ini import read_ini
+from planner.units import parse_bandwidth, parse_memory
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+MODEL_FAMILIES = ("qwen3", "qwen2", "llama")
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured time of one layer against a batch size (sequences for decode, tokens for prefill).
+
+    Between points the time is interpolated linearly; past the last point it grows along the last
+    segment's slope (never below the last value); below the first point it is the first value.
+    """
+
+    points: tuple[tuple[float, float], ...]  # (batch, seconds), batch strictly increasing
+
+    def seconds(self, batch: float) -> float:
+        xs = [p[0] for p in self.points]
+        ys = [p[1] for p in self.points]
+        if batch <= xs[0]:
+            return ys[0]
+        for (x0, y0), (x1, y1) in zip(self.points, self.points[1:]):
+            if batch <= x1:
+                return y0 + (y1 - y0) * (batch - x0) / (x1 - x0)
+        if len(xs) == 1:
+            return ys[0] * batch / xs[0]
+        slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
+        return ys[-1] + slope * (batch - xs[-1])
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU type. Exactly one of three forms carries its speed:
+    roofline figures (bandwidth + TFLOPS), measured per-layer latency tables, or a static throughput table."""
+
+    id: str
+    name: str
+    memory_bytes: float | None
+    memory_bandwidth_bytes_per_s: float | None = None
+    fp16_flops: float | None = None  # dense tensor-core FLOP/s usable by inference
+    fp32_flops: float | None = None
+    bf16: bool = False
+    max_layers: int | None = None
+    decode_ms: LatencyTable | None = None   # seconds, despite the INI key's unit
+    prefill_ms: LatencyTable | None = None
+    kv_tokens: tuple[tuple[int, int], ...] | None = None  # (layers held, KV tokens per layer)
+    throughput: tuple[float, ...] | None = None  # tokens/s holding 1, 2, ... layers
+
+    @property
+    def is_static(self) -> bool:
+        return self.throughput is not None
+
+    @property
+    def is_measured(self) -> bool:
+        return self.decode_ms is not None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer as its Hugging Face config.json describes it."""
+
+    id: str
+    family: str
+    layers: int
+    hidden_size: int
+    intermediate_size: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    hf_name: str = ""
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.family == "qwen2"
+
+    def layer_params(self) -> int:
+        """Weights of one decoder layer: attention, SwiGLU MLP, two RMSNorms (+ q/k norms, qkv bias)."""
+        q_width = self.attention_heads * self.head_dim
+        kv_width = self.kv_heads * self.head_dim
+        attention = self.hidden_size * (q_width + 2 * kv_width) + q_width * self.hidden_size
+        if self.qkv_bias:
+            attention += q_width + 2 * kv_width
+        if self.family == "qwen3":
+            attention += 2 * self.head_dim  # per-head RMSNorm on q and k
+        mlp = 3 * self.hidden_size * self.intermediate_size  # gate, up, down
+        return attention + mlp + 2 * self.hidden_size
+
+    def linear_params(self) -> int:
+        """Weights that take part in matrix multiplies (2 FLOPs per weight per token)."""
+        q_width = self.attention_heads * self.head_dim
+        kv_width = self.kv_heads * self.head_dim
+        return (self.hidden_size * (q_width + 2 * kv_width) + q_width * self.hidden_size
+                + 3 * self.hidden_size * self.intermediate_size)
+
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def head_params(self) -> int:
+        """Final norm and LM head (the head is a copy of the embedding when tied, still held by the last stage)."""
+        return self.vocab_size * self.hidden_size + self.hidden_size
+
+
+def _fail(file: str | Path, section: str, key: str, problem: str, fix: str) -> InputError:
+    return InputError(problem, file=file, field=f"[{section}] {key}", fix=fix)
+
+
+class SectionReader:
+    """Typed access to one INI section; every error names file, section and key."""
+
+    def __init__(self, file: str | Path, section: str, values: configparser.SectionProxy) -> None:
+        self.file, self.section, self.values = file, section, values
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str, fix: str) -> InputError:
+        return _fail(self.file, self.section, key, problem, fix)
+
+    def has(self, key: str) -> bool:
+        return key in self.values and self.values[key].strip() != ""
+
+    def text(self, key: str, default: str | None = None) -> str:
+        self.used.add(key)
+        if not self.has(key):
+            if default is None:
+                raise self.fail(key, "missing", f"add '{key} = ...' to [{self.section}]")
+            return default
+        return self.values[key].strip()
+
+    def positive_int(self, key: str, default: int | None = None) -> int:
+        raw = self.text(key, None if default is None else str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self.fail(key, f"'{raw}' is not a whole number", "write an integer such as 40") from None
+        if value <= 0:
+            raise self.fail(key, f"must be at least 1, got {value}", "give a positive count")
+        return value
+
+    def positive_float(self, key: str, default: float | None = None) -> float:
+        raw = self.text(key, None if default is None else repr(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.fail(key, f"'{raw}' is not a number", "write a number such as 165.2") from None
+        if not value > 0:
+            raise self.fail(key, f"must be positive, got {raw}", "give a positive number")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.text(key, "yes" if default else "no").lower()
+        if raw in ("yes", "true", "1", "on"):
+            return True
+        if raw in ("no", "false", "0", "off"):
+            return False
+        raise self.fail(key, f"'{raw}' is not yes/no", "write yes or no")
+
+    def quantity(self, key: str, parse, default: str | None = None) -> float:
+        raw = self.text(key, default)
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise self.fail(key, str(exc), "see docs/formats.md#units") from None
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        for key in self.values:
+            if key not in allowed:
+                raise self.fail(key, "unknown key", f"allowed keys: {', '.join(sorted(allowed))}")
+
+
+def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[float, float]]:
+    """Parse 'x: y, x: y, ...' with x strictly increasing and both non-negative."""
+    raw = reader.text(key)
+    points: list[tuple[float, float]] = []
+    for item in raw.split(","):
+        parts = item.split(":")
+        if len(parts) != 2:
+            raise reader.fail(key, f"entry '{item.strip()}' is not 'N: value'", "write e.g. '2: 6.9, 8: 7.0'")
+        try:
+            x, y = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise reader.fail(key, f"entry '{item.strip()}' is not numeric", "write numbers like '8: 7.0'") from None
+        if x <= 0 or y < 0:
+            raise reader.fail(key, f"entry '{item.strip()}' is negative or zero", "sizes must be >= 1 and times >= 0")
+        if integer_values and (x != int(x) or y != int(y)):
+            raise reader.fail(key, f"entry '{item.strip()}' is not whole numbers", "write whole layer and token counts")
+        if points and x <= points[-1][0]:
+            raise reader.fail(key, f"entries are not sorted: {x:g} after {points[-1][0]:g}",
+                              "list entries by increasing batch size")
+        points.append((x, y))
+    return points
+
+
+def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.SectionProxy) -> GpuSpec:
+    r = SectionReader(file, section, values)
+    r.unknown_keys({"name", "memory", "memory_bandwidth", "fp16_tflops", "fp32_tflops", "bf16", "max_layers",
+                    "decode_ms", "prefill_ms", "kv_tokens", "throughput", "source"})
+    r.text("source", "")  # provenance note, kept in the file for people
+    max_layers = r.positive_int("max_layers") if r.has("max_layers") else None
+    memory = r.quantity("memory", parse_memory) if r.has("memory") else None
+    common = dict(id=gpu_id, name=r.text("name", gpu_id), memory_bytes=memory, bf16=r.boolean("bf16", False),
+                  max_layers=max_layers)
+    if r.has("throughput"):
+        if max_layers is None:
+            raise r.fail("max_layers", "a static throughput table needs max_layers",
+                         "add 'max_layers = N' (the most layers this GPU holds)")
+        try:
+            table = tuple(float(x) for x in r.text("throughput").split(","))
+        except ValueError:
+            raise r.fail("throughput", "not a list of numbers", "write tokens/s for 1, 2, ... layers: '2400, 1190'") from None
+        if any(x <= 0 for x in table):
+            raise r.fail("throughput", "entries must be positive", "give tokens/s > 0 for each layer count")
+        if len(table) > max_layers:
+            raise r.fail("throughput", f"has {len(table)} entries but max_layers = {max_layers}",
+                         "give at most one entry per layer count up to max_layers, or raise max_layers")
+        if any(b > a * (1 + 1e-9) for a, b in zip(table, table[1:])):
+            raise r.fail("throughput", "rises with more layers held", "entry k is tokens/s holding k layers: it cannot grow with k")
+        return GpuSpec(throughput=table, **common)
+    if r.has("decode_ms") or r.has("prefill_ms"):
+        decode = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "decode_ms", False)))
+        prefill = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "prefill_ms", False)))
+        kv = None
+        if r.has("kv_tokens"):
+            kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))
+            if max_layers is not None and kv[-1][0] > max_layers:
+                raise r.fail("kv_tokens", f"has an entry for {kv[-1][0]} layers but max_layers = {max_layers}",
+                             "drop entries above max_layers or raise max_layers")
+        if memory is None and (kv is None or max_layers is None):
+            raise r.fail("memory", "missing", "a measured GPU needs 'memory', or both 'kv_tokens' and 'max_layers'")
+        fp32 = r.positive_float("fp32_tflops") * 1e12 if r.has("fp32_tflops") else None
+        return GpuSpec(decode_ms=decode, prefill_ms=prefill, kv_tokens=kv, fp32_flops=fp32, **common)
+    if memory is None:
+        raise r.fail("memory", "missing", "add 'memory = 24 GiB'")
+    return GpuSpec(memory_bandwidth_bytes_per_s=r.quantity("memory_bandwidth", parse_bandwidth),
+                   fp16_flops=r.positive_float("fp16_tflops") * 1e12,
+                   fp32_flops=r.positive_float("fp32_tflops") * 1e12 if r.has("fp32_tflops") else None,
+                   **common)
+
+
+def parse_model(file: str | Path, section: str, model_id: str, values: configparser.SectionProxy) -> ModelSpec:
+    r = SectionReader(file, section, values)
+    r.unknown_keys({"family", "layers", "hidden_size", "intermediate_size", "attention_heads", "kv_heads",
+                    "head_dim", "vocab_size", "tie_word_embeddings", "max_position_embeddings", "rope_theta",
+                    "rms_norm_eps", "hf_name"})
+    family = r.text("family")
+    if family not in MODEL_FAMILIES:
+        raise r.fail("family", f"unknown family '{family}'", f"use one of {', '.join(MODEL_FAMILIES)}")
+    if r.has("layers"):
+        try:
+            if int(r.values["layers"]) <= 0:
+                raise r.fail("layers", "the model has no layers", "give the number of decoder layers (e.g. 40)")
+        except ValueError:
+            pass  # positive_int reports it
+    heads, kv_heads = r.positive_int("attention_heads"), r.positive_int("kv_heads")
+    if heads % kv_heads:
+        raise r.fail("kv_heads", f"{heads} attention heads are not a multiple of {kv_heads} KV heads",
+                     "check the model's config.json")
+    return ModelSpec(
+        id=model_id, family=family, layers=r.positive_int("layers"), hidden_size=r.positive_int("hidden_size"),
+        intermediate_size=r.positive_int("intermediate_size"), attention_heads=heads, kv_heads=kv_heads,
+        head_dim=r.positive_int("head_dim"), vocab_size=r.positive_int("vocab_size"),
+        tie_word_embeddings=r.boolean("tie_word_embeddings", False),
+        max_position_embeddings=r.positive_int("max_position_embeddings", 32768),
+        rope_theta=r.positive_float("rope_theta", 1_000_000.0),
+        rms_norm_eps=r.positive_float("rms_norm_eps", 1e-6), hf_name=r.text("hf_name", ""))
+
+
+def profiles_dir() -> Path:
+    """Where gpus.ini and models.ini live: $LAYER_PLANNER_PROFILES, else the project's profiles/."""
+    return Path(os.environ.get("LAYER_PLANNER_PROFILES", PROFILES_DIR))
+
+
+def load_gpu_catalog(path: str | Path | None = None) -> dict[str, GpuSpec]:
+    path = Path(path) if path else profiles_dir() / "gpus.ini"
+    parser = read_ini(path, "GPU catalog")
+    return {name: parse_gpu(path, name, name, parser[name]) for name in parser.sections()}
+
+
+def load_model_catalog(path: str | Path | None = None) -> dict[str, ModelSpec]:
+    path = Path(path) if path else profiles_dir() / "models.ini"
+    parser = read_ini(path, "model catalog")
+    return {name: parse_model(path, name, name, parser[name]) for name in parser.sections()}

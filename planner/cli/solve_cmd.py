@@ -1,0 +1,54 @@
+"""planner solve CLUSTER.ini"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+
+from planner.cluster import load_cluster
+from planner.layout import write_layout
+from planner.plan import solve as solve_plan
+from planner.plot import plot_layout
+from planner.report import chain_text, plan_json, plan_layout, print_plan
+from planner.solvers.registry import DEFAULT_METHOD, METHODS
+
+
+@click.command()
+@click.argument("cluster_file", type=click.Path(dir_okay=False))
+@click.option("--method", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
+              help="Placement method (docs/planner.md).")
+@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds the optimiser may take; the best layout found by then is returned.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
+@click.option("--max-tpot", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency limit: mean time per output token, in ms.")
+@click.option("--max-ttft", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency limit: mean time to first token, in ms.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract).")
+def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot: float | None,
+          max_ttft: float | None, out: str | None, plot: str | None, as_json: bool) -> None:
+    """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
+    cluster = load_cluster(cluster_file)
+    console = Console(stderr=as_json)
+    with console.status(f"solving with {method} ...") as status:
+        plan = solve_plan(cluster, method, time_limit=time_limit, seed=seed,
+                          max_tpot_s=max_tpot / 1e3 if max_tpot else None,
+                          max_ttft_s=max_ttft / 1e3 if max_ttft else None,
+                          progress=lambda message: status.update(message))
+    if out:
+        write_layout(out, plan_layout(plan))
+    if plot:
+        plot_layout(plan, plot)
+    if as_json:
+        click.echo(json.dumps(plan_json(plan), indent=2))
+        return
+    print_plan(console, plan)
+    console.print(chain_text(plan))
+    if out:
+        console.print(f"layout written to {out}")
+    if plot:
+        console.print(f"plot written to {plot}")

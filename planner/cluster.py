@@ -1,0 +1,268 @@
+"""Cluster files: hosts, GPUs, links and the model to serve, parsed and validated once, at the edge.
+
+Format: docs/formats.md (and ../shared/DESIGN.md). Every error names the file, the section and key,
+and the fix; nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, SectionReader, load_gpu_catalog,
+                             load_model_catalog, parse_gpu, parse_model)
+from planner.costmodel import CostParams, GpuCost, Workload
+from planner.errors import InputError
+from planner.ini import read_ini
+from planner.units import format_bytes, parse_bandwidth, parse_time
+
+COORDINATOR = "coordinator"
+DEFAULT_GPU_LINK = "16 GB/s, 0.01 ms"  # PCIe 4.0 x16 in practice, when a host does not say
+BF16_FREE_DTYPE = "fp16"
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_bytes_per_s: float
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    gpus: tuple[str, ...]          # GPU type ids, one per device index
+    gpu_link: Link                 # between GPUs of this host
+    address: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """One GPU of the cluster, named HOST:INDEX."""
+
+    name: str
+    host: str
+    index: int
+    gpu: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    path: Path
+    model: ModelSpec
+    dtype: str
+    coordinator_host: str
+    hosts: tuple[Host, ...]
+    gpu_types: dict[str, GpuSpec]
+    default_link: Link | None
+    pair_links: dict[frozenset[str], Link]
+    coordinator_links: dict[str, Link]
+    workload: Workload = Workload()
+    cost_params: CostParams = field(default_factory=CostParams)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def nodes(self) -> list[Node]:
+        return [Node(f"{h.name}:{i}", h.name, i, gpu) for h in self.hosts for i, gpu in enumerate(h.gpus)]
+
+    def link(self, host_a: str, host_b: str) -> Link | None:
+        """Link between two hosts (the host's gpu_link within one host); None where none exists."""
+        if host_a == host_b:
+            return self.host(host_a).gpu_link
+        return self.pair_links.get(frozenset((host_a, host_b)), self.default_link)
+
+    def coordinator_link(self, host: str) -> Link | None:
+        """Link between the coordinator process and a host's GPUs."""
+        if host in self.coordinator_links:
+            return self.coordinator_links[host]
+        return self.link(self.coordinator_host, host)
+
+    def cost(self, gpu_id: str) -> GpuCost:
+        return GpuCost(self.gpu_types[gpu_id], self.model, self.dtype, self.workload, self.cost_params)
+
+    @property
+    def has_latency(self) -> bool:
+        """True when every GPU type has a latency model (roofline or measured), not a static table."""
+        return all(not g.is_static for g in self.gpu_types.values())
+
+    def activation_bytes_per_token(self) -> int:
+        return self.model.hidden_size * DTYPE_BYTES[self.dtype]
+
+
+_PAIR = re.compile(r"^\s*(\S+)\s*--\s*(\S+)\s*$")
+_GPU_COUNT = re.compile(r"^\s*(\S+)\s*\*\s*(\S+)\s*$")
+
+
+def _parse_link(reader: SectionReader, key: str, default: str | None = None) -> Link:
+    raw = reader.text(key, default)
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) != 2:
+        raise reader.fail(key, f"'{raw}' is not 'BANDWIDTH, LATENCY'", "write e.g. '10 Gbit/s, 0.2 ms'")
+    try:
+        bandwidth, latency = parse_bandwidth(parts[0]), parse_time(parts[1])
+    except ValueError as exc:
+        raise reader.fail(key, str(exc), "write e.g. '10 Gbit/s, 0.2 ms'") from None
+    if bandwidth <= 0:
+        raise reader.fail(key, "bandwidth must be positive", "give the link's rate, e.g. '1 Gbit/s'")
+    return Link(bandwidth, latency)
+
+
+def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[str, ...]:
+    raw = reader.text("gpus", "")
+    gpus: list[str] = []
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        match = _GPU_COUNT.match(item)
+        name, count = (match.group(1), match.group(2)) if match else (item, "1")
+        if not count.isdigit() or int(count) == 0:
+            raise reader.fail("gpus", f"'{item}' has count '{count}'", "write 'TYPE * N' with N >= 1")
+        if name not in known:
+            raise reader.fail("gpus", f"unknown GPU type '{name}'",
+                              f"use one of {', '.join(sorted(known))} or define [gpu {name}]")
+        gpus += [name] * int(count)
+    return tuple(gpus)
+
+
+def load_cluster(path: str | Path, *, check_fit: bool = True) -> Cluster:
+    """Read and validate a cluster file. Raises InputError naming file, field and fix."""
+    path = Path(path)
+    ini = read_ini(path, "cluster file")
+    if "cluster" not in ini:
+        raise InputError("missing [cluster] section", file=path, fix="add [cluster] with 'model = ...'")
+    for section in ini.sections():
+        kind = section.split()[0]
+        if kind not in ("cluster", "host", "network", "gpu", "model", "workload") or \
+                (kind in ("host", "gpu", "model") and len(section.split()) != 2):
+            raise InputError(f"unknown section [{section}]", file=path,
+                             fix="sections are [cluster], [host NAME], [network], [gpu NAME], [model NAME], [workload]")
+
+    gpu_types = dict(load_gpu_catalog())
+    models = dict(load_model_catalog())
+    for section in ini.sections():
+        kind, _, name = section.partition(" ")
+        if kind == "gpu":
+            gpu_types[name] = parse_gpu(path, section, name, ini[section])
+        elif kind == "model":
+            models[name] = parse_model(path, section, name, ini[section])
+
+    top = SectionReader(path, "cluster", ini["cluster"])
+    top.unknown_keys({"model", "dtype", "coordinator", "name"})
+    model_id = top.text("model")
+    if model_id not in models:
+        raise top.fail("model", f"unknown model '{model_id}'",
+                       f"use one of {', '.join(sorted(models))} or define [model {model_id}]")
+    dtype = top.text("dtype", BF16_FREE_DTYPE)
+    if dtype not in DTYPE_BYTES:
+        raise top.fail("dtype", f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPE_BYTES)}")
+
+    hosts: list[Host] = []
+    for section in ini.sections():
+        kind, _, name = section.partition(" ")
+        if kind != "host":
+            continue
+        r = SectionReader(path, section, ini[section])
+        r.unknown_keys({"gpus", "gpu_link", "address", "region"})
+        gpus = _parse_gpu_list(r, gpu_types)
+        if dtype == "bf16":
+            for gpu in gpus:
+                if not gpu_types[gpu].bf16:
+                    raise InputError(f"{gpu} has no bf16 support", file=path, field="[cluster] dtype",
+                                     fix="use 'dtype = fp16' for this cluster")
+        hosts.append(Host(name, gpus, _parse_link(r, "gpu_link", DEFAULT_GPU_LINK),
+                          r.text("address", "") or None, r.text("region", "") or None))
+    if not hosts:
+        raise InputError("no [host NAME] sections", file=path, fix="add a [host NAME] with 'gpus = TYPE * N'")
+    if not any(h.gpus for h in hosts):
+        raise InputError("the cluster has zero GPUs", file=path, field="[host ...] gpus",
+                         fix="give at least one host 'gpus = TYPE * N'")
+    host_names = {h.name for h in hosts}
+    coordinator = top.text("coordinator", hosts[0].name)
+    if coordinator not in host_names:
+        raise top.fail("coordinator", f"unknown host '{coordinator}'", f"name one of {', '.join(sorted(host_names))}")
+
+    default_link, pair_links, coordinator_links = None, {}, {}
+    if "network" in ini:
+        r = SectionReader(path, "network", ini["network"])
+        for key in ini["network"]:
+            if key == "default":
+                default_link = _parse_link(r, key)
+                continue
+            match = _PAIR.match(key)
+            if not match:
+                raise r.fail(key, "is not 'default' or 'HOST -- HOST'", "write e.g. 'host1 -- host2 = 10 Gbit/s, 0.2 ms'")
+            a, b = match.groups()
+            for end in (a, b):
+                if end != COORDINATOR and end not in host_names:
+                    raise r.fail(key, f"unknown host '{end}'", f"name one of {', '.join(sorted(host_names))} or 'coordinator'")
+            if a == b:
+                raise r.fail(key, "links a host to itself", "set a host's internal link with gpu_link in [host]")
+            link = _parse_link(r, key)
+            if COORDINATOR in (a, b):
+                coordinator_links[b if a == COORDINATOR else a] = link
+            else:
+                pair_links[frozenset((a, b))] = link
+
+    cluster = Cluster(path=path, model=models[model_id], dtype=dtype, coordinator_host=coordinator,
+                      hosts=tuple(hosts), gpu_types={g: gpu_types[g] for h in hosts for g in h.gpus},
+                      default_link=default_link, pair_links=pair_links, coordinator_links=coordinator_links,
+                      workload=_parse_workload(path, ini))
+    _check_reachable(cluster)
+    if check_fit:
+        _check_fit(cluster)
+    return cluster
+
+
+def _parse_workload(path: Path, ini) -> Workload:
+    if "workload" not in ini:
+        return Workload()
+    r = SectionReader(path, "workload", ini["workload"])
+    r.unknown_keys({"prompt_tokens", "output_tokens"})
+    default = Workload()
+    return Workload(r.positive_int("prompt_tokens", default.prompt_tokens),
+                    r.positive_int("output_tokens", default.output_tokens))
+
+
+def _check_reachable(cluster: Cluster) -> None:
+    graph = nx.Graph()
+    graph.add_nodes_from(h.name for h in cluster.hosts)
+    names = [h.name for h in cluster.hosts]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if cluster.link(a, b) is not None:
+                graph.add_edge(a, b)
+    reachable = nx.node_connected_component(graph, cluster.coordinator_host)
+    for host in cluster.hosts:
+        if host.gpus and host.name not in reachable:
+            raise InputError(f"host '{host.name}' cannot be reached from the coordinator ({cluster.coordinator_host})",
+                             file=cluster.path, field="[network]",
+                             fix=f"add '{cluster.coordinator_host} -- {host.name} = BANDWIDTH, LATENCY' or a default")
+
+
+def _check_fit(cluster: Cluster) -> None:
+    """Refuse a model that cannot fit in the cluster's memory at all, saying how much is missing."""
+    model = cluster.model
+    capacity_layers = 0
+    for node in cluster.nodes():
+        capacity_layers += cluster.cost(node.gpu).max_layers()
+    if capacity_layers >= model.layers and _edges_fit(cluster):
+        return
+    layer_bytes = cluster.cost(cluster.nodes()[0].gpu).layer_bytes
+    missing = max(model.layers - capacity_layers, 1)
+    raise InputError(
+        f"{model.id} ({model.layers} layers of {format_bytes(layer_bytes)} in {cluster.dtype}) does not fit: "
+        f"the GPUs hold at most {capacity_layers} layers with KV room, about {format_bytes(missing * layer_bytes)} short",
+        file=cluster.path, field="[host ...] gpus",
+        fix="add GPUs, use GPUs with more memory, or choose a smaller model or dtype")
+
+
+def _edges_fit(cluster: Cluster) -> bool:
+    """Some GPU must hold layer 0 with the embeddings, and some GPU the last layer with the LM head."""
+    costs = [cluster.cost(n.gpu) for n in cluster.nodes()]
+    return any(c.max_layers(first=True) >= 1 for c in costs) and any(c.max_layers(last=True) >= 1 for c in costs)

@@ -1,0 +1,191 @@
+"""Cost model: bytes, memory limits, per-layer times and node capacity for one GPU type and model.
+
+Roofline by default (time = max(bytes / usable bandwidth, FLOPs / usable FLOP/s) + launch overhead);
+measured per-layer latency tables replace the times, a static throughput table replaces the capacity.
+Formulas, assumptions and sources: docs/cost-model.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from planner.catalog import DTYPE_BYTES, GpuSpec, ModelSpec
+
+GIB = 1024.0**3
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """The model's stated assumptions, one factor per line."""
+
+    memory_efficiency: float = 0.80       # share of peak DRAM bandwidth that decode GEMVs reach
+    compute_efficiency: float = 0.60      # share of peak tensor FLOP/s that prefill GEMMs reach
+    layer_overhead_s: float = 30e-6       # kernel launches and synchronisation per layer per step
+    gpu_memory_utilization: float = 0.90  # share of memory the engine may use (vLLM's default)
+    runtime_reserve_bytes: float = 1.0 * GIB  # CUDA context, allocator slack, activation workspace
+    min_kv_tokens: int = 4096             # a node must keep KV room for at least one 4k-token request
+    max_batch: int = 256                  # most sequences one step decodes (vLLM's max_num_seqs)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The request mix capacities are quoted for: mean prompt and output lengths in tokens."""
+
+    prompt_tokens: int = 1024
+    output_tokens: int = 256
+
+    @property
+    def mean_context(self) -> float:
+        """Tokens a decoding sequence holds on average: the prompt plus half its output."""
+        return self.prompt_tokens + self.output_tokens / 2
+
+    @property
+    def request_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+class NoLatencyModel(Exception):
+    """A GPU described only by a static throughput table has no per-layer times."""
+
+
+class GpuCost:
+    """Costs of running `model` in `dtype` on one GPU type (or a tensor-parallel group of them)."""
+
+    def __init__(self, gpu: GpuSpec, model: ModelSpec, dtype: str, workload: Workload = Workload(),
+                 params: CostParams = CostParams()) -> None:
+        self.gpu, self.model, self.dtype, self.workload, self.params = gpu, model, dtype, workload, params
+        self.dtype_bytes = DTYPE_BYTES[dtype]
+        self.layer_bytes = model.layer_params() * self.dtype_bytes
+        # K and V vectors of every KV head, for one token in one layer
+        self.kv_bytes_per_token = 2 * model.kv_heads * model.head_dim * self.dtype_bytes
+        self.embedding_bytes = model.embedding_params() * self.dtype_bytes
+        self.head_bytes = model.head_params() * self.dtype_bytes
+        self._capacity = lru_cache(maxsize=None)(self._capacity_uncached)
+
+    # ---- memory -------------------------------------------------------------------------------
+
+    @property
+    def has_latency(self) -> bool:
+        return not self.gpu.is_static
+
+    def usable_bytes(self) -> float:
+        if self.gpu.memory_bytes is None:
+            return math.inf
+        return self.gpu.memory_bytes * self.params.gpu_memory_utilization - self.params.runtime_reserve_bytes
+
+    def extra_bytes(self, first: bool, last: bool) -> float:
+        """Embedding table on the stage holding layer 0; final norm and LM head on the last stage."""
+        return (self.embedding_bytes if first else 0.0) + (self.head_bytes if last else 0.0)
+
+    def kv_tokens(self, layers: int, first: bool = False, last: bool = False) -> int:
+        """Tokens of KV cache the GPU holds for each of its `layers` layers (0 when they do not fit)."""
+        if layers <= 0:
+            return 0
+        measured = self.gpu.kv_tokens
+        if measured:
+            return int(_interpolate(measured, layers))
+        free = self.usable_bytes() - layers * self.layer_bytes - self.extra_bytes(first, last)
+        return max(0, int(free // (layers * self.kv_bytes_per_token)))
+
+    def max_layers(self, first: bool = False, last: bool = False) -> int:
+        """Most layers this GPU holds while keeping KV room for `min_kv_tokens` tokens in each."""
+        if self.gpu.max_layers is not None:
+            return min(self.gpu.max_layers, self.model.layers)
+        per_layer = self.layer_bytes + self.params.min_kv_tokens * self.kv_bytes_per_token
+        room = self.usable_bytes() - self.extra_bytes(first, last)
+        return max(0, min(self.model.layers, int(room // per_layer)))
+
+    def max_batch(self, layers: int, first: bool = False, last: bool = False) -> int:
+        """Sequences of mean context length whose KV fits beside the weights, capped by max_batch."""
+        fits = int(self.kv_tokens(layers, first, last) // self.workload.mean_context)
+        return max(0, min(self.params.max_batch, fits))
+
+    # ---- time ---------------------------------------------------------------------------------
+
+    def decode_s(self, layers: int, batch: float, context: float | None = None) -> float:
+        """One decode step of `batch` sequences through `layers` layers, each sequence at `context` tokens."""
+        if self.gpu.is_static:
+            raise NoLatencyModel(self.gpu.id)
+        if self.gpu.decode_ms is not None:
+            return layers * self.gpu.decode_ms.seconds(batch)
+        context = self.workload.mean_context if context is None else context
+        q_width = self.model.attention_heads * self.model.head_dim
+        weight_bytes = self.layer_bytes                                 # every weight read once per step
+        kv_read_bytes = batch * context * self.kv_bytes_per_token      # every cached token read once
+        flops = batch * (2 * self.model.linear_params()                 # GEMV: 2 FLOPs per weight
+                         + 4 * q_width * context)                       # QK^T and AV over the context
+        return layers * self._roofline(weight_bytes + kv_read_bytes, flops)
+
+    def prefill_s(self, layers: int, tokens: float, context: float = 0.0) -> float:
+        """A prefill pass of `tokens` new tokens (following `context` cached ones) through `layers` layers."""
+        if self.gpu.is_static:
+            raise NoLatencyModel(self.gpu.id)
+        if self.gpu.prefill_ms is not None:
+            return layers * self.gpu.prefill_ms.seconds(tokens)
+        q_width = self.model.attention_heads * self.model.head_dim
+        moved = self.layer_bytes + tokens * self.kv_bytes_per_token     # weights once, new KV written
+        flops = (tokens * 2 * self.model.linear_params()
+                 + 4 * q_width * tokens * (context + tokens / 2))      # causal attention, half the square
+        return layers * self._roofline(moved, flops)
+
+    def _roofline(self, moved_bytes: float, flops: float) -> float:
+        bandwidth = self.gpu.memory_bandwidth_bytes_per_s * self.params.memory_efficiency
+        peak = self.gpu.fp32_flops if self.dtype == "fp32" else self.gpu.fp16_flops
+        if peak is None:
+            peak = self.gpu.fp16_flops / 4  # no fp32 figure: tensor cores unused, a quarter of fp16
+        return max(moved_bytes / bandwidth, flops / (peak * self.params.compute_efficiency)) \
+            + self.params.layer_overhead_s
+
+    def seconds_per_output_token(self, layers: int, batch: float) -> float:
+        """Node time one output token costs: its share of a decode step plus its request's prefill,
+        amortised over the request's output tokens."""
+        decode = self.decode_s(layers, batch) / batch
+        prefill = self.prefill_s(layers, self.workload.prompt_tokens) / self.workload.output_tokens
+        return decode + prefill
+
+    # ---- capacity -----------------------------------------------------------------------------
+
+    def capacity(self, layers: int, rtt_s: float = 0.0, first: bool = False, last: bool = False) -> float:
+        """Output tokens/s this GPU sustains holding `layers` layers, in a pipeline whose round trip
+        (one token of one sequence, all stages and links) takes `rtt_s` seconds; 0 means unbounded."""
+        return self._capacity(layers, round(rtt_s, 9), first, last)
+
+    def _capacity_uncached(self, layers: int, rtt_s: float, first: bool, last: bool) -> float:
+        if layers <= 0:
+            return 0.0
+        if self.gpu.is_static:
+            return _static_capacity(self.gpu.throughput, layers)
+        batch = self.max_batch(layers, first, last)
+        if batch == 0:
+            return 0.0
+        # Batch and per-token work both grow with the batch, so the largest batch that fits is best:
+        compute_bound = 1.0 / self.seconds_per_output_token(layers, batch)
+        # each sequence yields one token per round trip, so B sequences give at most B / rtt tokens/s
+        trip_bound = batch / rtt_s if rtt_s > 0 else math.inf
+        return min(compute_bound, trip_bound)
+
+    def capacity_table(self, first: bool = False, last: bool = False) -> list[float]:
+        """Default display: capacity with no round-trip bound for 1 .. max_layers layers."""
+        return [self.capacity(k, 0.0, first, last) for k in range(1, self.max_layers(first, last) + 1)]
+
+
+def _static_capacity(table: tuple[float, ...], layers: int) -> float:
+    """Tokens/s from a static table; past its end capacity falls as 1/layers from the last entry."""
+    if layers <= len(table):
+        return table[layers - 1]
+    return table[-1] * len(table) / layers
+
+
+def _interpolate(points: tuple[tuple[int, int], ...], x: float) -> float:
+    if x <= points[0][0]:
+        return points[0][1] if x == points[0][0] or len(points) == 1 else _line(points[0], points[1], x)
+    for p0, p1 in zip(points, points[1:]):
+        if x <= p1[0]:
+            return _line(p0, p1, x)
+    return max(0.0, _line(points[-2], points[-1], x)) if len(points) > 1 else points[-1][1] * points[-1][0] / x
+
+
+def _line(p0: tuple[float, float], p1: tuple[float, float], x: float) -> float:
+    return p0[1] + (p1[1] - p0[1]) * (x - p0[0]) / (p1[0] - p0[0])

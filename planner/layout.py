@@ -1,0 +1,82 @@
+"""Layout files (layouts/*.ini): a placement with the cluster it is for and the figures it was given.
+
+Written by `planner solve --out`, read by the simulator and the exporters. Format: docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.catalog import SectionReader
+from planner.cluster import Cluster, load_cluster
+from planner.errors import InputError
+from planner.ini import read_ini
+from planner.problem import Placement, PlacementProblem
+
+
+@dataclass(frozen=True)
+class Layout:
+    cluster: Cluster
+    method: str
+    placement: Placement
+    flows: dict[tuple[str, str], float]
+    figures: dict[str, str]  # static max flow, predicted throughput and latency, solver status ...
+
+
+def write_layout(path: str | Path, layout: Layout) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cluster_ref = os.path.relpath(layout.cluster.path.resolve(), path.parent.resolve())
+    lines = ["# layer-planner layout: which layers each GPU holds and how tokens flow.",
+             "# Ranges are half-open [start, end); 'start, start' leaves a GPU unused.", "",
+             "[layout]", f"cluster = {cluster_ref}", f"model = {layout.cluster.model.id}",
+             f"dtype = {layout.cluster.dtype}", f"method = {layout.method}"]
+    lines += [f"{key} = {value}" for key, value in layout.figures.items()]
+    lines += ["", "[nodes]"]
+    by_name = {n.name: n for n in layout.cluster.nodes()}
+    for name, (start, end) in layout.placement.ranges.items():
+        lines.append(f"{name} = {start}, {end}    # {by_name[name].gpu}, {end - start} layers")
+    lines += ["", "[flows]    # tokens/s"]
+    lines += [f"{a} -> {b} = {value:.2f}" for (a, b), value in layout.flows.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_layout(path: str | Path) -> Layout:
+    """Load a layout and the cluster it names; check its ranges against that cluster."""
+    path = Path(path)
+    ini = read_ini(path, "layout file")
+    for section in ("layout", "nodes"):
+        if section not in ini:
+            raise InputError(f"missing [{section}] section", file=path, fix="write layouts with `planner solve --out`")
+    head = SectionReader(path, "layout", ini["layout"])
+    cluster_path = (path.parent / head.text("cluster")).resolve()
+    if not cluster_path.exists():
+        raise InputError(f"names cluster file {cluster_path}, which does not exist", file=path,
+                         field="[layout] cluster", fix="give the cluster file's path relative to the layout")
+    cluster = load_cluster(cluster_path)
+    problem = PlacementProblem(cluster)
+    nodes = SectionReader(path, "nodes", ini["nodes"])
+    ranges = dict.fromkeys((n.name for n in cluster.nodes()), (0, 0))
+    for name in ini["nodes"]:
+        if name not in ranges:
+            raise nodes.fail(name, f"no such GPU in {cluster_path.name}", f"nodes are {', '.join(ranges)}")
+        raw = nodes.text(name)
+        try:
+            start, end = (int(x) for x in raw.split(","))
+        except ValueError:
+            raise nodes.fail(name, f"'{raw}' is not 'START, END'", "write two layer indices, e.g. '0, 12'") from None
+        if end > start and not problem.fits(name, start, end):
+            raise nodes.fail(name, f"[{start}, {end}) does not fit: at most {problem.max_layers(name, start, end)} "
+                             f"of the {cluster.model.layers} layers fit", "shorten the range or re-plan")
+        if not 0 <= start <= end <= cluster.model.layers:
+            raise nodes.fail(name, f"[{start}, {end}) is outside 0..{cluster.model.layers}", "fix the range")
+        ranges[name] = (start, end)
+    flows = {}
+    if "flows" in ini:
+        for key, value in ini["flows"].items():
+            a, _, b = key.partition("->")
+            flows[(a.strip(), b.strip())] = float(value)
+    figures = {k: v for k, v in ini["layout"].items() if k not in ("cluster", "model", "dtype", "method")}
+    return Layout(cluster, head.text("method", "unknown"), Placement(ranges), flows, figures)

@@ -1,0 +1,49 @@
+"""Solve a cluster with a method and score the result independently: what `solve` and `compare` show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.cluster import Cluster
+from planner.errors import InputError, SolveError
+from planner.flow import max_flow
+from planner.problem import Placement, PlacementProblem
+from planner.serving import ServingEstimate, estimate
+from planner.solvers.base import Progress, SolveResult, no_progress
+from planner.solvers.registry import METHODS
+
+
+@dataclass(frozen=True)
+class Plan:
+    cluster: Cluster
+    problem: PlacementProblem
+    result: SolveResult
+    serving: ServingEstimate
+    upper_bound: float
+
+    @property
+    def placement(self) -> Placement:
+        return self.result.placement
+
+
+def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | None = None,
+          max_ttft_s: float | None = None) -> Plan:
+    """Re-score a method's placement with the independent evaluators; refuse one that does not serve."""
+    for name, (start, end) in result.placement.used().items():
+        if not problem.fits(name, start, end):
+            raise SolveError(f"{result.method} returned {name} = [{start}, {end}), which does not fit in memory")
+    serving = estimate(problem, result.placement, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
+    if max_flow(problem, result.placement).value <= 0:
+        raise SolveError(f"{result.method} returned a placement that carries no tokens "
+                         "(no chain of GPUs covers every layer)")
+    return Plan(problem.cluster, problem, result, serving, problem.upper_bound())
+
+
+def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int = 0,
+          max_tpot_s: float | None = None, max_ttft_s: float | None = None,
+          progress: Progress = no_progress) -> Plan:
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'", field="--method", fix=f"use one of {', '.join(METHODS)}")
+    problem = PlacementProblem(cluster)
+    result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
+    return score(problem, result, max_tpot_s, max_ttft_s)

@@ -1,0 +1,90 @@
+"""What a plan says to people and scripts: the JSON contract, layout figures, rich tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.flow import COORDINATOR
+from planner.layout import Layout
+from planner.plan import Plan
+from planner.units import format_time
+
+
+def plan_json(plan: Plan) -> dict:
+    """The JSON contract of DESIGN.md (`planner solve --json`), plus predicted latency."""
+    result, serving = plan.result, plan.serving
+    nodes = [{"name": n.name, "host": n.host, "gpu": n.gpu,
+              "start_layer": plan.placement.ranges[n.name][0], "end_layer": plan.placement.ranges[n.name][1]}
+             for n in plan.problem.nodes]
+    flows = [{"from": a, "to": b, "tokens_per_s": round(v, 3)} for (a, b), v in serving.flow.edge_flows.items()]
+    return {
+        "model": plan.cluster.model.id,
+        "method": result.method,
+        "throughput_tokens_per_s": round(serving.throughput, 3),
+        "max_flow_tokens_per_s": round(serving.max_flow, 3),
+        "upper_bound_tokens_per_s": round(plan.upper_bound, 3),
+        "tpot_s": serving.tpot_s,
+        "ttft_s": serving.ttft_s,
+        "solver": {"status": result.status, "seconds": round(result.seconds, 3), "gap": result.gap},
+        "nodes": nodes,
+        "flows": flows,
+        "bottleneck": list(serving.flow.cut),
+        "notes": list(result.notes) + list(serving.notes),
+    }
+
+
+def plan_layout(plan: Plan) -> Layout:
+    serving = plan.serving
+    figures = {
+        "max_flow_tokens_per_s": f"{serving.max_flow:.2f}",
+        "predicted_throughput_tokens_per_s": f"{serving.throughput:.2f}",
+        "upper_bound_tokens_per_s": f"{plan.upper_bound:.2f}",
+        "solver_status": plan.result.status,
+        "solver_seconds": f"{plan.result.seconds:.2f}",
+    }
+    if serving.tpot_s is not None:
+        figures["predicted_tpot_ms"] = f"{serving.tpot_s * 1e3:.2f}"
+        figures["predicted_ttft_ms"] = f"{serving.ttft_s * 1e3:.2f}"
+    return Layout(plan.cluster, plan.result.method, plan.placement, dict(serving.flow.edge_flows), figures)
+
+
+def print_plan(console: Console, plan: Plan) -> None:
+    serving, result = plan.serving, plan.result
+    table = Table(title=f"{plan.cluster.model.id} on {plan.cluster.name}: method {result.method}")
+    for col in ("node", "GPU", "layers", "count", "capacity tok/s", "flow tok/s", "used", "batch", "KV tokens/layer"):
+        table.add_column(col, justify="right" if col not in ("node", "GPU") else "left")
+    for node in plan.problem.nodes:
+        start, end = plan.placement.ranges[node.name]
+        if end <= start:
+            table.add_row(node.name, node.gpu, "-", "0", "-", "-", "-", "-", "-", style="dim")
+            continue
+        cap = serving.node_capacity.get(node.name, plan.problem.capacity(node.name, start, end))
+        flow = serving.flow.node_flow.get(node.name, 0.0) * serving.load
+        kv = plan.problem.cost(node.name).kv_tokens(end - start, start == 0, end == plan.problem.layers) \
+            if not plan.problem.static else None
+        batch = serving.node_batch.get(node.name)
+        table.add_row(node.name, node.gpu, f"[{start}, {end})", str(end - start), f"{cap:,.0f}", f"{flow:,.0f}",
+                      f"{flow / cap:.0%}" if cap else "-", f"{batch:.1f}" if batch else "-",
+                      f"{kv:,}" if kv is not None else "-")
+    console.print(table)
+    gap = f", gap {result.gap:.1%}" if result.gap is not None else ""
+    console.print(f"solver: {result.status} in {result.seconds:.2f} s{gap}")
+    console.print(f"static max flow {serving.max_flow:,.0f} tokens/s (upper bound {plan.upper_bound:,.0f}); "
+                  f"predicted serving throughput [bold]{serving.throughput:,.0f}[/] tokens/s"
+                  + (f", TPOT {format_time(serving.tpot_s)}, TTFT {format_time(serving.ttft_s)}"
+                     if serving.tpot_s is not None else ""))
+    if serving.flow.cut:
+        console.print("bottleneck (min cut): " + ", ".join(serving.flow.cut))
+    for note in result.notes + serving.notes:
+        console.print(f"note: {note}")
+
+
+def chain_text(plan: Plan) -> str:
+    """Request routes as text: coordinator -> node -> ... with their share of the flow."""
+    total = sum(v for (a, _), v in plan.serving.flow.edge_flows.items() if a == COORDINATOR)
+    lines = []
+    for path in plan.serving.paths:
+        share = path.tokens_per_s / (total * plan.serving.load) if total else 0
+        lines.append(f"{share:.0%}: coordinator -> " + " -> ".join(path.nodes) + " -> coordinator")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Serving estimator: what a placement really delivers, not just its static max flow.
+
+A node's capacity depends on the batch it can run, and that batch on its KV memory and on the round
+trip of the paths through it: each decoding sequence yields one token per trip around the pipeline,
+so throughput <= sequences in flight / round-trip time. Capacities and round trips are made
+consistent by fixed-point iteration; latency limits then scale the load down until they hold.
+Model and assumptions: docs/planner.md#serving-estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.flow import COORDINATOR, FlowResult, max_flow
+from planner.problem import Placement, PlacementProblem
+
+ITERATIONS = 40
+TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class PathEstimate:
+    nodes: tuple[str, ...]
+    tokens_per_s: float
+    tpot_s: float
+    ttft_s: float
+
+
+@dataclass(frozen=True)
+class ServingEstimate:
+    throughput: float                  # output tokens/s under the latency limits
+    max_flow: float                    # static max flow at rtt = 0 (the classic objective)
+    tpot_s: float | None               # flow-weighted mean time per output token
+    ttft_s: float | None               # flow-weighted mean time to first token (no queueing for admission)
+    load: float                        # share of the consistent flow kept to meet the limits
+    flow: FlowResult                   # flows at the consistent capacities (before load scaling)
+    node_capacity: dict[str, float]    # consistent capacities, tokens/s
+    node_batch: dict[str, float]       # sequences per decode step at the operating point
+    paths: tuple[PathEstimate, ...]
+    notes: tuple[str, ...] = ()
+
+
+def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int], rate: float) -> float:
+    """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
+    cost, layers = problem.cost(node), span[1] - span[0]
+    ceiling = max(1, cost.max_batch(layers, first=span[0] == 0, last=span[1] == problem.layers))
+    if rate <= 0:
+        return 1.0
+    low, high = 1e-6, float(ceiling)
+    if high / (cost.seconds_per_output_token(layers, high) * high) <= rate:
+        return high  # saturated: it runs its largest batch
+    for _ in range(60):  # rate * step(b) - b is positive below the fixed point, negative above
+        mid = (low + high) / 2
+        if rate * cost.seconds_per_output_token(layers, mid) * mid > mid:
+            low = mid
+        else:
+            high = mid
+    return max(high, 1e-6)
+
+
+def _step_s(problem: PlacementProblem, node: str, span: tuple[int, int], batch: float) -> float:
+    """One iteration of a node: a decode step of `batch` sequences plus its share of prefill work."""
+    return problem.cost(node).seconds_per_output_token(span[1] - span[0], max(batch, 1.0)) * max(batch, 1.0)
+
+
+def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
+    """Split node-to-node flows into coordinator-to-coordinator paths (deterministic order)."""
+    remaining = {edge: value for edge, value in flow.edge_flows.items() if value > 1e-9}
+    paths = []
+    while True:
+        path, node = [], COORDINATOR
+        while True:
+            options = sorted((e for e in remaining if e[0] == node and (e[1] == COORDINATOR or e[1] not in path)),
+                             key=lambda e: (-remaining[e], e))
+            if not options:
+                break
+            node = options[0][1]
+            if node == COORDINATOR:
+                break
+            path.append(node)
+        if node != COORDINATOR or not path:
+            return paths
+        hops = list(zip([COORDINATOR] + path, path + [COORDINATOR]))
+        amount = min(remaining[h] for h in hops)
+        for hop in hops:
+            remaining[hop] -= amount
+            if remaining[hop] <= 1e-9:
+                del remaining[hop]
+        paths.append((tuple(path), amount))
+
+
+def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
+    """Latency plus transfer time of `vectors` hidden vectors (token ids at the coordinator ends)."""
+    if a == COORDINATOR or b == COORDINATOR:
+        host = problem.by_name[b if a == COORDINATOR else a].host
+        link = problem.cluster.coordinator_link(host)
+        size = 4 * vectors
+    else:
+        link = problem.link(problem.by_name[a].host, problem.by_name[b].host)
+        size = problem.cluster.activation_bytes_per_token() * vectors
+    return link.latency_s + size / link.bandwidth_bytes_per_s
+
+
+def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow: dict[str, float],
+               load: float) -> tuple[list[PathEstimate], dict[str, float]]:
+    ranges = placement.used()
+    batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
+    step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
+    prompt = problem.cluster.workload.prompt_tokens
+    estimates = []
+    for nodes, rate in paths:
+        hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
+        # a decode token waits for the step in progress at each stage, then rides the next one
+        tpot = sum(step[n] for n in nodes) + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0)))
+                                                  for a, b in hops)
+        ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \
+            + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
+        estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
+    return estimates, batch
+
+
+def _mean(values: list[tuple[float, float]]) -> float:
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total > 0 else 0.0
+
+
+def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: float | None = None,
+             max_ttft_s: float | None = None) -> ServingEstimate:
+    """Predicted serving throughput and latency of a placement."""
+    static = max_flow(problem.with_rtt(0.0), placement)
+    if problem.static:
+        return ServingEstimate(static.value, static.value, None, None, 1.0, static,
+                               {}, {}, (), ("static throughput tables: no latency model",))
+    ranges = placement.used()
+    capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
+    flow = static
+    for _ in range(ITERATIONS):
+        paths = decompose_paths(flow)
+        estimates, _ = _latencies(problem, placement, paths, flow.node_flow, 1.0)
+        trip = {n: _mean([(p.tpot_s, p.tokens_per_s) for p in estimates if n in p.nodes]) for n in ranges}
+        updated = {n: problem.capacity(n, *ranges[n], rtt_s=trip[n]) if trip[n] > 0 else capacity[n]
+                   for n in ranges}
+        # damped update: capacities and round trips feed each other
+        changed = max(abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
+        capacity = {n: 0.5 * (capacity[n] + updated[n]) for n in ranges}
+        flow = max_flow(problem, placement, node_capacity=capacity)
+        if changed < TOLERANCE:
+            break
+    paths = decompose_paths(flow)
+    notes: list[str] = []
+
+    def meets(load: float) -> bool:
+        est, _ = _latencies(problem, placement, paths, flow.node_flow, load)
+        tpot = _mean([(p.tpot_s, p.tokens_per_s) for p in est])
+        ttft = _mean([(p.ttft_s, p.tokens_per_s) for p in est])
+        return (max_tpot_s is None or tpot <= max_tpot_s) and (max_ttft_s is None or ttft <= max_ttft_s)
+
+    load = 1.0
+    if not meets(1.0):
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if meets(mid) else (low, mid)
+        load = low
+        notes.append(f"load cut to {load:.0%} of the consistent flow to meet the latency limits")
+        if load < 1e-6:
+            notes.append("the latency limits cannot be met by this placement even when idle")
+    final, batch = _latencies(problem, placement, paths, flow.node_flow, max(load, 1e-9))
+    weights = [(p.tpot_s, p.tokens_per_s) for p in final]
+    return ServingEstimate(
+        throughput=flow.value * load, max_flow=static.value,
+        tpot_s=_mean(weights) if final else None,
+        ttft_s=_mean([(p.ttft_s, p.tokens_per_s) for p in final]) if final else None,
+        load=load, flow=flow, node_capacity=capacity, node_batch=batch, paths=tuple(final), notes=tuple(notes))

@@ -1,0 +1,1 @@
+"""Placement methods: the optimiser and the baselines people use by hand."""
