@@ -3,7 +3,9 @@
 Graph: coordinator -> GPUs holding layer 0 -> ... -> GPUs holding the last layer -> coordinator.
 A token goes from a GPU ending at boundary b to a GPU starting at b (exact chaining). Traffic between
 two hosts at one boundary shares that link's capacity (a hub node per host pair and boundary); each
-GPU is split into in/out nodes carrying its capacity.
+GPU is split into in/out nodes carrying its capacity. A tensor-parallel group (Placement.tp_groups) is
+one graph node named by its members joined with '+' ('head:0+head:1'); node_flow and edge_flows use
+that name.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ COORDINATOR = "coordinator"
 @dataclass(frozen=True)
 class FlowResult:
     value: float                                   # tokens/s from coordinator back to coordinator
-    node_flow: dict[str, float]                    # tokens/s through each used node
+    node_flow: dict[str, float]                    # tokens/s through each used unit (GPU or TP group)
     edge_flows: dict[tuple[str, str], float]       # (from, to) -> tokens/s; 'coordinator' at both ends
     cut: tuple[str, ...]                           # what binds: nodes and links on a minimum cut
 
@@ -32,9 +34,9 @@ def _hub(src_host: str, dst_host: str, boundary: int) -> str:
 
 def build_graph(problem: PlacementProblem, placement: Placement,
                 node_capacity: dict[str, float] | None = None) -> nx.DiGraph:
-    """The flow network of a placement; `node_capacity` overrides the problem's node capacities."""
+    """The flow network of a placement; `node_capacity` (by unit name) overrides the problem's capacities."""
     layers = problem.layers
-    used = placement.used()
+    used = placement.units()
     graph = nx.DiGraph()
     graph.add_node(SOURCE)
     graph.add_node(SINK)
@@ -46,12 +48,12 @@ def build_graph(problem: PlacementProblem, placement: Placement,
         starts.setdefault(start, []).append(name)
         ends.setdefault(end, []).append(name)
     for name in starts.get(0, []):
-        host = problem.by_name[name].host
+        host = problem.host_of(name)
         hub = _hub(COORDINATOR, host, 0)
         graph.add_edge(SOURCE, hub, capacity=problem.coordinator_capacity(host), kind="link", link=(COORDINATOR, host, 0))
         graph.add_edge(hub, f"{name}:in")
     for name in ends.get(layers, []):
-        host = problem.by_name[name].host
+        host = problem.host_of(name)
         hub = _hub(host, COORDINATOR, layers)
         graph.add_edge(hub, SINK, capacity=problem.coordinator_capacity(host), kind="link", link=(host, COORDINATOR, layers))
         graph.add_edge(f"{name}:out", hub)
@@ -62,7 +64,7 @@ def build_graph(problem: PlacementProblem, placement: Placement,
             for c in starts[boundary]:
                 if a == c:
                     continue
-                ha, hc = problem.by_name[a].host, problem.by_name[c].host
+                ha, hc = problem.host_of(a), problem.host_of(c)
                 cap = problem.link_capacity(ha, hc)
                 if cap <= 0:
                     continue
@@ -113,13 +115,14 @@ def _path_flows(flow: dict, graph: nx.DiGraph, used: dict[str, tuple[int, int]])
 def max_flow(problem: PlacementProblem, placement: Placement,
              node_capacity: dict[str, float] | None = None) -> FlowResult:
     """Static max flow of a placement, with node-to-node flows and the binding cut."""
-    used = placement.used()
+    used = placement.units()
     graph = build_graph(problem, placement, node_capacity)
-    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
+    # Edmonds-Karp: preflow-push trips over float capacities (networkx index errors)
+    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.edmonds_karp)
     node_flow = {name: flow[f"{name}:in"].get(f"{name}:out", 0.0) for name in used}
     cut: tuple[str, ...] = ()
     if value > 0:
-        _, (reach, _rest) = nx.minimum_cut(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
+        _, (reach, _rest) = nx.minimum_cut(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.edmonds_karp)
         binding = []
         for u, v, data in graph.edges(data=True):
             if u in reach and v not in reach and "capacity" in data:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from planner.solvers import baselines
+from planner.solvers import baselines, chains, milp
 from planner.solvers.base import Method
 
-METHODS: dict[str, Method] = {**baselines.METHODS}
-DEFAULT_METHOD = "even"
+METHODS: dict[str, Method] = {**milp.METHODS, "chains": chains.chains, **baselines.METHODS}
+DEFAULT_METHOD = "milp"
