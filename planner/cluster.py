@@ -85,8 +85,10 @@ class Cluster:
             return self.coordinator_links[host]
         return self.link(self.coordinator_host, host)
 
-    def cost(self, gpu_id: str) -> GpuCost:
-        return GpuCost(self.gpu_types[gpu_id], self.model, self.dtype, self.workload, self.cost_params)
+    def cost(self, gpu_id: str, tp: int = 1, tp_link: Link | None = None) -> GpuCost:
+        """Costs of one GPU of a type, or of a tensor-parallel group of `tp` of them joined by `tp_link`."""
+        return GpuCost(self.gpu_types[gpu_id], self.model, self.dtype, self.workload, self.cost_params,
+                       tp=tp, tp_link=tp_link)
 
     @property
     def has_latency(self) -> bool:
@@ -237,6 +239,8 @@ def _check_reachable(cluster: Cluster) -> None:
         for b in names[i + 1:]:
             if cluster.link(a, b) is not None:
                 graph.add_edge(a, b)
+    for host in cluster.coordinator_links:  # 'coordinator -- HOST' reaches HOST directly
+        graph.add_edge(cluster.coordinator_host, host)
     reachable = nx.node_connected_component(graph, cluster.coordinator_host)
     for host in cluster.hosts:
         if host.gpus and host.name not in reachable:

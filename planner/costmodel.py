@@ -2,7 +2,8 @@
 
 Roofline by default (time = max(bytes / usable bandwidth, FLOPs / usable FLOP/s) + launch overhead);
 measured per-layer latency tables replace the times, a static throughput table replaces the capacity.
-Formulas, assumptions and sources: docs/cost-model.md.
+A tensor-parallel group of `tp` GPUs of one type is costed as one wider GPU plus its all-reduces
+(see GpuCost). Formulas, assumptions and sources: docs/cost-model.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 from planner.catalog import DTYPE_BYTES, GpuSpec, ModelSpec
 
@@ -46,16 +48,39 @@ class Workload:
         return self.prompt_tokens + self.output_tokens
 
 
+class LinkLike(Protocol):
+    """What the cost model needs of a link (planner.cluster.Link has it)."""
+
+    bandwidth_bytes_per_s: float
+    latency_s: float
+
+
 class NoLatencyModel(Exception):
     """A GPU described only by a static throughput table has no per-layer times."""
 
 
 class GpuCost:
-    """Costs of running `model` in `dtype` on one GPU type (or a tensor-parallel group of them)."""
+    """Costs of running `model` in `dtype` on one GPU type, or on a tensor-parallel group of `tp` of them.
+
+    Tensor parallelism (Megatron style, as vLLM runs it): each of the `tp` GPUs holds 1/tp of every
+    layer's weights and of its KV heads, so the group behaves as one GPU with tp x the memory, tp x the
+    memory bandwidth and tp x the FLOP/s (launch overhead per layer unchanged: the GPUs run in parallel),
+    plus two all-reduces per layer (after attention and after the MLP) of the step's activations:
+        all_reduce_s(rows) = 2 (tp - 1) / tp x rows x hidden_size x dtype_bytes / tp_link.bandwidth
+                             + 2 (tp - 1) x tp_link.latency            (ring all-reduce)
+    with rows = the decode batch (sequences) or the prefill tokens. Measured latency tables are divided
+    by tp (ideal scaling) before the all-reduces are added; measured kv_tokens are read at layers / tp
+    (each GPU keeps the weights of layers / tp layers). Static throughput tables have no latency model:
+    a group's capacity is tp x the table's, and it holds tp x max_layers layers. `tp_link=None` makes the
+    all-reduces free.
+    """
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, dtype: str, workload: Workload = Workload(),
-                 params: CostParams = CostParams()) -> None:
+                 params: CostParams = CostParams(), tp: int = 1, tp_link: LinkLike | None = None) -> None:
+        if tp < 1:
+            raise ValueError(f"tensor-parallel degree must be at least 1, got {tp}")
         self.gpu, self.model, self.dtype, self.workload, self.params = gpu, model, dtype, workload, params
+        self.tp, self.tp_link = tp, tp_link
         self.dtype_bytes = DTYPE_BYTES[dtype]
         self.layer_bytes = model.layer_params() * self.dtype_bytes
         # K and V vectors of every KV head, for one token in one layer
@@ -71,9 +96,11 @@ class GpuCost:
         return not self.gpu.is_static
 
     def usable_bytes(self) -> float:
+        """Memory for weights and KV cache, summed over a tensor-parallel group's GPUs."""
         if self.gpu.memory_bytes is None:
             return math.inf
-        return self.gpu.memory_bytes * self.params.gpu_memory_utilization - self.params.runtime_reserve_bytes
+        return self.tp * (self.gpu.memory_bytes * self.params.gpu_memory_utilization
+                          - self.params.runtime_reserve_bytes)
 
     def extra_bytes(self, first: bool, last: bool) -> float:
         """Embedding table on the stage holding layer 0; final norm and LM head on the last stage."""
@@ -85,14 +112,14 @@ class GpuCost:
             return 0
         measured = self.gpu.kv_tokens
         if measured:
-            return int(_interpolate(measured, layers))
+            return int(_interpolate(measured, layers / self.tp))
         free = self.usable_bytes() - layers * self.layer_bytes - self.extra_bytes(first, last)
         return max(0, int(free // (layers * self.kv_bytes_per_token)))
 
     def max_layers(self, first: bool = False, last: bool = False) -> int:
         """Most layers this GPU holds while keeping KV room for `min_kv_tokens` tokens in each."""
         if self.gpu.max_layers is not None:
-            return min(self.gpu.max_layers, self.model.layers)
+            return min(self.gpu.max_layers * self.tp, self.model.layers)
         per_layer = self.layer_bytes + self.params.min_kv_tokens * self.kv_bytes_per_token
         room = self.usable_bytes() - self.extra_bytes(first, last)
         return max(0, min(self.model.layers, int(room // per_layer)))
@@ -109,33 +136,41 @@ class GpuCost:
         if self.gpu.is_static:
             raise NoLatencyModel(self.gpu.id)
         if self.gpu.decode_ms is not None:
-            return layers * self.gpu.decode_ms.seconds(batch)
+            return layers * (self.gpu.decode_ms.seconds(batch) / self.tp + 2 * self.all_reduce_s(batch))
         context = self.workload.mean_context if context is None else context
         q_width = self.model.attention_heads * self.model.head_dim
         weight_bytes = self.layer_bytes                                 # every weight read once per step
         kv_read_bytes = batch * context * self.kv_bytes_per_token      # every cached token read once
         flops = batch * (2 * self.model.linear_params()                 # GEMV: 2 FLOPs per weight
                          + 4 * q_width * context)                       # QK^T and AV over the context
-        return layers * self._roofline(weight_bytes + kv_read_bytes, flops)
+        return layers * (self._roofline(weight_bytes + kv_read_bytes, flops) + 2 * self.all_reduce_s(batch))
 
     def prefill_s(self, layers: int, tokens: float, context: float = 0.0) -> float:
         """A prefill pass of `tokens` new tokens (following `context` cached ones) through `layers` layers."""
         if self.gpu.is_static:
             raise NoLatencyModel(self.gpu.id)
         if self.gpu.prefill_ms is not None:
-            return layers * self.gpu.prefill_ms.seconds(tokens)
+            return layers * (self.gpu.prefill_ms.seconds(tokens) / self.tp + 2 * self.all_reduce_s(tokens))
         q_width = self.model.attention_heads * self.model.head_dim
         moved = self.layer_bytes + tokens * self.kv_bytes_per_token     # weights once, new KV written
         flops = (tokens * 2 * self.model.linear_params()
                  + 4 * q_width * tokens * (context + tokens / 2))      # causal attention, half the square
-        return layers * self._roofline(moved, flops)
+        return layers * (self._roofline(moved, flops) + 2 * self.all_reduce_s(tokens))
+
+    def all_reduce_s(self, rows: float) -> float:
+        """One ring all-reduce of `rows` hidden vectors across the tensor-parallel group (0 when tp = 1)."""
+        if self.tp == 1 or self.tp_link is None:
+            return 0.0
+        size = rows * self.model.hidden_size * self.dtype_bytes
+        return 2 * (self.tp - 1) / self.tp * size / self.tp_link.bandwidth_bytes_per_s \
+            + 2 * (self.tp - 1) * self.tp_link.latency_s
 
     def _roofline(self, moved_bytes: float, flops: float) -> float:
-        bandwidth = self.gpu.memory_bandwidth_bytes_per_s * self.params.memory_efficiency
+        bandwidth = self.gpu.memory_bandwidth_bytes_per_s * self.params.memory_efficiency * self.tp
         peak = self.gpu.fp32_flops if self.dtype == "fp32" else self.gpu.fp16_flops
         if peak is None:
             peak = self.gpu.fp16_flops / 4  # no fp32 figure: tensor cores unused, a quarter of fp16
-        return max(moved_bytes / bandwidth, flops / (peak * self.params.compute_efficiency)) \
+        return max(moved_bytes / bandwidth, flops / (peak * self.tp * self.params.compute_efficiency)) \
             + self.params.layer_overhead_s
 
     def seconds_per_output_token(self, layers: int, batch: float) -> float:
@@ -156,7 +191,7 @@ class GpuCost:
         if layers <= 0:
             return 0.0
         if self.gpu.is_static:
-            return _static_capacity(self.gpu.throughput, layers)
+            return self.tp * _static_capacity(self.gpu.throughput, layers)
         batch = self.max_batch(layers, first, last)
         if batch == 0:
             return 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 from pathlib import Path
 
 from planner.errors import InputError
@@ -20,14 +21,14 @@ def read_ini(path: str | Path, what: str) -> configparser.ConfigParser:
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", file=path, fix="check its permissions") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not text
     except UnicodeDecodeError:
         raise InputError(f"{what} is not a text file", file=path, fix="give an INI file") from None
     if not text.strip():
         raise InputError(f"{what} is empty", file=path, fix="see docs/formats.md for its sections")
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
-        if stripped.startswith("[") and not stripped.split("#")[0].strip().endswith("]"):
+        if stripped.startswith("[") and not re.split(r"[#;]", stripped)[0].strip().endswith("]"):
             raise InputError(f"line {number}: section header '{stripped}' is not closed",
                              file=path, fix="end it with ']'")
     parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"),

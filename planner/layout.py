@@ -33,6 +33,8 @@ def write_layout(path: str | Path, layout: Layout) -> None:
              "# Ranges are half-open [start, end); 'start, start' leaves a GPU unused.", "",
              "[layout]", f"cluster = {cluster_ref}", f"model = {layout.cluster.model.id}",
              f"dtype = {layout.cluster.dtype}", f"method = {layout.method}"]
+    if layout.placement.tp_groups:  # tensor-parallel groups: GPUs of one host acting as one stage
+        lines.append("tp_groups = " + ", ".join("+".join(g) for g in layout.placement.tp_groups))
     lines += [f"{key} = {value}" for key, value in layout.figures.items()]
     lines += ["", "[nodes]"]
     by_name = {n.name: n for n in layout.cluster.nodes()}
@@ -59,6 +61,8 @@ def read_layout(path: str | Path) -> Layout:
     problem = PlacementProblem(cluster)
     nodes = SectionReader(path, "nodes", ini["nodes"])
     ranges = dict.fromkeys((n.name for n in cluster.nodes()), (0, 0))
+    groups = _read_groups(head, problem)
+    grouped = {m for g in groups for m in g}
     for name in ini["nodes"]:
         if name not in ranges:
             raise nodes.fail(name, f"no such GPU in {cluster_path.name}", f"nodes are {', '.join(ranges)}")
@@ -67,16 +71,45 @@ def read_layout(path: str | Path) -> Layout:
             start, end = (int(x) for x in raw.split(","))
         except ValueError:
             raise nodes.fail(name, f"'{raw}' is not 'START, END'", "write two layer indices, e.g. '0, 12'") from None
-        if end > start and not problem.fits(name, start, end):
+        if end > start and name not in grouped and not problem.fits(name, start, end):
             raise nodes.fail(name, f"[{start}, {end}) does not fit: at most {problem.max_layers(name, start, end)} "
                              f"of the {cluster.model.layers} layers fit", "shorten the range or re-plan")
         if not 0 <= start <= end <= cluster.model.layers:
             raise nodes.fail(name, f"[{start}, {end}) is outside 0..{cluster.model.layers}", "fix the range")
         ranges[name] = (start, end)
+    for group in groups:
+        unit = "+".join(group)
+        spans = {ranges[m] for m in group}
+        if len(spans) != 1:
+            raise head.fail("tp_groups", f"the GPUs of {unit} hold different ranges", "give them one range in [nodes]")
+        start, end = spans.pop()
+        if end > start and not problem.fits(unit, start, end):
+            raise head.fail("tp_groups", f"{unit} cannot hold [{start}, {end}): at most "
+                            f"{problem.max_layers(unit, start, end)} layers fit", "shorten the range or re-plan")
     flows = {}
     if "flows" in ini:
         for key, value in ini["flows"].items():
             a, _, b = key.partition("->")
             flows[(a.strip(), b.strip())] = float(value)
-    figures = {k: v for k, v in ini["layout"].items() if k not in ("cluster", "model", "dtype", "method")}
-    return Layout(cluster, head.text("method", "unknown"), Placement(ranges), flows, figures)
+    figures = {k: v for k, v in ini["layout"].items()
+               if k not in ("cluster", "model", "dtype", "method", "tp_groups")}
+    return Layout(cluster, head.text("method", "unknown"), Placement(ranges, groups), flows, figures)
+
+
+def _read_groups(head: SectionReader, problem: PlacementProblem) -> tuple[tuple[str, ...], ...]:
+    """`tp_groups = a:0+a:1, b:0+b:1`: tensor-parallel groups, each GPUs of one host and one type."""
+    if not head.has("tp_groups"):
+        return ()
+    groups, seen = [], set()
+    for unit in filter(None, (x.strip() for x in head.text("tp_groups").split(","))):
+        try:
+            members = problem.group_members(unit)
+            if len(members) < 2:
+                raise ValueError(f"group {unit!r} has one GPU")
+        except (KeyError, ValueError) as exc:
+            raise head.fail("tp_groups", str(exc).strip("'\""), "list groups as 'HOST:I+HOST:J, ...'") from None
+        if seen & set(members):
+            raise head.fail("tp_groups", f"a GPU of {unit} is in two groups", "put each GPU in one group at most")
+        seen |= set(members)
+        groups.append(members)
+    return tuple(groups)

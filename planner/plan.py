@@ -29,7 +29,12 @@ class Plan:
 def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | None = None,
           max_ttft_s: float | None = None) -> Plan:
     """Re-score a method's placement with the independent evaluators; refuse one that does not serve."""
-    for name, (start, end) in result.placement.used().items():
+    for group in result.placement.tp_groups:
+        try:
+            problem.group_members("+".join(group))
+        except (KeyError, ValueError) as exc:
+            raise SolveError(f"{result.method} returned a bad tensor-parallel group: {exc}") from None
+    for name, (start, end) in result.placement.units().items():
         if not problem.fits(name, start, end):
             raise SolveError(f"{result.method} returned {name} = [{start}, {end}), which does not fit in memory")
     serving = estimate(problem, result.placement, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)

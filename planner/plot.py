@@ -18,18 +18,24 @@ def plot_layout(plan: Plan, path: str) -> None:
     fig, ax = plt.subplots(figsize=(11, 0.45 * len(nodes) + 2.2))
     row = {n.name: i for i, n in enumerate(nodes)}
     flow = plan.serving.flow
+    placement = plan.placement
+    for group in placement.tp_groups:  # flows name a tensor-parallel group; draw them at its first GPU
+        row["+".join(group)] = row[group[0]]
     for n in nodes:
-        start, end = plan.placement.ranges[n.name]
+        start, end = placement.ranges[n.name]
         y = row[n.name]
         if end > start:
+            unit = placement.unit_of(n.name)
+            members = placement.members(unit)
             ax.barh(y, end - start, left=start, height=0.6, color=colours[n.gpu], edgecolor="black")
-            ax.text((start + end) / 2, y, f"{end - start}  ({flow.node_flow.get(n.name, 0):,.0f} tok/s)",
-                    ha="center", va="center", fontsize=8)
+            text = f"{end - start}  ({flow.node_flow.get(unit, 0):,.0f} tok/s)" if n.name == members[0] \
+                else f"tp{len(members)} with {members[0]}"
+            ax.text((start + end) / 2, y, text, ha="center", va="center", fontsize=8)
     biggest = max(flow.edge_flows.values(), default=1.0)
     for (a, b), value in flow.edge_flows.items():
         if COORDINATOR in (a, b):
             continue
-        x = plan.placement.ranges[a][1]
+        x = placement.ranges[placement.members(a)[0]][1]
         ax.annotate("", xy=(x, row[b]), xytext=(x, row[a]),
                     arrowprops=dict(arrowstyle="->", color="dimgray", lw=0.6 + 2.5 * value / biggest, alpha=0.8))
     ax.set_yticks(range(len(nodes)), [f"{n.name} ({n.gpu})" for n in nodes], fontsize=8)

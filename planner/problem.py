@@ -15,14 +15,69 @@ from planner.costmodel import GpuCost
 TOKEN_ID_BYTES = 4  # the coordinator sends token ids in and receives sampled ids back
 
 
+GROUP_SEPARATOR = "+"  # a tensor-parallel group's unit name: its members joined, e.g. 'head:0+head:1'
+
+
+def group_name(members: tuple[str, ...] | list[str]) -> str:
+    return GROUP_SEPARATOR.join(members)
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Half-open layer range [start, end) per node name; start == end leaves the node unused."""
+    """Half-open layer range [start, end) per node name; start == end leaves the node unused.
+
+    `tp_groups` lists tensor-parallel groups: GPUs of one host that hold the same range, each with a
+    1/len(group) share of every layer's weights, and act as ONE pipeline unit. Every member carries the
+    group's range in `ranges`. The flow evaluator and the serving estimator see *units*: a group (named
+    by its members joined with '+') or a GPU outside any group. With no groups, units are the GPUs.
+    """
 
     ranges: dict[str, tuple[int, int]]
+    tp_groups: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for group in self.tp_groups:
+            if len(group) < 2:
+                raise ValueError(f"tensor-parallel group {group} needs at least two GPUs")
+            spans = {self.ranges.get(m) for m in group}
+            if len(spans) != 1 or None in spans:
+                raise ValueError(f"members of tensor-parallel group {group_name(group)} must hold one range")
+            if seen & set(group):
+                raise ValueError(f"a GPU of {group_name(group)} is in two tensor-parallel groups")
+            seen |= set(group)
 
     def used(self) -> dict[str, tuple[int, int]]:
+        """GPUs holding layers (group members listed one by one)."""
         return {n: r for n, r in self.ranges.items() if r[1] > r[0]}
+
+    def units(self) -> dict[str, tuple[int, int]]:
+        """Pipeline units holding layers: tensor-parallel groups by unit name, other GPUs by name."""
+        group_of = {m: g for g in self.tp_groups for m in g}
+        units: dict[str, tuple[int, int]] = {}
+        for name, span in self.ranges.items():
+            if span[1] <= span[0]:
+                continue
+            group = group_of.get(name)
+            if group is None:
+                units[name] = span
+            elif name == group[0]:
+                units[group_name(group)] = span
+        return units
+
+    def unit_of(self, node: str) -> str:
+        """The unit a GPU belongs to: its group's name, or its own."""
+        for group in self.tp_groups:
+            if node in group:
+                return group_name(group)
+        return node
+
+    def members(self, unit: str) -> tuple[str, ...]:
+        """GPUs of a unit (one for a GPU outside any group)."""
+        for group in self.tp_groups:
+            if group_name(group) == unit:
+                return group
+        return (unit,)
 
 
 class PlacementProblem:
@@ -36,25 +91,68 @@ class PlacementProblem:
         self.costs: dict[str, GpuCost] = {g: cluster.cost(g) for g in cluster.gpu_types}
         self.rtt_s = rtt_s  # the round trip node capacities are quoted for (0: compute bound only)
         self.static = not cluster.has_latency
+        self._group_costs: dict[str, GpuCost] = {}
 
     def with_rtt(self, rtt_s: float) -> "PlacementProblem":
         return PlacementProblem(self.cluster, rtt_s)
 
     # ---- nodes --------------------------------------------------------------------------------
 
-    def cost(self, node: str) -> GpuCost:
-        return self.costs[self.by_name[node].gpu]
+    def cost_of(self, name: str) -> GpuCost:
+        """Costs of a unit: a GPU by node name, or a tensor-parallel group by its unit name
+        ('head:0+head:1': GPUs of one host and one type; see GpuCost for the group's model)."""
+        if name in self.by_name:
+            return self.costs[self.by_name[name].gpu]
+        if name not in self._group_costs:
+            members = self.group_members(name)
+            first = self.by_name[members[0]]
+            host = self.cluster.host(first.host)
+            self._group_costs[name] = self.cluster.cost(first.gpu, tp=len(members), tp_link=host.gpu_link)
+        return self._group_costs[name]
+
+    cost = cost_of  # every per-unit question takes a node name or a group's unit name
+
+    def group_members(self, name: str) -> tuple[str, ...]:
+        """The GPUs of a unit name; a group must be 2+ distinct GPUs of one host and one GPU type."""
+        if name in self.by_name:
+            return (name,)
+        members = tuple(name.split(GROUP_SEPARATOR))
+        unknown = [m for m in members if m not in self.by_name]
+        if unknown:
+            raise KeyError(f"no GPU named {unknown[0]!r} (unit {name!r})")
+        nodes = [self.by_name[m] for m in members]
+        if len(set(members)) != len(members) or len(members) < 2:
+            raise ValueError(f"tensor-parallel group {name!r} needs two or more distinct GPUs")
+        if len({n.host for n in nodes}) != 1:
+            raise ValueError(f"tensor-parallel group {name!r} spans hosts; a group lives in one host")
+        if len({n.gpu for n in nodes}) != 1:
+            raise ValueError(f"tensor-parallel group {name!r} mixes GPU types")
+        return members
+
+    def host_of(self, name: str) -> str:
+        """Host of a GPU or of a tensor-parallel group."""
+        if name in self.by_name:
+            return self.by_name[name].host
+        return self.by_name[self.group_members(name)[0]].host
 
     def max_layers(self, node: str, start: int, end: int) -> int:
-        return self.cost(node).max_layers(first=start == 0, last=end == self.layers)
+        return self.cost_of(node).max_layers(first=start == 0, last=end == self.layers)
 
     def fits(self, node: str, start: int, end: int) -> bool:
+        """Whether a GPU (or a tensor-parallel group, by unit name) holds [start, end) with KV room."""
         return 0 <= start < end <= self.layers and end - start <= self.max_layers(node, start, end)
 
     def capacity(self, node: str, start: int, end: int, rtt_s: float | None = None) -> float:
-        """Output tokens/s of `node` holding [start, end)."""
+        """Output tokens/s of `node` (a GPU or a group's unit name) holding [start, end)."""
         rtt = self.rtt_s if rtt_s is None else rtt_s
-        return self.cost(node).capacity(end - start, rtt, first=start == 0, last=end == self.layers)
+        return self.cost_of(node).capacity(end - start, rtt, first=start == 0, last=end == self.layers)
+
+    def group_capacity(self, group: tuple[str, ...] | list[str], start: int, end: int,
+                       rtt_s: float | None = None) -> float:
+        """Output tokens/s of the tensor-parallel group `group` (node names) holding [start, end)."""
+        members = tuple(group)
+        name = members[0] if len(members) == 1 else group_name(members)
+        return self.capacity(name, start, end, rtt_s)
 
     # ---- links --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ def plan_json(plan: Plan) -> dict:
     nodes = [{"name": n.name, "host": n.host, "gpu": n.gpu,
               "start_layer": plan.placement.ranges[n.name][0], "end_layer": plan.placement.ranges[n.name][1]}
              for n in plan.problem.nodes]
+    groups = [list(g) for g in plan.placement.tp_groups]
     flows = [{"from": a, "to": b, "tokens_per_s": round(v, 3)} for (a, b), v in serving.flow.edge_flows.items()]
     return {
         "model": plan.cluster.model.id,
@@ -28,6 +29,7 @@ def plan_json(plan: Plan) -> dict:
         "ttft_s": serving.ttft_s,
         "solver": {"status": result.status, "seconds": round(result.seconds, 3), "gap": result.gap},
         "nodes": nodes,
+        **({"tp_groups": groups} if groups else {}),  # flows name a group by its members joined with '+'
         "flows": flows,
         "bottleneck": list(serving.flow.cut),
         "notes": list(result.notes) + list(serving.notes),
@@ -59,12 +61,19 @@ def print_plan(console: Console, plan: Plan) -> None:
         if end <= start:
             table.add_row(node.name, node.gpu, "-", "0", "-", "-", "-", "-", "-", style="dim")
             continue
-        cap = serving.node_capacity.get(node.name, plan.problem.capacity(node.name, start, end))
-        flow = serving.flow.node_flow.get(node.name, 0.0) * serving.load
-        kv = plan.problem.cost(node.name).kv_tokens(end - start, start == 0, end == plan.problem.layers) \
+        unit = plan.placement.unit_of(node.name)  # a tensor-parallel group reports once, on its first GPU
+        members = plan.placement.members(unit)
+        label = node.name if len(members) == 1 else f"{node.name} (tp{len(members)})"
+        if node.name != members[0]:
+            table.add_row(label, node.gpu, f"[{start}, {end})", str(end - start), f"tp with {members[0]}",
+                          "", "", "", "")
+            continue
+        cap = serving.node_capacity.get(unit, plan.problem.capacity(unit, start, end))
+        flow = serving.flow.node_flow.get(unit, 0.0) * serving.load
+        kv = plan.problem.cost(unit).kv_tokens(end - start, start == 0, end == plan.problem.layers) \
             if not plan.problem.static else None
-        batch = serving.node_batch.get(node.name)
-        table.add_row(node.name, node.gpu, f"[{start}, {end})", str(end - start), f"{cap:,.0f}", f"{flow:,.0f}",
+        batch = serving.node_batch.get(unit)
+        table.add_row(label, node.gpu, f"[{start}, {end})", str(end - start), f"{cap:,.0f}", f"{flow:,.0f}",
                       f"{flow / cap:.0%}" if cap else "-", f"{batch:.1f}" if batch else "-",
                       f"{kv:,}" if kv is not None else "-")
     console.print(table)

@@ -34,8 +34,8 @@ class ServingEstimate:
     ttft_s: float | None               # flow-weighted mean time to first token (no queueing for admission)
     load: float                        # share of the consistent flow kept to meet the limits
     flow: FlowResult                   # flows at the consistent capacities (before load scaling)
-    node_capacity: dict[str, float]    # consistent capacities, tokens/s
-    node_batch: dict[str, float]       # sequences per decode step at the operating point
+    node_capacity: dict[str, float]    # consistent capacities, tokens/s, by unit (GPU or TP group name)
+    node_batch: dict[str, float]       # sequences per decode step at the operating point, by unit
     paths: tuple[PathEstimate, ...]
     notes: tuple[str, ...] = ()
 
@@ -92,18 +92,18 @@ def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
 def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
     """Latency plus transfer time of `vectors` hidden vectors (token ids at the coordinator ends)."""
     if a == COORDINATOR or b == COORDINATOR:
-        host = problem.by_name[b if a == COORDINATOR else a].host
+        host = problem.host_of(b if a == COORDINATOR else a)
         link = problem.cluster.coordinator_link(host)
         size = 4 * vectors
     else:
-        link = problem.link(problem.by_name[a].host, problem.by_name[b].host)
+        link = problem.link(problem.host_of(a), problem.host_of(b))
         size = problem.cluster.activation_bytes_per_token() * vectors
     return link.latency_s + size / link.bandwidth_bytes_per_s
 
 
 def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow: dict[str, float],
                load: float) -> tuple[list[PathEstimate], dict[str, float]]:
-    ranges = placement.used()
+    ranges = placement.units()
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
     prompt = problem.cluster.workload.prompt_tokens
@@ -131,7 +131,7 @@ def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: flo
     if problem.static:
         return ServingEstimate(static.value, static.value, None, None, 1.0, static,
                                {}, {}, (), ("static throughput tables: no latency model",))
-    ranges = placement.used()
+    ranges = placement.units()
     capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
     flow = static
     for _ in range(ITERATIONS):

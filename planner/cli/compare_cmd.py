@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
+from planner.cli.console import make_console
 from rich.table import Table
 
 from planner.cluster import load_cluster
@@ -16,7 +16,7 @@ from planner.solvers.registry import METHODS
 
 
 @click.command()
-@click.argument("cluster_file", type=click.Path(dir_okay=False))
+@click.argument("cluster_file", type=click.Path())
 @click.option("--methods", "names", default=",".join(METHODS), show_default=True,
               help="Comma-separated methods to compare.")
 @click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
@@ -29,7 +29,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             max_ttft: float | None, plot: str | None, as_json: bool) -> None:
     """Solve with every method and print one table: max flow, serving throughput, TPOT, TTFT, GPUs, time."""
     cluster = load_cluster(cluster_file)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     rows = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         if name not in METHODS:

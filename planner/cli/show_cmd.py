@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
+from planner.cli.console import make_console
 from rich.table import Table
 
 from planner.cluster import load_cluster
@@ -11,11 +11,11 @@ from planner.units import format_bandwidth, format_bytes, format_time
 
 
 @click.command()
-@click.argument("cluster_file", type=click.Path(dir_okay=False))
+@click.argument("cluster_file", type=click.Path())
 def show(cluster_file: str) -> None:
     """Print a cluster: hosts, GPUs, links, and each GPU type's memory, layer limit and capacity."""
     cluster = load_cluster(cluster_file)
-    console = Console()
+    console = make_console()
     model = cluster.model
     console.print(f"[bold]{cluster.path}[/]: {model.id} ({model.layers} layers, hidden {model.hidden_size}) "
                   f"in {cluster.dtype}, coordinator on {cluster.coordinator_host}; workload "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
+from planner.cli.console import make_console
 
 from planner.cluster import load_cluster
 from planner.layout import write_layout
@@ -16,7 +16,7 @@ from planner.solvers.registry import DEFAULT_METHOD, METHODS
 
 
 @click.command()
-@click.argument("cluster_file", type=click.Path(dir_okay=False))
+@click.argument("cluster_file", type=click.Path())
 @click.option("--method", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
               help="Placement method (docs/planner.md).")
 @click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
@@ -33,7 +33,7 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
           max_ttft: float | None, out: str | None, plot: str | None, as_json: bool) -> None:
     """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
     cluster = load_cluster(cluster_file)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     with console.status(f"solving with {method} ...") as status:
         plan = solve_plan(cluster, method, time_limit=time_limit, seed=seed,
                           max_tpot_s=max_tpot / 1e3 if max_tpot else None,

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import highspy
+import numpy as np
 import pulp
 
 from planner.errors import SolveError
@@ -26,15 +27,18 @@ from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 
-COORDINATOR = "coordinator"
 FIXED_POINT_ROUNDS = 4
+FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before neighbourhood search
+NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
+NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
+EXACT_GPUS = 12  # up to this many GPUs the exact per-host model is used
 
 
 @dataclass(frozen=True)
 class Group:
-    """Interchangeable GPUs: same host, same type."""
+    """Interchangeable GPUs of one type at one flow endpoint (a host, or a pooled zone)."""
 
-    host: str
+    endpoint: str
     gpu: str
     nodes: tuple[str, ...]
 
@@ -47,19 +51,17 @@ class MilpOutcome:
     status: str
 
 
-def groups_of(problem: PlacementProblem) -> list[Group]:
-    found: dict[tuple[str, str], list[str]] = {}
-    for node in problem.nodes:
-        found.setdefault((node.host, node.gpu), []).append(node.name)
-    return [Group(host, gpu, tuple(nodes)) for (host, gpu), nodes in found.items()]
-
-
 def _zones(problem: PlacementProblem, hosts: list[str], never_binding: float) -> list[list[str]]:
-    """Partition hosts into zones whose every internal link carries more than any placement could send."""
+    """Partition hosts into zones whose every internal link (GPU links included) carries more than
+    any placement could send, so traffic inside a zone needs no per-pair variables."""
     zones: list[list[str]] = []
     for host in hosts:
+        if problem.link_capacity(host, host) < never_binding:
+            zones.append([host])  # its own GPU link may bind: modelled explicitly
+            continue
         for zone in zones:
-            if all(problem.link_capacity(host, other) >= never_binding and
+            if all(problem.link_capacity(other, other) >= never_binding and
+                   problem.link_capacity(host, other) >= never_binding and
                    problem.link_capacity(other, host) >= never_binding for other in zone):
                 zone.append(host)
                 break
@@ -88,103 +90,184 @@ class _WarmHighs(pulp.HiGHS):
 
 
 def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm: Placement | None = None,
-                   threads: int = 2) -> MilpOutcome:
-    """Placement with the most static max flow at the problem's capacities (its rtt_s)."""
+                   pooled: bool | None = None, threads: int = 2, seed: int = 0) -> MilpOutcome:
+    """Placement with the most static max flow at the problem's capacities (its rtt_s).
+
+    Exact model (default up to EXACT_GPUS GPUs): one group per host and GPU type, per-host-pair link
+    variables across zones. Pooled model (larger clusters): one group per zone and GPU type, links
+    between zones bounded conservatively by the slowest host pair times the number of GPUs on the
+    narrower side, and layer boundaries on a grid of `step` layers. A pooled solution is re-scored
+    exactly, and its status is never 'optimal' unless it meets the exact upper bound."""
+    began = time.perf_counter()
     layers = problem.layers
-    groups = groups_of(problem)
-    hosts = list(dict.fromkeys(g.host for g in groups))
     ub = problem.upper_bound()
+    hosts = problem.hosts_with_gpus()
     zones = _zones(problem, hosts, never_binding=ub * 1.0001)
-    zone_of = {h: i for i, zone in enumerate(zones) for h in zone}
+    pooled = len(problem.nodes) > EXACT_GPUS if pooled is None else pooled
+    zone_of = {h: f"z{i}" for i, zone in enumerate(zones) for h in zone}
+    endpoint_of = {n.name: (zone_of[n.host] if pooled else n.host) for n in problem.nodes}
+    step = max(1, round(layers / 40)) if pooled else 1
+    found: dict[tuple[str, str], list[str]] = {}
+    for node in problem.nodes:
+        found.setdefault((endpoint_of[node.name], node.gpu), []).append(node.name)
+    groups = [Group(ep, gpu, tuple(nodes)) for (ep, gpu), nodes in found.items()]
 
     lp = pulp.LpProblem("placement", pulp.LpMaximize)
     count, flow = {}, {}
+    ends, starts = {}, {}          # (endpoint, boundary) -> flow variables
+    end_counts, start_counts = {}, {}  # (endpoint, boundary) -> count variables
+    bounds = sorted(set(range(0, layers, step)) | {layers})
     for gi, group in enumerate(groups):
         node = group.nodes[0]
-        for s in range(layers):
-            for e in range(s + 1, layers + 1):
-                if not problem.fits(node, s, e):
+        for s in bounds:
+            for e in bounds:
+                if e <= s or not problem.fits(node, s, e):
                     continue
                 cap = problem.capacity(node, s, e)
                 if cap <= 0:
                     continue
-                count[gi, s, e] = pulp.LpVariable(f"x_{gi}_{s}_{e}", 0, len(group.nodes), cat="Integer")
-                flow[gi, s, e] = pulp.LpVariable(f"y_{gi}_{s}_{e}", 0)
-                lp += flow[gi, s, e] <= cap * count[gi, s, e]
+                count[gi, s, e] = x = lp.add_variable(f"x_{gi}_{s}_{e}", 0, len(group.nodes), cat="Integer")
+                flow[gi, s, e] = y = lp.add_variable(f"y_{gi}_{s}_{e}", 0)
+                lp += y <= cap * x
+                ends.setdefault((group.endpoint, e), []).append(y)
+                starts.setdefault((group.endpoint, s), []).append(y)
+                end_counts.setdefault((group.endpoint, e), []).append(x)
+                start_counts.setdefault((group.endpoint, s), []).append(x)
     if not count:
         raise SolveError("no GPU can hold even one layer with KV room: the model does not fit")
     for gi, group in enumerate(groups):
         lp += pulp.lpSum(v for (g, _, _), v in count.items() if g == gi) <= len(group.nodes)
 
-    def out_at(host: str, b: int):  # flow leaving the GPUs of `host` that end at boundary b
-        return pulp.lpSum(v for (g, _, e), v in flow.items() if e == b and groups[g].host == host)
+    endpoints = list(dict.fromkeys(g.endpoint for g in groups))
+    members = {ep: [h for h in hosts if (zone_of[h] if pooled else h) == ep] for ep in endpoints}
+    out_at = lambda ep, b: pulp.lpSum(ends.get((ep, b), []))  # noqa: E731
+    in_at = lambda ep, b: pulp.lpSum(starts.get((ep, b), []))  # noqa: E731
 
-    def in_at(host: str, b: int):
-        return pulp.lpSum(v for (g, s, _), v in flow.items() if s == b and groups[g].host == host)
+    def link_cap(a: str, c: str) -> float:
+        """Conservative capacity between endpoints (slowest host pair), clamped for numerics."""
+        return min(min(problem.link_capacity(ha, hc) for ha in members[a] for hc in members[c]), ub * 1.0001)
 
     # coordinator links: token ids in to layer 0, sampled ids back from the last layer
-    for host in hosts:
-        cap = min(problem.coordinator_capacity(host), ub * 1.0001)
-        lp += in_at(host, 0) <= cap
-        lp += out_at(host, layers) <= cap
-    lp += pulp.lpSum(in_at(h, 0) for h in hosts) == pulp.lpSum(out_at(h, layers) for h in hosts)
-    # boundaries: each host's outflow goes over links (shared per host pair and boundary)
-    for b in range(1, layers):
-        senders = [h for h in hosts if any(e == b and groups[g].host == h for (g, _, e) in flow)]
-        receivers = [h for h in hosts if any(s == b and groups[g].host == h for (g, s, _) in flow)]
-        sent = {h: [] for h in senders}
-        received = {h: [] for h in receivers}
-        for ha, hb in itertools.product(senders, receivers):
-            if zone_of[ha] == zone_of[hb] and ha != hb:
+    for ep in endpoints:  # pooled: the slowest member's link, conservatively (token ids rarely bind)
+        cap = min(min(problem.coordinator_capacity(h) for h in members[ep]), ub * 1.0001)
+        lp += in_at(ep, 0) <= cap
+        lp += out_at(ep, layers) <= cap
+    # boundaries: what ends at b on an endpoint leaves over links to endpoints where something starts at b
+    for b in bounds[1:-1]:
+        sent = {ep: [] for ep in endpoints}
+        received = {ep: [] for ep in endpoints}
+        for a, c in itertools.product(endpoints, endpoints):
+            if not ends.get((a, b)) or not starts.get((c, b)):
+                continue
+            same_zone = pooled and a == c or not pooled and a != c and zone_of[a] == zone_of[c] \
+                and len(zones[int(zone_of[a][1:])]) > 1
+            if same_zone or (not pooled and a == c and problem.link_capacity(a, a) >= ub * 1.0001):
                 continue  # pooled below
-            cap = problem.link_capacity(ha, hb)
+            cap = link_cap(a, c)
             if cap <= 0:
                 continue
-            # a bound above anything the GPUs can send only hurts numerics: clamp it
-            var = pulp.LpVariable(f"g_{hosts.index(ha)}_{hosts.index(hb)}_{b}", 0, min(cap, ub * 1.0001))
-            sent[ha].append(var)
-            received[hb].append(var)
-        pooled_out, pooled_in = {}, {}
-        for zi, zone in enumerate(zones):
-            members_out = [h for h in zone if h in sent]
-            members_in = [h for h in zone if h in received]
-            if len(zone) > 1 and members_out and members_in:
-                for h in members_out:
-                    pooled_out[h] = pulp.LpVariable(f"po_{hosts.index(h)}_{b}", 0)
-                    sent[h].append(pooled_out[h])
-                for h in members_in:
-                    pooled_in[h] = pulp.LpVariable(f"pi_{hosts.index(h)}_{b}", 0)
-                    received[h].append(pooled_in[h])
-                lp += pulp.lpSum(pooled_out[h] for h in members_out) == pulp.lpSum(pooled_in[h] for h in members_in)
-        for h in senders:
-            lp += out_at(h, b) == pulp.lpSum(sent[h])
-        for h in receivers:
-            lp += in_at(h, b) == pulp.lpSum(received[h])
-        for h in hosts:  # a host with no matching partner at b can carry nothing across it
-            if h in senders and not sent[h]:
-                lp += out_at(h, b) == 0
-    lp += pulp.lpSum(in_at(h, 0) for h in hosts)
+            var = lp.add_variable(f"g_{endpoints.index(a)}_{endpoints.index(c)}_{b}", 0, cap if not pooled else None)
+            if pooled:  # each sending GPU has its own path to each receiver: min(#senders, #receivers) pairs
+                lp += var <= cap * pulp.lpSum(end_counts[a, b])
+                lp += var <= cap * pulp.lpSum(start_counts[c, b])
+            sent[a].append(var)
+            received[c].append(var)
+        pooled_zones: dict[str, tuple[list, list]] = {}
+        for ep in endpoints:
+            zone = ep if pooled else zone_of[ep]
+            if not pooled and len(zones[int(zone[1:])]) == 1 and problem.link_capacity(ep, ep) < ub * 1.0001:
+                continue
+            po = lp.add_variable(f"po_{endpoints.index(ep)}_{b}", 0) if ends.get((ep, b)) else None
+            pi = lp.add_variable(f"pi_{endpoints.index(ep)}_{b}", 0) if starts.get((ep, b)) else None
+            outs, ins = pooled_zones.setdefault(zone, ([], []))
+            if po is not None:
+                sent[ep].append(po)
+                outs.append(po)
+            if pi is not None:
+                received[ep].append(pi)
+                ins.append(pi)
+        for outs, ins in pooled_zones.values():
+            lp += pulp.lpSum(outs) == pulp.lpSum(ins)
+        for ep in endpoints:
+            if ends.get((ep, b)):
+                lp += out_at(ep, b) == pulp.lpSum(sent[ep])
+            if starts.get((ep, b)):
+                lp += in_at(ep, b) == pulp.lpSum(received[ep])
+    lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints) == pulp.lpSum(out_at(ep, layers) for ep in endpoints)
+    lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints)
 
-    began = time.perf_counter()
     heuristics = chain_candidates(problem, began + min(5.0, time_limit / 4)) + ([warm] if warm else [])
+    for method in baselines.METHODS.values():  # what people do today starts the search too
+        try:
+            heuristics.append(method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement)
+        except SolveError:
+            pass
     scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
-    start = _warm_values(problem, groups, incumbent, count) if incumbent else None
+    start = _warm_values(groups, incumbent, count) if incumbent else None
     left = time_limit - (time.perf_counter() - began)
-    solver = _WarmHighs(start, msg=False, timeLimit=max(left, 0.1), threads=threads, gapRel=1e-6)
+    # a full solve first (it proves small cases); larger ones then improve by neighbourhood search
+    first_limit = left if not pooled else left * FULL_SOLVE_SHARE
+    solver = _WarmHighs(start, msg=False, timeLimit=max(first_limit, 0.1), threads=threads, gapRel=1e-6)
     lp.solve(solver)
-    found = _disaggregate(problem, groups, count) if lp.objective.value() is not None else None
-    value = max_flow(problem, found).value if found else 0.0
-    placement, objective = (found, value) if value >= incumbent_value else (incumbent, incumbent_value)
+    solution = _solution_of(lp, count) if lp.objective.value() is not None else start
+    if pooled and solution is not None:
+        solution = _neighbourhood_search(lp, groups, count, solution, deadline=began + time_limit, seed=seed)
+    found_placement = _placement_of(problem, groups, solution) if solution else None
+    value = max_flow(problem, found_placement).value if found_placement else 0.0
+    placement, objective = (found_placement, value) if value >= incumbent_value else (incumbent, incumbent_value)
     if placement is None:
         raise SolveError(f"the MILP solver found no placement ({pulp.LpStatus[lp.status]})")
-    bound = solver.dual_bound if math.isfinite(solver.dual_bound) else ub
+    bound = solver.dual_bound if math.isfinite(solver.dual_bound) and not pooled else ub
     bound = max(min(bound, ub), objective)
     proven = bound <= objective * (1 + 1e-4) + 1e-9
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
 
 
-def _warm_values(problem: PlacementProblem, groups: list[Group], warm: Placement, count: dict) -> dict[str, float]:
+def _solution_of(lp: pulp.LpProblem, count: dict) -> dict[str, float]:
+    return {var.name: round(var.value() or 0.0) for var in count.values()}
+
+
+def _neighbourhood_search(lp: pulp.LpProblem, groups: list[Group], count: dict, solution: dict[str, float],
+                          *, deadline: float, seed: int) -> dict[str, float]:
+    """Large-neighbourhood search on the solved model: free the counts of a few groups, fix the rest at
+    the incumbent, re-solve (small, so HiGHS finishes), keep improvements. Seeded, so deterministic
+    up to the time limit."""
+    highs = lp.solverModel
+    rng = np.random.default_rng(seed)
+    by_group: dict[int, list] = {}
+    for (gi, _, _), var in count.items():
+        by_group.setdefault(gi, []).append(var)
+    columns = list(lp.variables())
+    best = -highs.getInfo().objective_function_value if highs.getInfo().primal_solution_status else 0.0
+    size = min(NEIGHBOURHOOD_GROUPS, len(groups))
+    while time.perf_counter() < deadline - 0.2 and size < len(groups) + 1:
+        free = set(rng.choice(len(groups), size=size, replace=False).tolist())
+        for gi, variables in by_group.items():
+            for var in variables:
+                if gi in free:
+                    highs.changeColBounds(var.index, 0, len(groups[gi].nodes))
+                else:
+                    highs.changeColBounds(var.index, solution.get(var.name, 0.0), solution.get(var.name, 0.0))
+        start = highspy.HighsSolution()
+        start.col_value = [solution.get(v.name, v.value() or 0.0) for v in columns]
+        start.value_valid = True
+        highs.setSolution(start)
+        highs.setOptionValue("time_limit", max(0.1, min(NEIGHBOURHOOD_SECONDS, deadline - time.perf_counter())))
+        highs.run()
+        info = highs.getInfo()
+        if info.primal_solution_status:
+            value = -info.objective_function_value
+            if value > best * (1 + 1e-6):
+                best = value
+                values = highs.getSolution().col_value
+                for var in count.values():
+                    var.varValue = values[var.index]
+                solution = {var.name: round(values[var.index]) for var in count.values()}
+    return solution
+
+
+def _warm_values(groups: list[Group], warm: Placement, count: dict) -> dict[str, float]:
     values: dict[str, float] = {}
     group_of = {n: gi for gi, g in enumerate(groups) for n in g.nodes}
     for name, (s, e) in warm.used().items():
@@ -194,14 +277,16 @@ def _warm_values(problem: PlacementProblem, groups: list[Group], warm: Placement
     return values
 
 
-def _disaggregate(problem: PlacementProblem, groups: list[Group], count: dict) -> Placement:
+def _placement_of(problem: PlacementProblem, groups: list[Group], solution: dict[str, float]) -> Placement:
     """Give each group's interval counts to its GPUs in index order."""
     ranges = dict.fromkeys((n.name for n in problem.nodes), (0, 0))
-    for gi, group in enumerate(groups):
-        chosen = sorted((s, e) for (g, s, e), v in count.items()
-                        if g == gi for _ in range(int(round(v.value() or 0))))
-        for name, span in zip(group.nodes, chosen):
-            ranges[name] = span
+    chosen: dict[int, list[tuple[int, int]]] = {}
+    for name, value in solution.items():
+        _, gi, s, e = name.split("_")
+        chosen.setdefault(int(gi), []).extend([(int(s), int(e))] * int(round(value)))
+    for gi, spans in chosen.items():
+        for node, span in zip(groups[gi].nodes, sorted(spans)):
+            ranges[node] = span
     return Placement(ranges)
 
 
@@ -216,7 +301,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     deadline = began + time_limit
     if problem.static:
         say("max-flow MILP (static throughput tables)")
-        outcome = solve_max_flow(problem, time_limit=time_limit, warm=warm)
+        outcome = solve_max_flow(problem, time_limit=time_limit, warm=warm, seed=seed)
         gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
         return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
                            gap=max(gap, 0.0), bound=outcome.bound)
@@ -251,7 +336,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
         left = deadline - time.perf_counter()
         outcome = solve_max_flow(quoted, time_limit=left / (FIXED_POINT_ROUNDS - round_no),
-                                 warm=best[1] if best else warm)
+                                 warm=best[1] if best else warm, seed=seed)
         if outcome.status != "optimal":
             status = "time_limit"
         consider(outcome.placement)

@@ -1,0 +1,339 @@
+"""A served layout, simulated: the coordinator, its admission queue, the stages and the links.
+
+Request life (docs/simulator.md):
+  arrival -> admission queue (FIFO) -> a path, chosen hop by hop by the routing policy among stages
+  with KV room for prompt + output tokens (reserved on every stage of the path; freed at completion)
+  -> prompt to the first stage (4-byte token ids) -> prefill, chunk by chunk, stage by stage
+  (hidden_size x dtype bytes per token between stages) -> first token back to the coordinator (TTFT)
+  -> decode rounds along the same path, one token per sequence per round trip -> last token (E2E).
+
+Only `simulate()` and `Simulation` are public; they read a Layout and never reach into the solver.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Callable
+
+import numpy as np
+
+from planner.errors import InputError
+from planner.flow import max_flow
+from planner.layout import Layout
+from planner.problem import PlacementProblem
+from planner.routing import COORDINATOR, ROUTERS, RouteGraph, make_router
+from simulator.engine import EventLoop
+from simulator.metrics import LinkReport, Recorder, SimResult, StageReport, summarise
+from simulator.network import Link
+from simulator.stage import Cohort, Stage
+from simulator.workload import LENGTH_KINDS, Lengths, Offline, Request, Workload
+
+TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
+PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
+LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    workload: Workload = field(default_factory=Offline)
+    lengths: str = "fixed"          # fixed | uniform | lognormal (means: the cluster's [workload])
+    scheduler: str = "maxflow"      # a name in planner.routing.ROUTERS
+    duration_s: float = 600.0       # measured
+    warmup_s: float = 60.0          # simulated first, excluded from the metrics
+    seed: int = 0
+    token_budget: int = 2048        # tokens per stage iteration: decode tokens + prompt chunks
+
+
+Progress = Callable[[float, float], None]   # (simulated seconds done, total)
+
+
+def simulate(layout: Layout, config: SimConfig = SimConfig(), progress: Progress | None = None) -> SimResult:
+    """Simulate serving `layout` under `config`; deterministic for a seed."""
+    return Simulation(layout, config).run(progress)
+
+
+class Simulation:
+    def __init__(self, layout: Layout, config: SimConfig) -> None:
+        self.layout, self.config = layout, config
+        cluster = layout.cluster
+        problem = PlacementProblem(cluster)
+        placement = layout.placement
+        units = placement.units()
+        if not units:
+            raise InputError("the layout places no layers", field="[nodes]", fix="re-plan with `planner solve --out`")
+        if config.scheduler not in ROUTERS:
+            raise InputError(f"unknown scheduler '{config.scheduler}'", field="--scheduler",
+                             fix=f"use one of {', '.join(ROUTERS)}")
+        if config.lengths not in LENGTH_KINDS:
+            raise InputError(f"unknown lengths '{config.lengths}'", field="--lengths",
+                             fix=f"use one of {', '.join(LENGTH_KINDS)}")
+        for name in units:
+            cost = problem.cost_of(name)
+            if not cost.has_latency:
+                gpu = cost.gpu.id
+                raise InputError(f"GPU type '{gpu}' (on {name}) is described only by a static throughput table, "
+                                 "which says nothing about latency or memory: the simulator cannot run this layout",
+                                 file=cluster.path, field=f"[gpu {gpu}] throughput",
+                                 fix="measure it with `planner profile` (decode_ms/prefill_ms tables) "
+                                     "or use a catalog GPU type")
+        max_seqs = min(problem.cost_of(n).params.max_batch for n in units)
+        if config.token_budget <= max_seqs:
+            raise InputError(f"a token budget of {config.token_budget} leaves no room for prompts beside a full "
+                             f"decode batch of {max_seqs}", field="--token-budget", fix=f"give more than {max_seqs}")
+
+        self.warmup_s, self.end_s = config.warmup_s, config.warmup_s + config.duration_s
+        window = (self.warmup_s, self.end_s)
+        self.loop = EventLoop()
+        self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, self.end_s / 1000))
+        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        self.length_rng, self.arrival_rng = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
+
+        # stages, the routing graph and the links between them
+        activation = cluster.activation_bytes_per_token()
+        self.stages: dict[str, Stage] = {}
+        for name, span in units.items():
+            stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
+                          config.token_budget, activation, window)
+            stage.deliver_to_coordinator = self.at_coordinator
+            self.stages[name] = stage
+        flows = layout.flows or max_flow(problem, placement).edge_flows
+        self.graph = RouteGraph.build(problem, placement, flows)
+        self.router = make_router(config.scheduler, self.graph, seed=int(seeds[2].generate_state(1)[0]))
+        self.links: dict[tuple[str, str], Link] = {}
+        for name, stage in self.stages.items():
+            for nxt in self.graph.successors.get(name, ()):
+                if nxt == COORDINATOR:
+                    stage.link_to[None] = self._link(stage.host, COORDINATOR, cluster.coordinator_link(stage.host))
+                else:
+                    other = self.stages[nxt]
+                    stage.link_to[other] = self._link(stage.host, other.host, cluster.link(stage.host, other.host))
+        self.coordinator_link = {self.stages[n]: self._link(COORDINATOR, self.stages[n].host,
+                                                            cluster.coordinator_link(self.stages[n].host))
+                                 for n in self.graph.successors[COORDINATOR]}
+        self.widest = self._widest_request()
+        if self.widest <= 0:
+            raise InputError("no chain of stages with KV room runs from the coordinator back to it",
+                             field="[nodes]", fix="re-plan the layout: every layer must be covered by linked GPUs")
+
+        # requests
+        workload = cluster.workload
+        self.lengths = Lengths(config.lengths, workload.prompt_tokens, workload.output_tokens,
+                               cluster.model.max_position_embeddings)
+        self.closed = isinstance(config.workload, Offline)
+        self.in_flight = 0
+        if self.closed:
+            self.in_flight = config.workload.in_flight or self.saturating_in_flight(problem, units)
+        self.queue: deque[Request] = deque()
+        self.paths: dict[tuple[str, ...], int] = {}
+        self.path_stages: list[tuple[Stage, ...]] = []
+        self._next_id = 0
+        self._lengths_buffer: list[tuple[int, int]] = []
+        self._load = lambda unit: self.stages[unit].resident
+        self._arrivals = iter(())
+
+    # ---- construction helpers ---------------------------------------------------------------------
+
+    def _link(self, a: str, b: str, spec) -> Link:
+        key = (a, b)
+        if key not in self.links:
+            name = f"{a} GPUs" if a == b else f"{a}->{b}"
+            self.links[key] = Link(name, spec.bandwidth_bytes_per_s, spec.latency_s, (self.warmup_s, self.end_s))
+        return self.links[key]
+
+    @staticmethod
+    def saturating_in_flight(problem: PlacementProblem, units: dict[str, tuple[int, int]]) -> int:
+        """Offline default: every stage's largest batch, summed, so KV, not the workload, is the limit."""
+        return max(1, sum(problem.cost_of(n).max_batch(e - s, first=s == 0, last=e == problem.layers)
+                          for n, (s, e) in units.items()))
+
+    def _widest_request(self) -> int:
+        """Largest KV reservation (tokens) some routable path can hold when empty."""
+        best: dict[str, float] = {COORDINATOR: math.inf}
+
+        def widest(unit: str) -> float:
+            if unit not in best:
+                best[unit] = 0.0
+                onward = max((widest(n) for n in self.router.options(unit)), default=0.0)
+                best[unit] = min(self.stages[unit].kv_capacity, onward)
+            return best[unit]
+
+        return int(max((widest(n) for n in self.router.options(COORDINATOR)), default=0.0))
+
+    # ---- requests ---------------------------------------------------------------------------------
+
+    def _new_request(self, now: float, prompt: int | None = None, output: int | None = None) -> Request:
+        if prompt is None:
+            if not self._lengths_buffer:
+                prompts, outputs = self.lengths.sample(self.length_rng, LENGTH_BLOCK)
+                self._lengths_buffer = list(zip(prompts.tolist(), outputs.tolist()))[::-1]
+            prompt, output = self._lengths_buffer.pop()
+        request = Request(self._next_id, now, prompt, output)
+        self._next_id += 1
+        return request
+
+    def _intern(self, names: tuple[str, ...]) -> int:
+        pid = self.paths.get(names)
+        if pid is None:
+            pid = self.paths[names] = len(self.path_stages)
+            stages = tuple(self.stages[n] for n in names)
+            self.path_stages.append(stages)
+            for i, stage in enumerate(stages):
+                stage.next_of[pid] = stages[i + 1] if i + 1 < len(stages) else None
+        return pid
+
+    def admit(self, now: float, events: list) -> None:
+        """Admit queued requests in order while a path has KV room for the one at the head."""
+        queue, stages = self.queue, self.stages
+        while queue:
+            request = queue[0]
+            need = request.kv_tokens
+            if need > self.widest:  # would never fit: refuse it rather than block the queue forever
+                queue.popleft()
+                self.recorder.rejected += 1
+                if self.closed:
+                    queue.append(self._new_request(now))
+                continue
+            names = self.router.route(lambda unit: stages[unit].has_room(need), self._load)
+            if names is None:
+                return
+            queue.popleft()
+            request.pid = self._intern(names)
+            request.path = path = self.path_stages[request.pid]
+            request.admitted_s = now
+            for stage in path:
+                stage.reserve(need, now)
+            first = path[0]
+            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt)
+            first.receive(arrive, [], [[request, request.prompt, 0]], events)
+
+    def arrive(self, now: float, item: tuple[float, int, int]) -> list:
+        """Open-loop arrival: queue the request, try to admit, schedule the next arrival."""
+        _, prompt, output = item
+        self.queue.append(self._new_request(now, prompt, output))
+        events: list = []
+        self.admit(now, events)
+        upcoming = next(self._arrivals, None)
+        if upcoming is not None and upcoming[0] <= self.end_s:
+            events.append((upcoming[0], self.arrive, upcoming))
+        return events
+
+    def _complete(self, request: Request, now: float) -> None:
+        for stage in request.path:
+            stage.release(request.kv_tokens)
+        self.recorder.done(request, now)
+        if self.closed:
+            self.queue.append(self._new_request(now))
+
+    def at_coordinator(self, now: float, payload: tuple[list, list]) -> list:
+        """Tokens back at the coordinator: first tokens start decoding, finished requests leave,
+        the rest go round again to the first stage of their path."""
+        cohorts, firsts = payload
+        recorder = self.recorder
+        outgoing: dict[Stage, list[Cohort]] = {}
+        tokens = 0
+        finished = False
+        for request in firsts:
+            request.first_s = now
+            recorder.prompt_done(now, request.prompt)
+            tokens += 1
+            if request.output <= 1:
+                self._complete(request, now)
+                finished = True
+                continue
+            request.left = request.output - 1
+            outgoing.setdefault(request.path[0], []).append(Cohort(request.pid, [request], request.prompt + 1))
+        for cohort in cohorts:
+            members = cohort.members
+            tokens += len(members)
+            keep = []
+            gone = 0
+            for request in members:
+                request.left -= 1
+                if request.left:
+                    keep.append(request)
+                else:
+                    gone += request.prompt + request.output - 1   # its context in the round just done
+                    self._complete(request, now)
+            if gone:
+                finished = True
+                cohort.members = keep
+            if keep:
+                cohort.ctx += len(keep) - gone   # every sequence still decoding holds one more token
+                outgoing.setdefault(self.path_stages[cohort.pid][0], []).append(cohort)
+        recorder.tokens(now, tokens)
+        events: list = []
+        for first, sent in outgoing.items():
+            sequences = sum(len(c.members) for c in sent)
+            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences), sent, [], events)
+        if finished:
+            self.admit(now, events)
+        return events
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    def run(self, progress: Progress | None = None) -> SimResult:
+        began = perf_counter()
+        loop = self.loop
+        if self.closed:
+            for _ in range(self.in_flight):
+                self.queue.append(self._new_request(0.0))
+            events: list = []
+            self.admit(0.0, events)
+            loop.schedule_all(events)
+        else:
+            self._arrivals = self.config.workload.arrivals(self.arrival_rng, self.lengths)
+            first = next(self._arrivals, None)
+            if first is not None and first[0] <= self.end_s:
+                loop.schedule(first[0], self.arrive, first)
+        for step in range(1, PROGRESS_STEPS + 1):
+            loop.run(self.end_s * step / PROGRESS_STEPS)
+            if progress is not None:
+                progress(loop.now, self.end_s)
+        return self._result(perf_counter() - began)
+
+    def _result(self, wall_s: float) -> SimResult:
+        rec, config, layout = self.recorder, self.config, self.layout
+        measured = config.duration_s
+        problem = PlacementProblem(layout.cluster)
+        stages = []
+        for name, stage in self.stages.items():
+            members = layout.placement.members(name)
+            gpu = problem.by_name[members[0]].gpu + (f" x{len(members)}" if len(members) > 1 else "")
+            stages.append(StageReport(
+                name, gpu, stage.span, stage.busy_s / measured,
+                stage.kv_peak / stage.kv_capacity if stage.kv_capacity else 0.0, stage.kv_capacity,
+                stage.decoded / stage.iterations if stage.iterations else 0.0, stage.iterations))
+        links = tuple(LinkReport(link.name, link.busy_s / measured, link.bytes) for link in self.links.values())
+        figures = layout.figures
+
+        def figure(key: str, scale: float = 1.0) -> float | None:
+            try:
+                return float(figures[key]) * scale
+            except (KeyError, ValueError):
+                return None
+
+        reference = {"max_flow_tokens_per_s": figure("max_flow_tokens_per_s"),
+                     "predicted_throughput_tokens_per_s": figure("predicted_throughput_tokens_per_s"),
+                     "predicted_tpot_s": figure("predicted_tpot_ms", 1e-3),
+                     "predicted_ttft_s": figure("predicted_ttft_ms", 1e-3)}
+        settings = {"model": layout.cluster.model.id, "method": layout.method,
+                    "workload": config.workload.label, "in_flight": self.in_flight or None,
+                    "lengths": config.lengths, "prompt_tokens_mean": self.lengths.prompt_mean,
+                    "output_tokens_mean": self.lengths.output_mean, "scheduler": config.scheduler,
+                    "seed": config.seed, "token_budget": config.token_budget,
+                    "warmup_s": config.warmup_s, "duration_s": config.duration_s}
+        series = tuple(count / rec.bin_s for count in rec.bins[: int(math.ceil(self.end_s / rec.bin_s))])
+        return SimResult(
+            decode_throughput=rec.output_tokens / measured,
+            total_throughput=(rec.output_tokens + rec.prompt_tokens) / measured,
+            requests_completed=rec.completed,
+            ttft=summarise(rec.ttft), tpot=summarise(rec.tpot), e2e=summarise(rec.e2e),
+            queue_wait=summarise(rec.queue_wait),
+            simulated_seconds=self.end_s, measured_seconds=measured, wall_seconds=wall_s,
+            events=self.loop.fired, stages=tuple(stages), links=links, settings=settings, reference=reference,
+            requests_rejected=rec.rejected, requests_waiting=len(self.queue),
+            throughput_series=series, bin_seconds=rec.bin_s,
+            samples={"ttft_s": tuple(rec.ttft), "tpot_s": tuple(rec.tpot), "e2e_s": tuple(rec.e2e)})

@@ -1,0 +1,227 @@
+"""A pipeline stage (a GPU or a tensor-parallel group holding a layer range) with continuous batching.
+
+Iteration policy (vLLM's chunked-prefill scheduler, decode first):
+  1. every decode token waiting at the stage joins the iteration (at most `max_seqs` sequences can be
+     resident, so the batch is bounded);
+  2. the rest of the token budget (`budget` tokens per iteration) goes to prompt chunks, first come
+     first served; a prompt longer than what is left is split, its remainder heads the queue;
+  3. the iteration takes decode_s(layers, decode batch, mean context) + prefill_s(layers, chunk tokens,
+     context) of the cost model (measured tables when the cluster has them): a mixed iteration is
+     charged as a decode step plus a prefill pass, as the planner charges it;
+  4. when it ends, outputs leave as one transfer per next hop, and the next iteration starts at once
+     with whatever has arrived meanwhile; with nothing waiting the stage idles until the next arrival.
+
+Work moves in cohorts: the decode sequences of one path that travel together. Cohorts of one path that
+meet at a stage merge, so per-iteration work grows with the number of paths, not of sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Callable
+
+from planner.costmodel import GpuCost
+from simulator.network import Link
+
+INF = math.inf
+CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
+
+
+class Cohort:
+    """Decode sequences of one path moving as one: `ctx` is the sum of their context lengths."""
+
+    __slots__ = ("pid", "members", "ctx")
+
+    def __init__(self, pid: int, members: list, ctx: int) -> None:
+        self.pid, self.members, self.ctx = pid, members, ctx
+
+
+class Stage:
+    def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
+                 budget: int, activation_bytes: int, window: tuple[float, float]) -> None:
+        start, end = span
+        self.name, self.host, self.cost, self.span = name, host, cost, span
+        self.layers = end - start
+        self.budget = budget                      # tokens per iteration (decode tokens + prompt chunks)
+        self.activation_bytes = activation_bytes  # bytes per token sent to the next stage
+        # KV cache, in tokens (each token's K and V in every layer held), and batch slots
+        self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
+        self.max_seqs = cost.params.max_batch
+        self.kv_used = 0
+        self.resident = 0
+        # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
+        self.next_of: dict[int, Stage | None] = {}
+        self.link_to: dict[Stage | None, Link] = {}
+        self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
+        # queues
+        self.inbox: list[tuple] = []              # (arrival time, cohorts, prompt chunks) in flight to us
+        self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
+        self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
+        self.busy = False
+        self.wake_at = INF
+        self._batch: list[Cohort] = []
+        self._chunks: list[tuple] = []
+        # metrics
+        self.window = window
+        self.busy_s = 0.0
+        self.kv_peak = 0
+        self.iterations = 0
+        self.decoded = 0
+        self._decode_memo: dict[tuple[int, int], float] = {}
+        self._prefill_memo: dict[tuple[int, int], float] = {}
+
+    # ---- cost model, memoised ---------------------------------------------------------------------
+
+    def decode_time(self, batch: int, context: float) -> float:
+        key = (batch, int(context) // CONTEXT_BUCKET)
+        seconds = self._decode_memo.get(key)
+        if seconds is None:
+            seconds = self.cost.decode_s(self.layers, batch, (key[1] + 0.5) * CONTEXT_BUCKET)
+            self._decode_memo[key] = seconds
+        return seconds
+
+    def prefill_time(self, tokens: int, context: float) -> float:
+        key = (tokens, int(context) // CONTEXT_BUCKET)
+        seconds = self._prefill_memo.get(key)
+        if seconds is None:
+            seconds = self.cost.prefill_s(self.layers, tokens, (key[1] + 0.5) * CONTEXT_BUCKET)
+            self._prefill_memo[key] = seconds
+        return seconds
+
+    # ---- KV admission -----------------------------------------------------------------------------
+
+    def has_room(self, kv_tokens: int) -> bool:
+        return self.resident < self.max_seqs and self.kv_used + kv_tokens <= self.kv_capacity
+
+    def reserve(self, kv_tokens: int, now: float) -> None:
+        self.kv_used += kv_tokens
+        self.resident += 1
+        if self.kv_used > self.kv_peak and now >= self.window[0]:
+            self.kv_peak = self.kv_used
+
+    def release(self, kv_tokens: int) -> None:
+        self.kv_used -= kv_tokens
+        self.resident -= 1
+
+    # ---- events -----------------------------------------------------------------------------------
+
+    def receive(self, arrive: float, cohorts: list, chunks: list, events: list) -> None:
+        """A transfer lands at `arrive`; wake the stage then if it is idle with nothing due sooner."""
+        self.inbox.append((arrive, cohorts, chunks))
+        if not self.busy and arrive < self.wake_at:
+            self.wake_at = arrive
+            events.append((arrive, self.wake, None))
+
+    def wake(self, now: float, _payload) -> list | None:
+        if self.busy or now != self.wake_at:
+            return None  # stale: an iteration started or an earlier wake-up took over
+        self.wake_at = INF
+        return self.start(now)
+
+    def start(self, now: float) -> list | None:
+        """Begin an iteration with everything that has arrived, or go idle until the next arrival."""
+        ready, prefill = self.ready, self.prefill
+        if self.inbox:
+            pending = []
+            for item in self.inbox:
+                if item[0] > now:
+                    pending.append(item)
+                    continue
+                for cohort in item[1]:
+                    have = ready.get(cohort.pid)
+                    if have is None:
+                        ready[cohort.pid] = cohort
+                    else:
+                        have.members += cohort.members
+                        have.ctx += cohort.ctx
+                if item[2]:
+                    prefill.extend(item[2])
+            self.inbox = pending
+        if not ready and not prefill:
+            self.busy = False
+            if self.inbox:
+                self.wake_at = min(item[0] for item in self.inbox)
+                return [(self.wake_at, self.wake, None)]
+            return None
+
+        batch = list(ready.values())
+        ready.clear()
+        sequences = context = 0
+        for cohort in batch:
+            sequences += len(cohort.members)
+            context += cohort.ctx
+        seconds = self.decode_time(sequences, context / sequences) if sequences else 0.0
+
+        chunks = []
+        room = self.budget - sequences
+        if prefill and room > 0:
+            tokens, attention = 0, 0.0
+            while prefill and room > 0:
+                head = prefill[0]
+                request, left, before = head
+                take = left if left <= room else room
+                if take == left:
+                    prefill.popleft()
+                else:
+                    head[1] -= take
+                    head[2] += take
+                chunks.append((request, take, before))
+                room -= take
+                tokens += take
+                attention += take * (before + take / 2)
+            # one pass over all chunks: the context that makes the causal-attention FLOPs
+            # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
+            seconds += self.prefill_time(tokens, attention / tokens - tokens / 2)
+
+        self.busy = True
+        self.wake_at = INF
+        self._batch, self._chunks = batch, chunks
+        end = now + seconds
+        low, high = self.window
+        if low <= now < high:
+            self.iterations += 1
+            self.decoded += sequences
+        if end > low and now < high:
+            self.busy_s += min(end, high) - max(now, low)
+        return [(end, self.finish, None)]
+
+    def finish(self, now: float, _payload) -> list | None:
+        """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
+        self.busy = False
+        outputs: dict[Stage | None, list] = {}    # next hop -> [cohorts, chunks, first tokens, vectors]
+        next_of = self.next_of
+        for cohort in self._batch:
+            nxt = next_of[cohort.pid]
+            out = outputs.get(nxt)
+            if out is None:
+                out = outputs[nxt] = [[], [], [], 0]
+            out[0].append(cohort)
+            out[3] += len(cohort.members)
+        for request, take, before in self._chunks:
+            nxt = next_of[request.pid]
+            if nxt is None and before + take < request.prompt:
+                continue  # a prompt chunk that is not the last: nothing leaves the last stage
+            out = outputs.get(nxt)
+            if out is None:
+                out = outputs[nxt] = [[], [], [], 0]
+            if nxt is None:
+                out[2].append(request)      # the prompt is done: its first token goes back
+                out[3] += 1
+            else:
+                out[1].append([request, take, before])
+                out[3] += take
+        self._batch, self._chunks = [], []
+
+        events: list = []
+        for nxt, (cohorts, chunks, firsts, vectors) in outputs.items():
+            link = self.link_to[nxt]
+            if nxt is None:  # sampled token ids back to the coordinator
+                arrive = link.send(now, 4 * vectors)
+                events.append((arrive, self.deliver_to_coordinator, (cohorts, firsts)))
+            else:            # hidden states to the next stage
+                nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, chunks, events)
+        started = self.start(now)
+        if started:
+            events += started
+        return events

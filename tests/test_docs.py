@@ -1,0 +1,87 @@
+"""The examples in docs/ are real: every cluster file in docs/formats.md loads, the layout example reads."""
+
+import re
+
+import pytest
+
+from planner.cluster import load_cluster
+from planner.layout import read_layout
+
+from conftest import HETERO, ROOT
+
+FORMATS = ROOT / "docs" / "formats.md"
+
+
+def ini_blocks(path):
+    return re.findall(r"```ini\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def cluster_examples():
+    blocks = [b for b in ini_blocks(FORMATS) if re.search(r"^\[cluster\]", b, flags=re.M)]
+    assert len(blocks) >= 4
+    return blocks
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_cluster_examples_load(tmp_path, index):
+    text = cluster_examples()[index]
+    path = tmp_path / f"example{index}.ini"
+    path.write_text(text)
+    cluster = load_cluster(path)
+    assert cluster.nodes()
+
+
+def test_first_example_is_the_seed_cluster(tmp_path):
+    path = tmp_path / "seed.ini"
+    path.write_text(cluster_examples()[0])
+    a, b = load_cluster(path), load_cluster(HETERO)
+    assert [(n.name, n.gpu) for n in a.nodes()] == [(n.name, n.gpu) for n in b.nodes()]
+    assert a.pair_links == b.pair_links and a.default_link == b.default_link
+
+
+def test_layout_example_reads(tmp_path):
+    block = next(b for b in ini_blocks(FORMATS) if b.lstrip().startswith("# layer-planner layout"))
+    layout_dir = tmp_path / "layouts"
+    layout_dir.mkdir()
+    path = layout_dir / "hetero.ini"
+    path.write_text(block.replace("cluster = ../profiles/hetero.ini", f"cluster = {HETERO}"))
+    layout = read_layout(path)
+    assert layout.cluster.model.id == "qwen3-14b"
+    assert layout.placement.ranges["host2:1"] == (30, 40)
+    assert layout.flows[("coordinator", "host1:0")] == pytest.approx(436.61)
+    assert layout.figures["solver_status"] == "feasible"
+
+
+@pytest.mark.parametrize("gpu, limits, row, rtt_bound", [
+    ("rtx2080ti", (14, 11, 11), ("870", "72,023", "62", "19.6 ms", "213 ms"), 620.0),
+    ("rtx4090", (32, 30, 30), ("2,750", "378,455", "256", "23.5 ms", "69.6 ms"), 2560.0),
+])
+def test_cost_model_worked_example_is_current(gpu, limits, row, rtt_bound):
+    """docs/cost-model.md quotes these `planner show profiles/hetero.ini` figures: update it if this fails."""
+    from planner.units import format_time
+
+    cost = load_cluster(HETERO).cost(gpu)
+    assert (cost.max_layers(), cost.max_layers(first=True), cost.max_layers(last=True)) == limits
+    batch = cost.max_batch(10)
+    shown = (f"{cost.capacity(10):,.0f}", f"{cost.kv_tokens(10):,}", str(batch),
+             format_time(cost.decode_s(10, batch)), format_time(cost.prefill_s(10, 1024)))
+    assert shown == row
+    assert cost.capacity(10, 0.1) == pytest.approx(rtt_bound)
+    text = (ROOT / "docs" / "cost-model.md").read_text()
+    assert all(value in text for value in row)
+
+
+def test_hardware_table_matches_catalog(gpus):
+    """Every GPU of profiles/gpus.ini has a row in docs/hardware.md with the catalog's figures."""
+    text = (ROOT / "docs" / "hardware.md").read_text()
+    for gpu_id, gpu in gpus.items():
+        rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+                if line.startswith(f"| `{gpu_id}` |")]
+        rows = [cells for cells in rows if len(cells) == 8]   # the main table, not the change log
+        assert len(rows) == 1, gpu_id
+        cells = rows[0]
+        assert cells[2].startswith(f"{gpu.memory_bytes / 2**20:.0f} MiB"), (gpu_id, cells[2])
+        assert cells[3] == f"{gpu.memory_bandwidth_bytes_per_s / 1e9:g} GB/s", (gpu_id, cells[3])
+        assert cells[4] == f"{gpu.fp16_flops / 1e12:g}", (gpu_id, cells[4])
+        assert cells[5] == f"{gpu.fp32_flops / 1e12:g}", (gpu_id, cells[5])
+        assert cells[6] == ("yes" if gpu.bf16 else "no"), (gpu_id, cells[6])
