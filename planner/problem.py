@@ -185,14 +185,31 @@ class PlacementProblem:
         link = self.cluster.coordinator_link(host)
         return link.bandwidth_bytes_per_s / self.token_id_bytes_per_token if link else 0.0
 
-    def upper_bound(self) -> float:
-        """Throughput no placement beats: every GPU's best per-layer rate pooled over all layers,
-        and the coordinator's links."""
-        per_layer = sum(max((self.cost(n.name).capacity(k, 0.0) * k
-                             for k in range(1, self.cost(n.name).max_layers() + 1)), default=0.0)
-                        for n in self.nodes)
+    @cached_property
+    def _upper_bound(self) -> float:
+        # A placement that serves must hold every layer somewhere, and the flow through each layer is
+        # at most the capacity of the GPUs holding it. Summed over layers: L x T <= sum over GPUs of
+        # k_g x capacity_g(k_g), where the k_g (0 for unused GPUs) add up to at least L. A knapsack
+        # over GPUs and layers covered (capped at L) finds the best such choice.
+        layers = self.layers
+        best = {0: 0.0}
+        for node in self.nodes:
+            cost = self.cost(node.name)
+            options = [(k, k * cost.capacity(k, 0.0)) for k in range(1, cost.max_layers() + 1)]
+            merged = dict(best)
+            for covered, value in best.items():
+                for k, gain in options:
+                    key = min(covered + k, layers)
+                    if value + gain > merged.get(key, -1.0):
+                        merged[key] = value + gain
+            best = merged
         coordinator = sum(self.coordinator_capacity(h.name) for h in self.cluster.hosts if h.gpus)
-        return min(per_layer / self.layers, coordinator) if self.layers else 0.0
+        return min(best.get(layers, 0.0) / layers, coordinator) if layers else 0.0
+
+    def upper_bound(self) -> float:
+        """Throughput no placement beats (at capacities with no round-trip bound): the best per-layer
+        rates of GPUs that together cover every layer, and the coordinator's links."""
+        return self._upper_bound
 
     def hosts_with_gpus(self) -> list[str]:
         return [h.name for h in self.cluster.hosts if h.gpus]

@@ -33,6 +33,7 @@ from simulator.workload import LENGTH_KINDS, Lengths, Offline, Request, Workload
 
 TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
 PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
+MIN_TOKEN_BUDGET = 32     # a decode batch larger than the budget defers prompt chunks, never decodes
 LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
 
 
@@ -45,6 +46,7 @@ class SimConfig:
     warmup_s: float = 60.0          # simulated first, excluded from the metrics
     seed: int = 0
     token_budget: int = 2048        # tokens per stage iteration: decode tokens + prompt chunks
+    microbatches: int | None = None # decode micro-batches per path (None: one per stage of the path)
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -79,10 +81,9 @@ class Simulation:
                                  file=cluster.path, field=f"[gpu {gpu}] throughput",
                                  fix="measure it with `planner profile` (decode_ms/prefill_ms tables) "
                                      "or use a catalog GPU type")
-        max_seqs = min(problem.cost_of(n).params.max_batch for n in units)
-        if config.token_budget <= max_seqs:
-            raise InputError(f"a token budget of {config.token_budget} leaves no room for prompts beside a full "
-                             f"decode batch of {max_seqs}", field="--token-budget", fix=f"give more than {max_seqs}")
+        if config.token_budget < MIN_TOKEN_BUDGET:
+            raise InputError(f"a token budget of {config.token_budget} tokens per iteration is too small",
+                             field="--token-budget", fix=f"give at least {MIN_TOKEN_BUDGET}")
 
         self.warmup_s, self.end_s = config.warmup_s, config.warmup_s + config.duration_s
         window = (self.warmup_s, self.end_s)
@@ -129,6 +130,7 @@ class Simulation:
         self.queue: deque[Request] = deque()
         self.paths: dict[tuple[str, ...], int] = {}
         self.path_stages: list[tuple[Stage, ...]] = []
+        self.lane_sizes: list[list[int]] = []   # sequences in each micro-batch of each path
         self._next_id = 0
         self._lengths_buffer: list[tuple[int, int]] = []
         self._load = lambda unit: self.stages[unit].resident
@@ -180,6 +182,7 @@ class Simulation:
             pid = self.paths[names] = len(self.path_stages)
             stages = tuple(self.stages[n] for n in names)
             self.path_stages.append(stages)
+            self.lane_sizes.append([0] * (self.config.microbatches or len(stages)))
             for i, stage in enumerate(stages):
                 stage.next_of[pid] = stages[i + 1] if i + 1 < len(stages) else None
         return pid
@@ -203,6 +206,9 @@ class Simulation:
             request.pid = self._intern(names)
             request.path = path = self.path_stages[request.pid]
             request.admitted_s = now
+            lanes = self.lane_sizes[request.pid]
+            request.lane = lanes.index(min(lanes))   # the emptiest micro-batch of the path
+            lanes[request.lane] += 1
             for stage in path:
                 stage.reserve(need, now)
             first = path[0]
@@ -221,6 +227,7 @@ class Simulation:
         return events
 
     def _complete(self, request: Request, now: float) -> None:
+        self.lane_sizes[request.pid][request.lane] -= 1
         for stage in request.path:
             stage.release(request.kv_tokens)
         self.recorder.done(request, now)
@@ -244,7 +251,7 @@ class Simulation:
                 finished = True
                 continue
             request.left = request.output - 1
-            outgoing.setdefault(request.path[0], []).append(Cohort(request.pid, [request], request.prompt + 1))
+            outgoing.setdefault(request.path[0], []).append(Cohort(request.pid, request.lane, [request], request.prompt + 1))
         for cohort in cohorts:
             members = cohort.members
             tokens += len(members)

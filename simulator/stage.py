@@ -28,13 +28,17 @@ INF = math.inf
 CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
 
 
+LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
+
+
 class Cohort:
-    """Decode sequences of one path moving as one: `ctx` is the sum of their context lengths."""
+    """Decode sequences of one micro-batch (lane) of one path, moving as one; `ctx` is the sum of
+    their context lengths."""
 
-    __slots__ = ("pid", "members", "ctx")
+    __slots__ = ("pid", "key", "members", "ctx")
 
-    def __init__(self, pid: int, members: list, ctx: int) -> None:
-        self.pid, self.members, self.ctx = pid, members, ctx
+    def __init__(self, pid: int, lane: int, members: list, ctx: int) -> None:
+        self.pid, self.key, self.members, self.ctx = pid, pid * LANES_PER_PATH + lane, members, ctx
 
 
 class Stage:
@@ -129,10 +133,10 @@ class Stage:
                     pending.append(item)
                     continue
                 for cohort in item[1]:
-                    have = ready.get(cohort.pid)
+                    have = ready.get(cohort.key)
                     if have is None:
-                        ready[cohort.pid] = cohort
-                    else:
+                        ready[cohort.key] = cohort
+                    else:  # the same micro-batch, arrived in parts
                         have.members += cohort.members
                         have.ctx += cohort.ctx
                 if item[2]:
@@ -145,8 +149,16 @@ class Stage:
                 return [(self.wake_at, self.wake, None)]
             return None
 
-        batch = list(ready.values())
-        ready.clear()
+        # one micro-batch per path per iteration, the longest waiting (dicts keep arrival order)
+        batch = []
+        if ready:
+            taken = set()
+            for cohort in ready.values():
+                if cohort.pid not in taken:
+                    taken.add(cohort.pid)
+                    batch.append(cohort)
+            for cohort in batch:
+                del ready[cohort.key]
         sequences = context = 0
         for cohort in batch:
             sequences += len(cohort.members)

@@ -23,13 +23,14 @@ class Request:
     """One request's life: lengths, the path it was given, and the times that make its latencies."""
 
     __slots__ = ("id", "arrival_s", "prompt", "output", "kv_tokens", "path", "pid",
-                 "admitted_s", "first_s", "left")
+                 "lane", "admitted_s", "first_s", "left")
 
     def __init__(self, rid: int, arrival_s: float, prompt: int, output: int) -> None:
         self.id, self.arrival_s, self.prompt, self.output = rid, arrival_s, prompt, output
         self.kv_tokens = prompt + output   # KV reserved on every stage of its path at admission
         self.path: tuple = ()              # stages, set at admission
         self.pid = -1                      # interned path id
+        self.lane = 0                      # its decode micro-batch on that path
         self.admitted_s = math.nan
         self.first_s = math.nan            # first token back at the coordinator
         self.left = output                 # tokens still to come back

@@ -137,6 +137,11 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm: Placem
         raise SolveError("no GPU can hold even one layer with KV room: the model does not fit")
     for gi, group in enumerate(groups):
         lp += pulp.lpSum(v for (g, _, _), v in count.items() if g == gi) <= len(group.nodes)
+    # Every layer is held by at least one GPU (valid for any placement that serves at all). Redundant for
+    # integer solutions, but it stops the LP relaxation from spreading fractions of GPUs over one-layer
+    # intervals: with N GPUs and L layers the average interval must be L/N long, which tightens the bound.
+    for layer in range(layers):
+        lp += pulp.lpSum(v for (_, s, e), v in count.items() if s <= layer < e) >= 1
 
     endpoints = list(dict.fromkeys(g.endpoint for g in groups))
     members = {ep: [h for h in hosts if (zone_of[h] if pooled else h) == ep] for ep in endpoints}
