@@ -45,8 +45,8 @@ class SimConfig:
     duration_s: float = 600.0       # measured
     warmup_s: float = 60.0          # simulated first, excluded from the metrics
     seed: int = 0
-    token_budget: int = 2048        # tokens per stage iteration: decode tokens + prompt chunks
-    microbatches: int | None = None # decode micro-batches per path (None: one per stage of the path)
+    token_budget: int = 512         # tokens per stage iteration: decode tokens + prompt chunks
+    microbatches: int = 2           # decode micro-batches per path (lanes), filled evenly
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -182,7 +182,7 @@ class Simulation:
             pid = self.paths[names] = len(self.path_stages)
             stages = tuple(self.stages[n] for n in names)
             self.path_stages.append(stages)
-            self.lane_sizes.append([0] * (self.config.microbatches or len(stages)))
+            self.lane_sizes.append([0] * self.config.microbatches)
             for i, stage in enumerate(stages):
                 stage.next_of[pid] = stages[i + 1] if i + 1 < len(stages) else None
         return pid

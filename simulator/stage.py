@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from heapq import heappop, heappush
 from typing import Callable
 
 from planner.costmodel import GpuCost
@@ -59,7 +60,8 @@ class Stage:
         self.link_to: dict[Stage | None, Link] = {}
         self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
         # queues
-        self.inbox: list[tuple] = []              # (arrival time, cohorts, prompt chunks) in flight to us
+        self.inbox: list[tuple] = []              # heap of (arrival time, seq, cohorts, prompt chunks)
+        self._received = 0
         self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
         self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
         self.busy = False
@@ -112,7 +114,8 @@ class Stage:
 
     def receive(self, arrive: float, cohorts: list, chunks: list, events: list) -> None:
         """A transfer lands at `arrive`; wake the stage then if it is idle with nothing due sooner."""
-        self.inbox.append((arrive, cohorts, chunks))
+        heappush(self.inbox, (arrive, self._received, cohorts, chunks))
+        self._received += 1
         if not self.busy and arrive < self.wake_at:
             self.wake_at = arrive
             events.append((arrive, self.wake, None))
@@ -125,34 +128,31 @@ class Stage:
 
     def start(self, now: float) -> list | None:
         """Begin an iteration with everything that has arrived, or go idle until the next arrival."""
-        ready, prefill = self.ready, self.prefill
-        if self.inbox:
-            pending = []
-            for item in self.inbox:
-                if item[0] > now:
-                    pending.append(item)
-                    continue
-                for cohort in item[1]:
-                    have = ready.get(cohort.key)
-                    if have is None:
-                        ready[cohort.key] = cohort
-                    else:  # the same micro-batch, arrived in parts
-                        have.members += cohort.members
-                        have.ctx += cohort.ctx
-                if item[2]:
-                    prefill.extend(item[2])
-            self.inbox = pending
+        ready, prefill, inbox = self.ready, self.prefill, self.inbox
+        while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
+            _, _, cohorts, chunks = heappop(inbox)
+            for cohort in cohorts:
+                have = ready.get(cohort.key)
+                if have is None:
+                    ready[cohort.key] = cohort
+                else:  # the same micro-batch, arrived in parts
+                    have.members += cohort.members
+                    have.ctx += cohort.ctx
+            if chunks:
+                prefill.extend(chunks)
         if not ready and not prefill:
             self.busy = False
-            if self.inbox:
-                self.wake_at = min(item[0] for item in self.inbox)
+            if inbox:
+                self.wake_at = inbox[0][0]
                 return [(self.wake_at, self.wake, None)]
             return None
 
         # one micro-batch per path per iteration, the longest waiting (dicts keep arrival order)
-        batch = []
-        if ready:
-            taken = set()
+        if len(ready) == 1:
+            batch = list(ready.values())
+            ready.clear()
+        else:
+            batch, taken = [], set()
             for cohort in ready.values():
                 if cohort.pid not in taken:
                     taken.add(cohort.pid)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from planner import __version__
-from planner.cli import compare_cmd, show_cmd, solve_cmd
+from planner.cli import compare_cmd, show_cmd, simulate_cmd, solve_cmd
 from planner.errors import InputError, SolveError
 
 
@@ -23,6 +23,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(show_cmd.show)
 cli.add_command(solve_cmd.solve)
 cli.add_command(compare_cmd.compare)
+cli.add_command(simulate_cmd.simulate_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

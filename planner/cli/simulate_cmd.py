@@ -1,0 +1,117 @@
+"""planner simulate LAYOUT.ini"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner.cli.console import make_console
+from planner.layout import read_layout
+from planner.routing import DEFAULT_ROUTER, ROUTERS
+from planner.units import format_time
+from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
+from simulator.workload import WORKLOAD_HELP
+
+PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar is worth drawing
+
+
+@click.command(name="simulate")
+@click.argument("layout_file", type=click.Path())
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Simulated seconds measured, after the warm-up.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Simulated seconds run first and left out of the metrics.")
+@click.option("--workload", default="offline", show_default=True, help=WORKLOAD_HELP + " (docs/simulator.md).")
+@click.option("--lengths", type=click.Choice(LENGTH_KINDS), default="fixed", show_default=True,
+              help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
+@click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True,
+              help="Routing policy: the path each request takes.")
+@click.option("--microbatches", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Decode micro-batches kept apart on each path.")
+@click.option("--token-budget", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for lengths, arrivals and routing.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Latency CDFs, throughput over time and per-node use, to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
+def simulate_cmd(layout_file: str, duration: float, warmup: float, workload: str, lengths: str, scheduler: str,
+                 microbatches: int, token_budget: int, seed: int, plot: str | None, as_json: bool) -> None:
+    """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node
+    utilisation and KV use, the busiest link. Deterministic for a seed."""
+    layout = read_layout(layout_file)
+    config = SimConfig(workload=parse_workload(workload), lengths=lengths, scheduler=scheduler,
+                       duration_s=duration, warmup_s=warmup, seed=seed, token_budget=token_budget,
+                       microbatches=microbatches)
+    console = make_console(stderr=as_json)
+    err = make_console(stderr=True)
+    if not as_json and err.is_terminal and duration + warmup >= PROGRESS_AFTER_S:
+        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                      TimeElapsedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("run", total=duration + warmup)
+            result = simulate(layout, config, progress=lambda done, total: bar.update(task, completed=done))
+    else:
+        result = simulate(layout, config)
+    if plot:
+        from simulator.plot import plot_result  # matplotlib only when a plot is asked for
+
+        plot_result(result, plot)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    print_result(console, result, layout_file)
+    if plot:
+        console.print(f"plot written to {plot}")
+
+
+
+def _ms(stats: dict) -> list[str]:
+    return [format_time(stats[k]) if stats[k] is not None else "-" for k in ("mean", "p50", "p90", "p99")]
+
+
+def print_result(console, result, layout_file: str) -> None:
+    s, ref = result.settings, result.reference
+    console.print(f"[bold]{layout_file}[/]: {s['model']} ({s['method']} layout), workload {s['workload']}"
+                  + (f" ({s['in_flight']} in flight)" if s["in_flight"] else "")
+                  + f", {s['lengths']} lengths (means {s['prompt_tokens_mean']} + {s['output_tokens_mean']} tokens), "
+                  f"{s['scheduler']} routing, seed {s['seed']}")
+    console.print(f"simulated {s['warmup_s']:g} s warm-up + {s['duration_s']:g} s measured in "
+                  f"{result.wall_seconds:.2f} s ({result.simulated_seconds / max(result.wall_seconds, 1e-9):,.0f}x "
+                  f"real time, {result.events:,} events)")
+    line = (f"throughput [bold]{result.decode_throughput:,.1f}[/] output tokens/s "
+            f"({result.total_throughput:,.1f} with prompt tokens); {result.requests_completed:,} requests completed")
+    if result.requests_waiting:
+        line += f", {result.requests_waiting:,} waiting for KV room at the end"
+    if result.requests_rejected:
+        line += f", {result.requests_rejected:,} rejected (larger than any path's KV cache)"
+    console.print(line)
+    if ref.get("max_flow_tokens_per_s"):
+        planner = f"planner: static max flow {ref['max_flow_tokens_per_s']:,.0f} tokens/s"
+        if ref.get("predicted_throughput_tokens_per_s"):
+            planner += f", predicted serving {ref['predicted_throughput_tokens_per_s']:,.0f} tokens/s"
+        if ref.get("predicted_tpot_s"):
+            planner += f", TPOT {format_time(ref['predicted_tpot_s'])}"
+        console.print(planner)
+
+    latency = Table(title="Latency")
+    for col in ("", "mean", "p50", "p90", "p99"):
+        latency.add_column(col, justify="left" if not col else "right")
+    latency.add_row("TTFT", *_ms(result.ttft))
+    latency.add_row("TPOT", *_ms(result.tpot))
+    latency.add_row("end to end", *_ms(result.e2e))
+    latency.add_row("admission wait", *_ms(result.queue_wait))
+    console.print(latency)
+
+    nodes = Table(title="Nodes")
+    for col in ("node", "GPU", "layers", "busy", "peak KV", "KV tokens", "mean batch", "iterations"):
+        nodes.add_column(col, justify="left" if col in ("node", "GPU") else "right")
+    for st in result.stages:
+        nodes.add_row(st.name, st.gpu, f"[{st.layers[0]}, {st.layers[1]})", f"{st.utilisation:.0%}",
+                      f"{st.peak_kv:.0%}", f"{st.kv_tokens:,}", f"{st.mean_batch:.1f}", f"{st.iterations:,}")
+    console.print(nodes)
+    busiest = result.busiest_link
+    if busiest is not None:
+        console.print(f"busiest link: {busiest.name}, busy {busiest.utilisation:.0%} "
+                      f"({busiest.bytes / max(result.measured_seconds, 1e-9) / 1e6:,.2f} MB/s)")
