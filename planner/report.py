@@ -97,3 +97,31 @@ def chain_text(plan: Plan) -> str:
         share = path.tokens_per_s / (total * plan.serving.load) if total else 0
         lines.append(f"{share:.0%}: coordinator -> " + " -> ".join(path.nodes) + " -> coordinator")
     return "\n".join(lines)
+
+
+def versus_text(plan: Plan, baseline: Plan) -> str:
+    """How the plan compares with a baseline (the hand split), and why the baseline falls short."""
+    ours, theirs = plan.serving, baseline.serving
+    if theirs.throughput <= 0:
+        return f"the {baseline.result.method} split serves nothing under these limits"
+    ratio = ours.throughput / theirs.throughput
+    lines = [f"versus the {baseline.result.method} split: {ratio:.2f}x the serving throughput "
+             f"({ours.throughput:,.0f} vs {theirs.throughput:,.0f} tokens/s)"
+             + (f", TPOT {format_time(ours.tpot_s)} vs {format_time(theirs.tpot_s)}"
+                if ours.tpot_s is not None and theirs.tpot_s is not None else "")]
+    binding = [n for n in theirs.flow.cut if n in baseline.placement.ranges]
+    for name in binding:
+        start, end = baseline.placement.ranges[name]
+        cost = baseline.problem.cost(name)
+        first, last = start == 0, end == baseline.problem.layers
+        extras = " with the embeddings" if first else (" with the LM head" if last else "")
+        reason = (f"  why: in the {baseline.result.method} split {name} ({cost.gpu.id}) holds {end - start} layers"
+                  f"{extras} and caps the flow at {theirs.node_capacity.get(name, 0):,.0f} tokens/s")
+        if not baseline.problem.static:
+            reason += (f": KV room for {cost.max_batch(end - start, first, last)} sequences, "
+                       f"decode step {format_time(cost.decode_s(end - start, max(cost.max_batch(end - start, first, last), 1)))}")
+        lines.append(reason)
+    for name in theirs.flow.cut:
+        if name not in baseline.placement.ranges:
+            lines.append(f"  why: in the {baseline.result.method} split the {name} caps the flow")
+    return "\n".join(lines)

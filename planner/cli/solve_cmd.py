@@ -11,7 +11,8 @@ from planner.cluster import load_cluster
 from planner.layout import write_layout
 from planner.plan import solve as solve_plan
 from planner.plot import plot_layout
-from planner.report import chain_text, plan_json, plan_layout, print_plan
+from planner.errors import SolveError
+from planner.report import chain_text, plan_json, plan_layout, print_plan, versus_text
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 
 
@@ -48,6 +49,13 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
         return
     print_plan(console, plan)
     console.print(chain_text(plan))
+    if method != "even":  # the hand split people start from (seed 000): say by how much and why
+        try:
+            even = solve_plan(cluster, "even", max_tpot_s=max_tpot / 1e3 if max_tpot else None,
+                              max_ttft_s=max_ttft / 1e3 if max_ttft else None)
+            console.print(versus_text(plan, even))
+        except SolveError as exc:
+            console.print(f"(no even split to compare with: {exc})")
     if out:
         console.print(f"layout written to {out}")
     if plot:
