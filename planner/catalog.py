@@ -219,6 +219,11 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
     memory = r.quantity("memory", parse_memory) if r.has("memory") else None
     common = dict(id=gpu_id, name=r.text("name", gpu_id), memory_bytes=memory, bf16=r.boolean("bf16", False),
                   max_layers=max_layers)
+    forms = [form for form, keys in (("static", ("throughput",)), ("measured", ("decode_ms", "prefill_ms", "kv_tokens")),
+                                      ("roofline", ("memory_bandwidth", "fp16_tflops"))) if any(r.has(k) for k in keys)]
+    if len(forms) > 1:
+        raise r.fail(", ".join(forms), f"mixes the {' and '.join(forms)} forms of a GPU",
+                     "give one of: roofline figures, measured latency tables, or a static throughput table")
     if r.has("throughput"):
         if max_layers is None:
             raise r.fail("max_layers", "a static throughput table needs max_layers",
@@ -241,6 +246,9 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))
+            if any(b[1] > a[1] for a, b in zip(kv, kv[1:])):
+                raise r.fail("kv_tokens", "rises with more layers held",
+                             "more layers leave less memory for KV: tokens per layer cannot grow")
             if max_layers is not None and kv[-1][0] > max_layers:
                 raise r.fail("kv_tokens", f"has an entry for {kv[-1][0]} layers but max_layers = {max_layers}",
                              "drop entries above max_layers or raise max_layers")

@@ -155,7 +155,7 @@ def load_cluster(path: str | Path, *, check_fit: bool = True) -> Cluster:
             models[name] = parse_model(path, section, name, ini[section])
 
     top = SectionReader(path, "cluster", ini["cluster"])
-    top.unknown_keys({"model", "dtype", "coordinator", "name"})
+    top.unknown_keys({"model", "dtype", "coordinator"})
     model_id = top.text("model")
     if model_id not in models:
         raise top.fail("model", f"unknown model '{model_id}'",
@@ -206,8 +206,12 @@ def load_cluster(path: str | Path, *, check_fit: bool = True) -> Cluster:
             if a == b:
                 raise r.fail(key, "links a host to itself", "set a host's internal link with gpu_link in [host]")
             link = _parse_link(r, key)
+            other = b if a == COORDINATOR else a
+            if (COORDINATOR in (a, b) and other in coordinator_links) or frozenset((a, b)) in pair_links:
+                raise r.fail(key, "sets a link that another line already set (links go both ways)",
+                             "keep one line per pair of hosts")
             if COORDINATOR in (a, b):
-                coordinator_links[b if a == COORDINATOR else a] = link
+                coordinator_links[other] = link
             else:
                 pair_links[frozenset((a, b))] = link
 

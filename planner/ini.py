@@ -31,7 +31,8 @@ def read_ini(path: str | Path, what: str) -> configparser.ConfigParser:
         if stripped.startswith("[") and not re.split(r"[#;]", stripped)[0].strip().endswith("]"):
             raise InputError(f"line {number}: section header '{stripped}' is not closed",
                              file=path, fix="end it with ']'")
-    parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"),
+    # default_section: a [DEFAULT] in a user's file is an ordinary (unknown) section, not keys for all
+    parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"), default_section="\0",
                                        inline_comment_prefixes=("#", ";"), strict=True,
                                        interpolation=None, empty_lines_in_values=False)
     parser.optionxform = str  # host and GPU names are case-sensitive

@@ -18,7 +18,9 @@ def plan_json(plan: Plan) -> dict:
               "start_layer": plan.placement.ranges[n.name][0], "end_layer": plan.placement.ranges[n.name][1]}
              for n in plan.problem.nodes]
     groups = [list(g) for g in plan.placement.tp_groups]
-    flows = [{"from": a, "to": b, "tokens_per_s": round(v, 3)} for (a, b), v in serving.flow.edge_flows.items()]
+    # flows as served: scaled by the load the latency limits allow
+    flows = [{"from": a, "to": b, "tokens_per_s": round(v * serving.load, 3)}
+             for (a, b), v in serving.flow.edge_flows.items()]
     return {
         "model": plan.cluster.model.id,
         "method": result.method,
@@ -48,7 +50,8 @@ def plan_layout(plan: Plan) -> Layout:
     if serving.tpot_s is not None:
         figures["predicted_tpot_ms"] = f"{serving.tpot_s * 1e3:.2f}"
         figures["predicted_ttft_ms"] = f"{serving.ttft_s * 1e3:.2f}"
-    return Layout(plan.cluster, plan.result.method, plan.placement, dict(serving.flow.edge_flows), figures)
+    flows = {edge: value * serving.load for edge, value in serving.flow.edge_flows.items()}
+    return Layout(plan.cluster, plan.result.method, plan.placement, flows, figures)
 
 
 def print_plan(console: Console, plan: Plan) -> None:
