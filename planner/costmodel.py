@@ -125,8 +125,9 @@ class GpuCost:
         return max(0, min(self.model.layers, int(room // per_layer)))
 
     def max_batch(self, layers: int, first: bool = False, last: bool = False) -> int:
-        """Sequences of mean context length whose KV fits beside the weights, capped by max_batch."""
-        fits = int(self.kv_tokens(layers, first, last) // self.workload.mean_context)
+        """Sequences whose KV fits beside the weights, capped by max_batch. Each admitted request
+        reserves KV for its whole prompt + output (no preemption, as the simulator and runtime do)."""
+        fits = int(self.kv_tokens(layers, first, last) // self.workload.request_tokens)
         return max(0, min(self.params.max_batch, fits))
 
     # ---- time ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.flow import COORDINATOR, FlowResult, max_flow
-from planner.problem import Placement, PlacementProblem
+from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
 TOLERANCE = 1e-3
@@ -94,11 +94,42 @@ def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
     if a == COORDINATOR or b == COORDINATOR:
         host = problem.host_of(b if a == COORDINATOR else a)
         link = problem.cluster.coordinator_link(host)
-        size = 4 * vectors
+        size = TOKEN_ID_BYTES * vectors
     else:
         link = problem.link(problem.host_of(a), problem.host_of(b))
         size = problem.cluster.activation_bytes_per_token() * vectors
     return link.latency_s + size / link.bandwidth_bytes_per_s
+
+
+def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
+    """The physical link a hop uses, per direction (the coordinator's links named after it)."""
+    return (COORDINATOR if a == COORDINATOR else problem.host_of(a),
+            COORDINATOR if b == COORDINATOR else problem.host_of(b))
+
+
+def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load: float) -> dict[tuple[str, str], float]:
+    """Mean queueing delay on each link (Pollaczek-Khinchine, FIFO): prompts cross a link as one large
+    transfer per request, decode tokens as one transfer per batch, and both queue behind each other."""
+    workload = problem.cluster.workload
+    vector = problem.cluster.activation_bytes_per_token()
+    traffic: dict[tuple[str, str], list[tuple[float, float]]] = {}  # link -> (arrivals/s, bytes) classes
+    for nodes, rate in paths:
+        tokens_per_s = rate * load
+        for a, b in zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)):
+            size = TOKEN_ID_BYTES if COORDINATOR in (a, b) else vector
+            rows = max(batch.get(b, batch.get(a, 1.0)), 1.0)
+            classes = traffic.setdefault(_link_key(problem, a, b), [])
+            classes.append((tokens_per_s / workload.output_tokens, workload.prompt_tokens * size))
+            classes.append((tokens_per_s / rows, rows * size))
+    waits = {}
+    for (ha, hb), classes in traffic.items():
+        link = problem.cluster.coordinator_link(hb if ha == COORDINATOR else ha) if COORDINATOR in (ha, hb) \
+            else problem.link(ha, hb)
+        bandwidth = link.bandwidth_bytes_per_s
+        busy = min(sum(rate * size for rate, size in classes) / bandwidth, 0.99)
+        second_moment = sum(rate * (size / bandwidth) ** 2 for rate, size in classes)
+        waits[(ha, hb)] = second_moment / (2 * (1 - busy))
+    return waits
 
 
 def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow: dict[str, float],
@@ -106,15 +137,17 @@ def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow
     ranges = placement.units()
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
+    waits = _link_waits(problem, paths, batch, load)
     prompt = problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
-        # a decode token waits for the step in progress at each stage, then rides the next one
-        tpot = sum(step[n] for n in nodes) + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0)))
-                                                  for a, b in hops)
+        queued = sum(waits[_link_key(problem, a, b)] for a, b in hops)
+        # at each stage a decode token waits on average half the step in progress, then rides the next
+        tpot = sum(1.5 * step[n] for n in nodes) + queued \
+            + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
         ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \
-            + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
+            + queued + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
         estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
     return estimates, batch
 

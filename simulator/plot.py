@@ -52,7 +52,7 @@ def plot_result(result: SimResult, path: str, title: str = "") -> None:
         ax_time.axvspan(0, warmup, color="grey", alpha=0.15, label="warm-up (not measured)")
     reference = result.reference.get("predicted_throughput_tokens_per_s")
     if reference:
-        ax_time.axhline(reference, color="tab:red", ls="--", lw=1, label="planner's prediction")
+        ax_time.axhline(reference, color="tab:red", ls="--", lw=1, label="planner's predicted capacity")
     ax_time.axhline(result.decode_throughput, color="black", ls=":", lw=1, label="measured mean")
     ax_time.set_xlabel("simulated seconds")
     ax_time.set_ylabel("output tokens/s")

@@ -24,7 +24,7 @@ from planner.errors import InputError
 from planner.flow import max_flow
 from planner.layout import Layout
 from planner.problem import PlacementProblem
-from planner.routing import COORDINATOR, ROUTERS, RouteGraph, make_router
+from planner.routing import COORDINATOR, DEFAULT_ROUTER, ROUTERS, RouteGraph, make_router
 from simulator.engine import EventLoop
 from simulator.metrics import LinkReport, Recorder, SimResult, StageReport, summarise
 from simulator.network import Link
@@ -41,12 +41,12 @@ LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
 class SimConfig:
     workload: Workload = field(default_factory=Offline)
     lengths: str = "fixed"          # fixed | uniform | lognormal (means: the cluster's [workload])
-    scheduler: str = "maxflow"      # a name in planner.routing.ROUTERS
+    scheduler: str = DEFAULT_ROUTER # a name in planner.routing.ROUTERS
     duration_s: float = 600.0       # measured
     warmup_s: float = 60.0          # simulated first, excluded from the metrics
     seed: int = 0
-    token_budget: int = 512         # tokens per stage iteration: decode tokens + prompt chunks
-    microbatches: int = 2           # decode micro-batches per path (lanes), filled evenly
+    token_budget: int = 256         # tokens per stage iteration: decode tokens + prompt chunks
+    microbatches: int = 1           # decode micro-batches per path (lanes), filled evenly
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -57,70 +57,63 @@ def simulate(layout: Layout, config: SimConfig = SimConfig(), progress: Progress
     return Simulation(layout, config).run(progress)
 
 
+def _check(layout: Layout, config: SimConfig) -> None:
+    """Refuse what the simulator cannot run, naming the field and the fix."""
+    cluster = layout.cluster
+    if not layout.placement.units():
+        raise InputError("the layout places no layers", field="[nodes]", fix="re-plan with `planner solve --out`")
+    if config.scheduler not in ROUTERS:
+        raise InputError(f"unknown scheduler '{config.scheduler}'", field="--scheduler",
+                         fix=f"use one of {', '.join(ROUTERS)}")
+    if config.lengths not in LENGTH_KINDS:
+        raise InputError(f"unknown lengths '{config.lengths}'", field="--lengths",
+                         fix=f"use one of {', '.join(LENGTH_KINDS)}")
+    if not cluster.has_latency:  # the layout was planned as a pure max-flow problem
+        gpu = next(g for g, spec in cluster.gpu_types.items() if spec.is_static)
+        raise InputError(f"GPU type '{gpu}' is described only by a static throughput table, which says "
+                         "nothing about latency or memory: the simulator cannot run this layout",
+                         file=cluster.path, field=f"[gpu {gpu}] throughput",
+                         fix="give it measured decode_ms/prefill_ms tables (docs/formats.md) "
+                             "or use a catalog GPU type")
+    if config.token_budget < MIN_TOKEN_BUDGET:
+        raise InputError(f"a token budget of {config.token_budget} tokens per iteration is too small",
+                         field="--token-budget", fix=f"give at least {MIN_TOKEN_BUDGET}")
+
+
 class Simulation:
     def __init__(self, layout: Layout, config: SimConfig) -> None:
         self.layout, self.config = layout, config
         cluster = layout.cluster
         problem = PlacementProblem(cluster)
-        placement = layout.placement
-        units = placement.units()
-        if not units:
-            raise InputError("the layout places no layers", field="[nodes]", fix="re-plan with `planner solve --out`")
-        if config.scheduler not in ROUTERS:
-            raise InputError(f"unknown scheduler '{config.scheduler}'", field="--scheduler",
-                             fix=f"use one of {', '.join(ROUTERS)}")
-        if config.lengths not in LENGTH_KINDS:
-            raise InputError(f"unknown lengths '{config.lengths}'", field="--lengths",
-                             fix=f"use one of {', '.join(LENGTH_KINDS)}")
-        for name in units:
-            cost = problem.cost_of(name)
-            if not cost.has_latency:
-                gpu = cost.gpu.id
-                raise InputError(f"GPU type '{gpu}' (on {name}) is described only by a static throughput table, "
-                                 "which says nothing about latency or memory: the simulator cannot run this layout",
-                                 file=cluster.path, field=f"[gpu {gpu}] throughput",
-                                 fix="measure it with `planner profile` (decode_ms/prefill_ms tables) "
-                                     "or use a catalog GPU type")
-        if config.token_budget < MIN_TOKEN_BUDGET:
-            raise InputError(f"a token budget of {config.token_budget} tokens per iteration is too small",
-                             field="--token-budget", fix=f"give at least {MIN_TOKEN_BUDGET}")
-
+        units = layout.placement.units()
+        _check(layout, config)
         self.warmup_s, self.end_s = config.warmup_s, config.warmup_s + config.duration_s
-        window = (self.warmup_s, self.end_s)
         self.loop = EventLoop()
         self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, self.end_s / 1000))
         seeds = np.random.SeedSequence(config.seed).spawn(3)
         self.length_rng, self.arrival_rng = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
 
         # stages, the routing graph and the links between them
-        activation = cluster.activation_bytes_per_token()
         self.stages: dict[str, Stage] = {}
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
-                          config.token_budget, activation, window)
+                          config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s))
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
-        flows = layout.flows or max_flow(problem, placement).edge_flows
-        self.graph = RouteGraph.build(problem, placement, flows)
+        flows = layout.flows or max_flow(problem, layout.placement).edge_flows
+        self.graph = RouteGraph.build(problem, layout.placement, flows)
         self.router = make_router(config.scheduler, self.graph, seed=int(seeds[2].generate_state(1)[0]))
         self.links: dict[tuple[str, str], Link] = {}
-        for name, stage in self.stages.items():
-            for nxt in self.graph.successors.get(name, ()):
-                if nxt == COORDINATOR:
-                    stage.link_to[None] = self._link(stage.host, COORDINATOR, cluster.coordinator_link(stage.host))
-                else:
-                    other = self.stages[nxt]
-                    stage.link_to[other] = self._link(stage.host, other.host, cluster.link(stage.host, other.host))
-        self.coordinator_link = {self.stages[n]: self._link(COORDINATOR, self.stages[n].host,
-                                                            cluster.coordinator_link(self.stages[n].host))
-                                 for n in self.graph.successors[COORDINATOR]}
+        self.coordinator_link: dict[Stage, Link] = {}
+        self._connect()
         self.widest = self._widest_request()
-        if self.widest <= 0:
-            raise InputError("no chain of stages with KV room runs from the coordinator back to it",
-                             field="[nodes]", fix="re-plan the layout: every layer must be covered by linked GPUs")
+        workload = cluster.workload
+        if workload.prompt_tokens + workload.output_tokens > self.widest:
+            raise InputError(f"a request of {workload.prompt_tokens} + {workload.output_tokens} tokens needs more KV "
+                             f"cache than any path of the layout holds ({self.widest:,} tokens)",
+                             file=cluster.path, field="[workload]", fix="shorten the requests or re-plan")
 
         # requests
-        workload = cluster.workload
         self.lengths = Lengths(config.lengths, workload.prompt_tokens, workload.output_tokens,
                                cluster.model.max_position_embeddings)
         self.closed = isinstance(config.workload, Offline)
@@ -137,6 +130,20 @@ class Simulation:
         self._arrivals = iter(())
 
     # ---- construction helpers ---------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """A Link per direction of every host pair the routing graph uses, the coordinator's included."""
+        cluster = self.layout.cluster
+        for name, stage in self.stages.items():
+            for nxt in self.graph.successors.get(name, ()):
+                if nxt == COORDINATOR:
+                    stage.link_to[None] = self._link(stage.host, COORDINATOR, cluster.coordinator_link(stage.host))
+                else:
+                    other = self.stages[nxt]
+                    stage.link_to[other] = self._link(stage.host, other.host, cluster.link(stage.host, other.host))
+        for name in self.graph.successors[COORDINATOR]:
+            first = self.stages[name]
+            self.coordinator_link[first] = self._link(COORDINATOR, first.host, cluster.coordinator_link(first.host))
 
     def _link(self, a: str, b: str, spec) -> Link:
         key = (a, b)
@@ -162,7 +169,11 @@ class Simulation:
                 best[unit] = min(self.stages[unit].kv_capacity, onward)
             return best[unit]
 
-        return int(max((widest(n) for n in self.router.options(COORDINATOR)), default=0.0))
+        widest_tokens = int(max((widest(n) for n in self.router.options(COORDINATOR)), default=0.0))
+        if widest_tokens <= 0:
+            raise InputError("no chain of stages with KV room runs from the coordinator back to it",
+                             field="[nodes]", fix="re-plan the layout: every layer must be covered by linked GPUs")
+        return widest_tokens
 
     # ---- requests ---------------------------------------------------------------------------------
 
@@ -251,7 +262,8 @@ class Simulation:
                 finished = True
                 continue
             request.left = request.output - 1
-            outgoing.setdefault(request.path[0], []).append(Cohort(request.pid, request.lane, [request], request.prompt + 1))
+            cohort = Cohort(request.pid, request.lane, [request], request.prompt + 1)  # prompt + first token
+            outgoing.setdefault(request.path[0], []).append(cohort)
         for cohort in cohorts:
             members = cohort.members
             tokens += len(members)

@@ -1,8 +1,9 @@
 """A pipeline stage (a GPU or a tensor-parallel group holding a layer range) with continuous batching.
 
 Iteration policy (vLLM's chunked-prefill scheduler, decode first):
-  1. every decode token waiting at the stage joins the iteration (at most `max_seqs` sequences can be
-     resident, so the batch is bounded);
+  1. every decode token waiting at the stage joins the iteration, except that two micro-batches
+     (lanes) of one path never share an iteration (with the default of one lane per path: every
+     decode token waiting); at most `max_seqs` sequences are resident, so the batch is bounded;
   2. the rest of the token budget (`budget` tokens per iteration) goes to prompt chunks, first come
      first served; a prompt longer than what is left is split, its remainder heads the queue;
   3. the iteration takes decode_s(layers, decode batch, mean context) + prefill_s(layers, chunk tokens,
@@ -11,8 +12,9 @@ Iteration policy (vLLM's chunked-prefill scheduler, decode first):
   4. when it ends, outputs leave as one transfer per next hop, and the next iteration starts at once
      with whatever has arrived meanwhile; with nothing waiting the stage idles until the next arrival.
 
-Work moves in cohorts: the decode sequences of one path that travel together. Cohorts of one path that
-meet at a stage merge, so per-iteration work grows with the number of paths, not of sequences.
+Work moves in cohorts: the decode sequences of one lane of one path, travelling together. Parts of one
+cohort that meet at a stage merge, so per-iteration work grows with the number of paths, not of
+sequences; only the coordinator touches each sequence, once per token.
 """
 
 from __future__ import annotations

@@ -84,9 +84,9 @@ def test_kv_tokens_by_hand(ti):
 
 
 def test_max_batch_is_capped_and_shrinks(ti):
-    mean_context = 1024 + 256 / 2
+    request_tokens = 1024 + 256  # admission reserves the whole prompt + output
     assert ti.max_batch(1) == 256                        # vLLM's max_num_seqs
-    assert ti.max_batch(10) == int(ti.kv_tokens(10) // mean_context) < 256
+    assert ti.max_batch(10) == int(ti.kv_tokens(10) // request_tokens) < 256
     batches = [ti.max_batch(k) for k in range(1, ti.max_layers() + 1)]
     assert batches == sorted(batches, reverse=True)
     assert batches[-1] >= 1

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from planner.cli.console import make_console
 from planner.layout import read_layout
-from planner.routing import DEFAULT_ROUTER, ROUTERS
+from planner.routing import ROUTERS
 from planner.units import format_time
 from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
 from simulator.workload import WORKLOAD_HELP
@@ -20,20 +20,21 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 
 @click.command(name="simulate")
 @click.argument("layout_file", type=click.Path())
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=SimConfig.duration_s, show_default=True,
               help="Simulated seconds measured, after the warm-up.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--warmup", type=click.FloatRange(min=0), default=SimConfig.warmup_s, show_default=True,
               help="Simulated seconds run first and left out of the metrics.")
 @click.option("--workload", default="offline", show_default=True, help=WORKLOAD_HELP + " (docs/simulator.md).")
-@click.option("--lengths", type=click.Choice(LENGTH_KINDS), default="fixed", show_default=True,
+@click.option("--lengths", type=click.Choice(LENGTH_KINDS), default=SimConfig.lengths, show_default=True,
               help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
-@click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True,
+@click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=SimConfig.scheduler, show_default=True,
               help="Routing policy: the path each request takes.")
-@click.option("--microbatches", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--microbatches", type=click.IntRange(min=1), default=SimConfig.microbatches, show_default=True,
               help="Decode micro-batches kept apart on each path.")
-@click.option("--token-budget", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget, show_default=True,
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for lengths, arrivals and routing.")
+@click.option("--seed", type=int, default=SimConfig.seed, show_default=True,
+              help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
