@@ -49,6 +49,6 @@ def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int 
           progress: Progress = no_progress) -> Plan:
     if method not in METHODS:
         raise InputError(f"unknown method '{method}'", field="--method", fix=f"use one of {', '.join(METHODS)}")
-    problem = PlacementProblem(cluster)
+    problem = PlacementProblem(cluster, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
     result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
     return score(problem, result, max_tpot_s, max_ttft_s)

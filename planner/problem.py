@@ -83,8 +83,10 @@ class Placement:
 class PlacementProblem:
     """A cluster seen as a placement problem: nodes, capacities for each range, link capacities."""
 
-    def __init__(self, cluster: Cluster, rtt_s: float = 0.0) -> None:
+    def __init__(self, cluster: Cluster, rtt_s: float = 0.0, *, max_tpot_s: float | None = None,
+                 max_ttft_s: float | None = None) -> None:
         self.cluster = cluster
+        self.max_tpot_s, self.max_ttft_s = max_tpot_s, max_ttft_s  # the user's latency limits
         self.layers = cluster.model.layers
         self.nodes: list[Node] = cluster.nodes()
         self.by_name = {n.name: n for n in self.nodes}
@@ -94,7 +96,7 @@ class PlacementProblem:
         self._group_costs: dict[str, GpuCost] = {}
 
     def with_rtt(self, rtt_s: float) -> "PlacementProblem":
-        return PlacementProblem(self.cluster, rtt_s)
+        return PlacementProblem(self.cluster, rtt_s, max_tpot_s=self.max_tpot_s, max_ttft_s=self.max_ttft_s)
 
     # ---- nodes --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 from planner.errors import SolveError
 from planner.flow import max_flow
@@ -370,22 +371,11 @@ def _tp_groups(problem: PlacementProblem, tp: int) -> list[tuple[str, ...]]:
     return groups
 
 
-def tp_pp(problem: PlacementProblem, *, time_limit: float = 0, seed: int = 0,
-          progress: Progress | None = None) -> SolveResult:
-    """vLLM style: uniform tensor-parallel groups inside hosts, equal pipeline stages across them.
-
-    Models `vllm serve --tensor-parallel-size T --pipeline-parallel-size P` (seed 004): each host's GPUs
-    form groups of T (T in 1, 2, 4, 8, dividing the host's GPU count and the model's attention heads;
-    hosts T does not divide sit out), groups in host order form chains of P equal stages, and as many
-    chains as there are groups serve side by side (data-parallel replicas; leftover groups sit out).
-    People use it because it is what the engine offers: one flag pair, no per-GPU tuning. Every (T, P)
-    that fits in memory is scored; the best static max flow wins (the shallower one on a tie).
-    """
-    began = time.perf_counter()
-    report = progress or no_progress
+def tp_pp_placements(problem: PlacementProblem) -> Iterator[tuple[int, int, int, Placement]]:
+    """Every uniform (TP, PP) layout that fits: (tp, depth, replicas, placement). Groups of `tp`
+    consecutive GPUs inside hosts (hosts `tp` does not divide sit out) form chains of `depth` equal
+    stages in host order; as many chains as there are groups serve side by side."""
     heads = problem.cluster.model.attention_heads
-    best: tuple[float, int] | None = None
-    best_placement, best_config = None, None
     for tp in TP_DEGREES:
         if heads % tp:
             continue
@@ -405,14 +395,31 @@ def tp_pp(problem: PlacementProblem, *, time_limit: float = 0, seed: int = 0,
                         ranges[node] = span
                 if not fits:
                     break
-            if not fits:
-                continue
-            used_groups = tuple(groups[: replicas * depth]) if tp > 1 else ()
-            placement = Placement(ranges, used_groups)
-            flow = _flow(problem, placement)
-            report(f"tp-pp: TP{tp} x PP{depth} x {replicas}, max flow {flow:,.0f} tokens/s")
-            if _better(flow, depth, best):
-                best, best_placement, best_config = (flow, depth), placement, (tp, depth, replicas)
+            if fits:
+                used_groups = tuple(groups[: replicas * depth]) if tp > 1 else ()
+                yield tp, depth, replicas, Placement(ranges, used_groups)
+
+
+def tp_pp(problem: PlacementProblem, *, time_limit: float = 0, seed: int = 0,
+          progress: Progress | None = None) -> SolveResult:
+    """vLLM style: uniform tensor-parallel groups inside hosts, equal pipeline stages across them.
+
+    Models `vllm serve --tensor-parallel-size T --pipeline-parallel-size P` (seed 004): each host's GPUs
+    form groups of T (T in 1, 2, 4, 8, dividing the host's GPU count and the model's attention heads;
+    hosts T does not divide sit out), groups in host order form chains of P equal stages, and as many
+    chains as there are groups serve side by side (data-parallel replicas; leftover groups sit out).
+    People use it because it is what the engine offers: one flag pair, no per-GPU tuning. Every (T, P)
+    that fits in memory is scored; the best static max flow wins (the shallower one on a tie).
+    """
+    began = time.perf_counter()
+    report = progress or no_progress
+    best: tuple[float, int] | None = None
+    best_placement, best_config = None, None
+    for tp, depth, replicas, placement in tp_pp_placements(problem):
+        flow = _flow(problem, placement)
+        report(f"tp-pp: TP{tp} x PP{depth} x {replicas}, max flow {flow:,.0f} tokens/s")
+        if _better(flow, depth, best):
+            best, best_placement, best_config = (flow, depth), placement, (tp, depth, replicas)
     if best_placement is None:
         raise SolveError("tp-pp: no uniform tensor-parallel degree and equal pipeline split fits in memory")
     tp, depth, replicas = best_config

@@ -89,7 +89,7 @@ class _WarmHighs(pulp.HiGHS):
         self.dual_bound = -lp.solverModel.getInfo().mip_dual_bound
 
 
-def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm: Placement | None = None,
+def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts: list[Placement] | None = None,
                    pooled: bool | None = None, threads: int = 2, seed: int = 0) -> MilpOutcome:
     """Placement with the most static max flow at the problem's capacities (its rtt_s).
 
@@ -201,12 +201,8 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm: Placem
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints) == pulp.lpSum(out_at(ep, layers) for ep in endpoints)
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints)
 
-    heuristics = chain_candidates(problem, began + min(5.0, time_limit / 4)) + ([warm] if warm else [])
-    for method in baselines.METHODS.values():  # what people do today starts the search too
-        try:
-            heuristics.append(method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement)
-        except SolveError:
-            pass
+    heuristics = warm_starts if warm_starts is not None else \
+        chain_candidates(problem, began + min(5.0, time_limit / 4)) + baseline_placements(problem, seed)
     scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
     start = _warm_values(groups, incumbent, count) if incumbent else None
@@ -227,6 +223,21 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm: Placem
     bound = max(min(bound, ub), objective)
     proven = bound <= objective * (1 + 1e-4) + 1e-9
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
+
+
+def baseline_placements(problem: PlacementProblem, seed: int = 0) -> list[Placement]:
+    """What people do today: every baseline's placement that exists for this cluster, and every
+    uniform TP x PP layout."""
+    found = []
+    for method in baselines.METHODS.values():
+        try:
+            found.append(method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement)
+        except SolveError:
+            pass
+    # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
+    # memory into KV room, which max flow does not see
+    found += [placement for _, _, _, placement in baselines.tp_pp_placements(problem)]
+    return found
 
 
 def _solution_of(lp: pulp.LpProblem, count: dict) -> dict[str, float]:
@@ -296,52 +307,56 @@ def _placement_of(problem: PlacementProblem, groups: list[Group], solution: dict
 
 
 def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int = 0,
-             progress: Progress | None = None, max_tpot_s: float | None = None,
-             max_ttft_s: float | None = None, warm: Placement | None = None) -> SolveResult:
+             progress: Progress | None = None) -> SolveResult:
     """Default method. Static tables: the max-flow MILP, solved to a proof or the time limit.
     Latency models: capacities are re-quoted at the round trip each candidate placement really has,
-    re-solved, and the candidate that the serving estimator predicts to serve most wins."""
+    re-solved, and the candidate that the serving estimator predicts to serve most under the problem's
+    latency limits wins. Returns within the time limit (plus one scoring of the last candidate)."""
     began = time.perf_counter()
     say = progress or (lambda message: None)
     deadline = began + time_limit
+    starts = baseline_placements(problem, seed)
     if problem.static:
         say("max-flow MILP (static throughput tables)")
-        outcome = solve_max_flow(problem, time_limit=time_limit, warm=warm, seed=seed)
+        left = deadline - time.perf_counter()
+        starts += chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
+        outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
         gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
         return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
                            gap=max(gap, 0.0), bound=outcome.bound)
-    candidates: dict[tuple, Placement] = {}
+    scored: dict[tuple, float] = {}
     best = None
     rtt, status = 0.0, "optimal"
 
     def consider(placement: Placement) -> None:
         nonlocal best
-        key = tuple(sorted(placement.used().items()))
-        if key in candidates or not placement.used():
+        key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
+        if key in scored or not placement.used():
             return
-        candidates[key] = placement
-        served = estimate(problem, placement, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
+        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        scored[key] = served.throughput
         rank = (served.throughput, -(served.tpot_s or 0.0))
         if best is None or rank > best[0]:
             best = (rank, placement, served)
 
-    for name, method in baselines.METHODS.items():  # what people do today is a candidate too
-        try:
-            consider(method(problem, time_limit=1.0, seed=seed, progress=say).placement)
-        except SolveError:
-            pass
+    for placement in starts:  # what people do today is a candidate too
+        consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
         left = deadline - time.perf_counter()
         if left <= 0.05:
             status = "time_limit"
             break
         quoted = problem.with_rtt(rtt)
-        for placement in chain_candidates(quoted, min(deadline, time.perf_counter() + left / 4)):
+        chains_found = chain_candidates(quoted, time.perf_counter() + left / 8)
+        for placement in chains_found:
+            if time.perf_counter() > deadline - left / 2:
+                break  # keep most of the round for the MILP
             consider(placement)
         say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
         left = deadline - time.perf_counter()
-        outcome = solve_max_flow(quoted, time_limit=left / (FIXED_POINT_ROUNDS - round_no),
-                                 warm=best[1] if best else warm, seed=seed)
+        pool = ([best[1]] if best else []) + chains_found + starts
+        outcome = solve_max_flow(quoted, time_limit=max(left / (FIXED_POINT_ROUNDS - round_no), 0.1),
+                                 warm_starts=pool, seed=seed)
         if outcome.status != "optimal":
             status = "time_limit"
         consider(outcome.placement)
@@ -353,15 +368,10 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     if best is None:
         raise SolveError("time limit too short to find any placement; raise --time-limit")
     _, placement, served = best
-    note = (f"serving objective: {len(candidates)} candidate placements scored with capacities consistent "
+    note = (f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
             "with their own round trips; status refers to the max-flow MILP of each round")
     return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None,
                        bound=served.max_flow, notes=(note,))
 
 
-def milp(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int = 0,
-         progress: Progress | None = None) -> SolveResult:
-    return optimise(problem, time_limit=time_limit, seed=seed, progress=progress)
-
-
-METHODS = {"milp": milp}
+METHODS = {"milp": optimise}
