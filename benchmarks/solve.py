@@ -34,6 +34,7 @@ MIXES = {
     128: {"a100-40gb": 20, "l4": 44, "t4": 64},
 }
 FAST_RUNS = 3  # heuristics are timed as the median of three runs; the optimiser once (it is time-limited)
+FORTY_TWO_LIMIT = 110.0
 
 
 def machine() -> str:
@@ -58,7 +59,8 @@ def main(sizes: str, kinds: str, regions: int, time_limit: float, names: str, ou
                 path = write_cluster(Path(tmp) / f"c{size}-{kind}.ini", MIXES[size], regions=regions,
                                      static=kind == "static", seed=size)
                 cluster = load_cluster(path)
-                limit = 2 * time_limit if size == 42 else time_limit
+                # the 42-GPU target is 120 s end to end: leave room for scoring
+                limit = FORTY_TWO_LIMIT if size == 42 else time_limit
                 for name in names.split(","):
                     runs = 1 if name == "milp" else FAST_RUNS
                     times, plan = [], None
@@ -79,8 +81,8 @@ def main(sizes: str, kinds: str, regions: int, time_limit: float, names: str, ou
                     rows.append(row)
     if out:
         header = [f"# Solver benchmark", "", f"Machine: {machine()}. Command: `python benchmarks/solve.py "
-                  f"--sizes {sizes} --kinds {kinds} --time-limit {time_limit:g}` (42-GPU clusters get twice the "
-                  "limit). Clusters from `planner.synthetic`: one GPU per host, "
+                  f"--sizes {sizes} --kinds {kinds} --time-limit {time_limit:g}` (42-GPU clusters get "
+                  f"{FORTY_TWO_LIMIT:g} s, to finish within 120 s). Clusters from `planner.synthetic`: one GPU per host, "
                   f"{regions} regions joined by ~12.5 MB/s links, LLaMA-2-70B in fp16. Solve time includes "
                   "scoring; heuristics are the median of three runs, the optimiser one run.", ""]
         Path(out).write_text("\n".join(header + rows) + "\n")
