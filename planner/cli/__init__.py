@@ -8,6 +8,7 @@ import click
 
 from planner import __version__
 from planner.cli import compare_cmd, show_cmd, simulate_cmd, solve_cmd
+from planner.cli import export_cmd, host_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, worker_cmd
 from planner.errors import InputError, SolveError
 
 
@@ -24,6 +25,12 @@ cli.add_command(show_cmd.show)
 cli.add_command(solve_cmd.solve)
 cli.add_command(compare_cmd.compare)
 cli.add_command(simulate_cmd.simulate_cmd)
+cli.add_command(export_cmd.export_cmd)
+cli.add_command(worker_cmd.worker_cmd)
+cli.add_command(host_cmd.host_cmd)
+cli.add_command(run_cmd.run_cmd)
+cli.add_command(make_checkpoint_cmd.make_checkpoint_cmd)
+cli.add_command(profile_cmd.profile_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,41 @@
+"""planner export LAYOUT.ini --to runtime OUT/"""
+
+from __future__ import annotations
+
+import click
+
+from planner.cli.console import make_console
+from planner.export import EXPORTERS
+from planner.export.runtime import DEFAULT_HTTP_PORT, DEFAULT_PORT, Limits
+from planner.layout import read_layout
+from planner.routing import DEFAULT_ROUTER, ROUTERS
+
+
+@click.command(name="export")
+@click.argument("layout_file", type=click.Path())
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--to", "target", type=click.Choice(sorted(EXPORTERS)), default="runtime", show_default=True,
+              help="What to export for.")
+@click.option("--checkpoint", default=None, help="Model directory the workers load (each host's path to it).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cuda: each GPU runs on its host's cuda:INDEX; cpu: every worker on the CPU.")
+@click.option("--port", type=click.IntRange(1, 65000), default=DEFAULT_PORT, show_default=True,
+              help="The host's ZeroMQ port; each host's workers take the ports after it.")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=DEFAULT_HTTP_PORT, show_default=True,
+              help="Port of the host's OpenAI-compatible HTTP API.")
+@click.option("--routing", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True,
+              help="Routing policy of the host (planner.routing, as in the simulator).")
+@click.option("--max-seq-len", type=click.IntRange(min=2), default=Limits.max_seq_len, show_default=True,
+              help="Most tokens (prompt + output) of one request.")
+@click.option("--kv-slots", type=click.IntRange(min=1), default=None,
+              help="Requests each worker keeps KV for at once (default: what its memory holds, at most 64).")
+def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | None, device: str, port: int,
+               http_port: int, routing: str, max_seq_len: int, kv_slots: int | None) -> None:
+    """Turn a layout into a runtime config (OUT/runtime.json) and a launch script per host."""
+    layout = read_layout(layout_file)
+    written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
+                               base_port=port, http_port=http_port, routing=routing,
+                               limits=Limits(max_seq_len=max_seq_len), kv_slots=kv_slots)
+    console = make_console()
+    for path in written:
+        console.print(f"wrote {path}")

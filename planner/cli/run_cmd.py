@@ -1,0 +1,101 @@
+"""planner run --local [LAYOUT.ini --checkpoint DIR]"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from planner.cli.console import make_console
+from planner.errors import InputError
+from planner.export.runtime import Limits, runtime_config
+from planner.layout import read_layout
+from planner.routing import DEFAULT_ROUTER, ROUTERS
+from planner.units import format_time
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"'{text}' is not a list of token ids", field="--prompt-ids", fix="write e.g. 1,2,3") from None
+    if not ids:
+        raise InputError("no token ids", field="--prompt-ids", fix="write e.g. 1,2,3")
+    return ids
+
+
+@click.command(name="run")
+@click.argument("layout_file", type=click.Path(), required=False)
+@click.option("--local", is_flag=True, required=True, help="Start the host and every worker on this machine (loopback).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Model directory (with LAYOUT).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--prompt-ids", default="1,2,3", show_default=True, help="Prompt as comma-separated token ids.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--requests", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies of the prompt to serve (each with its own seed).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Requests in flight at once, a new one as each ends (the simulator's offline:N); default: all.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the first request (+1 each).")
+@click.option("--routing", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per worker (default: this machine's cores / workers, at least 1).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Run one request before the measured ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device: str, prompt_ids: str,
+            max_new_tokens: int, requests: int, concurrency: int | None, temperature: float, top_p: float,
+            seed: int, routing: str, threads: int | None, warmup: bool, as_json: bool) -> None:
+    """Serve a layout on this machine and generate: prints the ids, output tokens/s and time to first token.
+    With no LAYOUT, a built-in demo: a random 6-layer Qwen3 on 3 CPU workers holding 1, 3 and 2 layers."""
+    if (layout_file is None) != (checkpoint is None):
+        raise InputError("give both LAYOUT and --checkpoint, or neither (the built-in demo)", fix="see --help")
+    prompt = _ids(prompt_ids)
+    from runtime.checkpoint import make_checkpoint  # torch: only for the commands that run models
+    from runtime.demo import write_demo
+    from runtime.hfconfig import check_same_model, read_checkpoint_model
+    from runtime.launch import LocalRun, measure
+    from runtime.sampling import SamplingParams
+
+    with tempfile.TemporaryDirectory(prefix="planner-run-") as tmp:
+        if layout_file is None:
+            layout_file, checkpoint_dir = write_demo(Path(tmp) / "demo")
+            make_checkpoint(checkpoint_dir, read_layout(layout_file).cluster.model, seed=0)
+            checkpoint = str(checkpoint_dir)
+        layout = read_layout(layout_file)
+        check_same_model(read_checkpoint_model(checkpoint), layout.cluster.model, file=checkpoint)
+        workers = len(layout.placement.units())
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        # KV for exactly this run: every request at once, each as long as it gets (a pool sized for 4k-token
+        # requests would take seconds to allocate on a CPU)
+        limits = Limits(max_seq_len=len(prompt) + max_new_tokens)
+        config = runtime_config(layout, layout_path=str(layout_file), checkpoint=checkpoint, device=device,
+                                local=True, routing=routing, seed=seed, limits=limits, threads=threads,
+                                kv_slots=min(concurrency or requests, 64))
+        with LocalRun(config, checkpoint, workdir=Path(tmp)) as run:
+            if warmup:  # the first steps of a process are slow (allocations, kernel selection): not measured
+                measure(run.host, [prompt], max_new_tokens, [SamplingParams()])
+            stats = measure(run.host, [prompt] * requests, max_new_tokens,
+                            [SamplingParams(temperature, top_p, seed + i) for i in range(requests)],
+                            concurrency=concurrency)
+    stats.update(layout=str(layout_file), workers=[{"node": w.node, "layers": [w.start, w.end], "device": w.device}
+                                                   for w in config.workers], threads_per_worker=threads)
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+        return
+    console = make_console()
+    console.print(f"{stats['layout']}: {workers} workers "
+                  + ", ".join(f"{w['node']} [{w['layers'][0]}, {w['layers'][1]})" for w in stats["workers"]))
+    for i, (ids, path) in enumerate(zip(stats["outputs"], stats["paths"])):
+        console.print(f"request {i}: {' -> '.join(path)}: {','.join(map(str, ids))}")
+    for error in stats["errors"]:
+        console.print(f"[red]error[/]: {error}")
+    ttft = stats["ttft_s"]["mean"]
+    console.print(f"{stats['output_tokens']} tokens in {stats['wall_s']:.3f} s: "
+                  f"[bold]{stats['output_tokens_per_s']:,.1f}[/] output tokens/s, "
+                  f"TTFT {format_time(ttft) if ttft is not None else '-'} mean")
+

@@ -1,0 +1,282 @@
+"""The runtime config: one JSON file the host and every worker read, built from a layout.
+
+    {"format": "layer-planner-runtime/1", "layout": "...", "model": {...ModelSpec...}, "dtype": "fp16",
+     "checkpoint": "/models/qwen3-14b" | null, "routing": "maxflow", "seed": 0,
+     "host": {"name": "host1", "address": "10.0.0.1", "port": 5600, "http_port": 8000,
+              "next": [["host1:0", 1397.25]]},
+     "workers": [{"node": "host1:0", "host": "host1", "address": "10.0.0.1", "port": 5601, "device": "cuda:0",
+                  "start": 0, "end": 5, "kv_slots": 32, "threads": null, "next": [["host2:0", 1397.25]]}, ...],
+     "limits": {"max_seq_len": 4096, "max_batch_tokens": 512, "heartbeat_s": 0.25, "dead_after_s": 3.0}}
+
+`next` lists a unit's next hops with the layout's max-flow tokens/s on each edge (0 where the flow
+leaves an edge unused); the last stage's next hop is "coordinator". They come from planner.routing's
+RouteGraph, the graph the simulator routes over, and the host rebuilds that graph from them.
+Nothing here imports torch: exporting needs only the planner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from planner.catalog import ModelSpec
+from planner.errors import InputError
+from planner.layout import Layout
+from planner.problem import PlacementProblem
+from planner.routing import COORDINATOR, ROUTERS, RouteGraph
+
+FORMAT = "layer-planner-runtime/1"
+CONFIG_FILE = "runtime.json"
+DEFAULT_PORT = 5600           # the host's ZeroMQ inbox; a host's workers take the ports after it
+DEFAULT_HTTP_PORT = 8000
+MAX_KV_SLOTS = 64             # requests a worker keeps KV for at once (also its decode batch limit)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_seq_len: int = 4096        # prompt + output tokens of one request
+    max_batch_tokens: int = 512    # tokens one worker step takes: decode tokens first, then whole prompts
+    heartbeat_s: float = 0.25      # how often a worker says it is alive
+    dead_after_s: float = 3.0      # silence after which the host declares a worker dead
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    node: str
+    host: str
+    address: str
+    port: int
+    device: str
+    start: int
+    end: int
+    kv_slots: int
+    next: tuple[tuple[str, float], ...]
+    threads: int | None = None     # torch CPU threads (None: torch's default)
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: str
+    port: int
+    http_port: int
+    next: tuple[tuple[str, float], ...]
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    layout: str
+    model: ModelSpec
+    dtype: str
+    host: HostSpec
+    workers: tuple[WorkerSpec, ...]
+    checkpoint: str | None = None
+    routing: str = "maxflow"
+    seed: int = 0
+    limits: Limits = Limits()
+
+    def worker(self, node: str) -> WorkerSpec:
+        for w in self.workers:
+            if w.node == node:
+                return w
+        raise InputError(f"no worker {node} in the runtime config", field="--node",
+                         fix=f"name one of {', '.join(w.node for w in self.workers)}")
+
+    def endpoint(self, name: str) -> str:
+        """ZeroMQ address of a worker, or of the host for 'coordinator'."""
+        return self.host.endpoint if name == COORDINATOR else self.worker(name).endpoint
+
+    def route_graph(self) -> RouteGraph:
+        successors = {COORDINATOR: tuple(n for n, _ in self.host.next)}
+        weights = {(COORDINATOR, n): w for n, w in self.host.next}
+        for w in self.workers:
+            successors[w.node] = tuple(n for n, _ in w.next)
+            weights.update({(w.node, n): f for n, f in w.next})
+        return RouteGraph(successors, weights)
+
+
+def free_ports(count: int, address: str = "127.0.0.1", seed: int | None = None) -> list[int]:
+    """Ports nobody listens on now, below Linux's ephemeral range (32768-60999).
+
+    Not port 0's pick: the OS hands those same ports to outgoing connections, and ZeroMQ's reconnects
+    open many, so one could take a port between this check and the worker's bind. Another program may
+    still take one meanwhile; that is rare, and the bind then fails loudly.
+    """
+    rng = random.Random(seed if seed is not None else time.time_ns() ^ os.getpid())
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 32768)
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def runtime_config(layout: Layout, *, layout_path: str = "", checkpoint: str | None = None, device: str = "cuda",
+                   local: bool = False, base_port: int = DEFAULT_PORT, http_port: int = DEFAULT_HTTP_PORT,
+                   routing: str = "maxflow", seed: int = 0, limits: Limits = Limits(),
+                   kv_slots: int | None = None, threads: int | None = None) -> RuntimeConfig:
+    """One worker per GPU holding layers, next hops from the routing graph, addresses from the cluster.
+
+    device: 'cuda' (each GPU its host's cuda:INDEX) or 'cpu'. local: every process on this machine, on
+    loopback, on free ports (base_port ignored).
+    """
+    cluster, placement = layout.cluster, layout.placement
+    if placement.tp_groups:
+        raise InputError("the layout has tensor-parallel groups, which the bundled runtime does not run",
+                         file=layout_path, field="[layout] tp_groups", fix="export a layout without tp_groups")
+    if routing not in ROUTERS:
+        raise InputError(f"unknown routing policy '{routing}'", field="--routing", fix=f"use one of {', '.join(ROUTERS)}")
+    problem = PlacementProblem(cluster)
+    graph = RouteGraph.build(problem, placement, layout.flows)
+    if not graph.successors.get(COORDINATOR):
+        raise InputError("no GPU holds layer 0", file=layout_path, field="[nodes]", fix="re-plan the layout")
+    units = placement.units()
+    by_name = {n.name: n for n in cluster.nodes()}
+    ports = iter(free_ports(len(units) + 2) if local else ())
+
+    def address(host: str) -> str:
+        return "127.0.0.1" if local else (cluster.host(host).address or host)
+
+    next_port: dict[str, int] = {}
+
+    def port(host: str) -> int:
+        if local:
+            return next(ports)
+        next_port[host] = next_port.get(host, base_port) + 1
+        return next_port[host]
+
+    workers = []
+    for name, (start, end) in units.items():
+        node = by_name[name]
+        slots = kv_slots or _default_slots(problem, name, start, end, limits.max_seq_len)
+        workers.append(WorkerSpec(
+            node=name, host=node.host, address=address(node.host), port=port(node.host),
+            device="cpu" if device == "cpu" else f"cuda:{node.index}", start=start, end=end, kv_slots=slots,
+            next=tuple((n, graph.weights[(name, n)]) for n in graph.successors[name]), threads=threads))
+    coordinator = cluster.coordinator_host
+    host = HostSpec(coordinator, address(coordinator), next(ports) if local else base_port,
+                    next(ports) if local else http_port,
+                    tuple((n, graph.weights[(COORDINATOR, n)]) for n in graph.successors[COORDINATOR]))
+    return RuntimeConfig(layout=layout_path, model=cluster.model, dtype=cluster.dtype, host=host,
+                         workers=tuple(workers), checkpoint=checkpoint, routing=routing, seed=seed, limits=limits)
+
+
+def _default_slots(problem: PlacementProblem, name: str, start: int, end: int, max_seq_len: int) -> int:
+    """Requests of max_seq_len tokens whose KV fits beside the weights (the cost model's memory), 1..64."""
+    cost = problem.cost_of(name)
+    tokens = cost.kv_tokens(end - start, start == 0, end == problem.cluster.model.layers)
+    return max(1, min(MAX_KV_SLOTS, int(tokens // max_seq_len)))
+
+
+def config_json(config: RuntimeConfig) -> dict:
+    return {"format": FORMAT, **asdict(config)}
+
+
+def write_runtime_config(config: RuntimeConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config_json(config), indent=2) + "\n")
+    return path
+
+
+def _hops(raw, where: str, path: Path) -> tuple[tuple[str, float], ...]:
+    try:
+        return tuple((str(n), float(w)) for n, w in raw)
+    except (TypeError, ValueError):
+        raise InputError("is not a list of [NODE, TOKENS_PER_S]", file=path, field=where,
+                         fix="re-export with `planner export`") from None
+
+
+def read_runtime_config(path: str | Path) -> RuntimeConfig:
+    """Load and check a runtime config (written by `planner export --to runtime`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such runtime config", file=path, fix="write one with `planner export LAYOUT --to runtime DIR`")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc}", file=path, fix="re-export with `planner export`") from None
+    if raw.get("format") != FORMAT:
+        raise InputError(f"format is {raw.get('format')!r}, not {FORMAT!r}", file=path, field="format",
+                         fix="re-export with this version's `planner export`")
+    try:
+        model = ModelSpec(**raw["model"])
+        host = HostSpec(**{**raw["host"], "next": _hops(raw["host"]["next"], "host.next", path)})
+        workers = tuple(WorkerSpec(**{**w, "next": _hops(w["next"], f"workers.{w.get('node')}.next", path)})
+                        for w in raw["workers"])
+        config = RuntimeConfig(layout=raw.get("layout", ""), model=model, dtype=raw["dtype"], host=host,
+                               workers=workers, checkpoint=raw.get("checkpoint"), routing=raw.get("routing", "maxflow"),
+                               seed=int(raw.get("seed", 0)), limits=Limits(**raw.get("limits", {})))
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"malformed: {exc}", file=path, fix="re-export with `planner export`") from None
+    names = {w.node for w in workers}
+    for hop, _ in host.next:
+        if hop not in names:
+            raise InputError(f"next hop {hop} is not a worker", file=path, field="host.next", fix="re-export")
+    for w in workers:
+        for hop, _ in w.next:
+            if hop != COORDINATOR and hop not in names:
+                raise InputError(f"next hop {hop} is not a worker", file=path, field=f"workers.{w.node}.next",
+                                 fix="re-export")
+    if config.routing not in ROUTERS:
+        raise InputError(f"unknown routing policy '{config.routing}'", file=path, field="routing",
+                         fix=f"use one of {', '.join(ROUTERS)}")
+    return config
+
+
+def with_checkpoint(config: RuntimeConfig, checkpoint: str | None) -> RuntimeConfig:
+    return config if checkpoint is None else replace(config, checkpoint=str(checkpoint))
+
+
+def launch_scripts(config: RuntimeConfig, config_name: str = CONFIG_FILE) -> dict[str, str]:
+    """host name -> a bash script starting that host's workers (and, on the coordinator, the host)."""
+    hosts = sorted({w.host for w in config.workers} | {config.host.name})
+    scripts = {}
+    for host in hosts:
+        lines = ["#!/usr/bin/env bash",
+                 f"# {host}: started by `planner export`; run it on {host} with the checkpoint at $CHECKPOINT.",
+                 "# Stops every process it started when one of them exits or on Ctrl-C.",
+                 "set -euo pipefail", 'cd "$(dirname "$0")"',
+                 f'CHECKPOINT="${{CHECKPOINT:-{config.checkpoint or ""}}}"',
+                 'if [ -z "$CHECKPOINT" ]; then echo "set CHECKPOINT to the model directory" >&2; exit 2; fi',
+                 "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT INT TERM"]
+        for w in config.workers:
+            if w.host == host:
+                lines.append(f'planner worker --config {config_name} --node {w.node} --checkpoint "$CHECKPOINT" &')
+        if host == config.host.name:
+            lines.append(f'planner host --config {config_name} --checkpoint "$CHECKPOINT" &')
+        lines += ["wait -n", ""]
+        scripts[host] = "\n".join(lines)
+    return scripts
+
+
+def export_runtime(layout: Layout, out_dir: str | Path, **options) -> list[Path]:
+    """Write OUT/runtime.json and OUT/launch-HOST.sh for each host; returns the paths written."""
+    out_dir = Path(out_dir)
+    config = runtime_config(layout, **options)
+    written = [write_runtime_config(config, out_dir / CONFIG_FILE)]
+    for host, text in launch_scripts(config).items():
+        script = out_dir / f"launch-{host}.sh"
+        script.write_text(text)
+        script.chmod(0o755)
+        written.append(script)
+    return written

@@ -1,0 +1,346 @@
+"""The host (coordinator): admits requests, routes each along a path of workers, streams its tokens.
+
+One engine thread owns the ZeroMQ sockets. Other threads (HTTP handlers, `planner run`) call submit(),
+which queues the request and wakes the engine through a pipe. The engine:
+  * admits waiting requests in arrival order: the routing policy (planner.routing, the simulator's)
+    picks a path among open units (alive, with a free KV slot); the prompt goes to the path's first worker;
+  * takes the ids the last stage samples (with the request's parameters), streams each one and sends it
+    back to the first worker as the next decode step, until max_new_tokens or a stop id;
+  * tells every worker of the path to free the request's KV when it ends, however it ends;
+  * declares a worker dead after dead_after_s without a heartbeat: each request on a path through it
+    fails with an error naming the worker, and routing avoids it from then on (a worker that beats
+    again is taken back).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+import zmq
+
+from planner.export.runtime import RuntimeConfig
+from planner.routing import COORDINATOR, make_router
+from runtime import wire
+from runtime.sampling import SamplingParams
+
+START_TIMEOUT_S = 300.0  # a worker never heard from by then counts as dead
+
+
+class RequestFailed(RuntimeError):
+    """A request the runtime could not finish (a worker died, no path, bad input)."""
+
+
+@dataclass
+class Request:
+    rid: str
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop_ids: frozenset[int]
+    path: tuple[str, ...] | None = None
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None     # "length" | "stop"
+    error: str | None = None
+    submitted_s: float = field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+    finished_s: float | None = None
+    events: queue.Queue = field(default_factory=queue.Queue)  # ("token", id) ... then ("done", reason) | ("error", text)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """The generated ids; RequestFailed when the request failed or did not end within `timeout`."""
+        if not self.done.wait(timeout):
+            raise RequestFailed(f"request {self.rid} did not finish within {timeout} s")
+        if self.error:
+            raise RequestFailed(self.error)
+        return list(self.tokens)
+
+    def stream(self, timeout: float | None = None):
+        """Yield ids as they arrive; raise RequestFailed on failure."""
+        while True:
+            try:
+                kind, value = self.events.get(timeout=timeout)
+            except queue.Empty:
+                raise RequestFailed(f"request {self.rid}: no token for {timeout} s") from None
+            if kind == "token":
+                yield value
+            elif kind == "error":
+                raise RequestFailed(value)
+            else:
+                return
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.submitted_s
+
+
+class Host:
+    def __init__(self, config: RuntimeConfig, *, stop_ids: tuple[int, ...] = (), routing: str | None = None,
+                 seed: int | None = None) -> None:
+        self.config = config
+        self.stop_ids = frozenset(stop_ids)
+        self.router = make_router(routing or config.routing, config.route_graph(),
+                                  config.seed if seed is None else seed)
+        self.slots = {w.node: w.kv_slots for w in config.workers}
+        self.state = {w.node: "starting" for w in config.workers}   # starting | alive | dead
+        self.last_beat: dict[str, float] = {}
+        self.in_flight = dict.fromkeys(self.slots, 0)
+        self.requests: dict[str, Request] = {}
+        self.waiting: list[Request] = []
+        self.next_id = 0
+        self.lock = threading.Lock()          # guards next_id and the submissions queue
+        self.submissions: queue.Queue = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.started_s = time.monotonic()
+        self.thread: threading.Thread | None = None
+        self.completed = 0
+        self.failed = 0
+
+    # ---- the API other threads use -----------------------------------------------------------------
+
+    def start(self) -> "Host":
+        """Bind the inbox (raising here if the port is taken), connect to the workers, run the engine."""
+        self.context = zmq.Context()
+        self.inbox = self.context.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        try:
+            self.inbox.bind(self.config.host.endpoint)
+        except zmq.ZMQError as exc:
+            self.inbox.close()
+            self.context.term()
+            raise RuntimeError(f"the host cannot listen on {self.config.host.endpoint}: {exc}") from None
+        self.outboxes: dict[str, zmq.Socket] = {}
+        for w in self.config.workers:
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(w.endpoint)
+            self.outboxes[w.node] = sock
+        self.thread = threading.Thread(target=self._run, name="host-engine", daemon=True)
+        self.thread.start()
+        return self
+
+    def submit(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
+               *, ignore_eos: bool = False) -> Request:
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        vocab = self.config.model.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"token ids must be in [0, {vocab})")
+        if len(prompt) + max_new_tokens > self.config.limits.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens = {len(prompt) + max_new_tokens} is past max_seq_len "
+                             f"{self.config.limits.max_seq_len}")
+        with self.lock:
+            self.next_id += 1
+            rid = f"r{self.next_id}"
+        request = Request(rid, list(prompt), max_new_tokens, sampling,
+                          frozenset() if ignore_eos else self.stop_ids)
+        self.submissions.put(request)
+        os.write(self.wake_w, b"x")
+        return request
+
+    def generate(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
+                 timeout: float | None = 60.0, **options) -> list[int]:
+        return self.submit(prompt, max_new_tokens, sampling, **options).result(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until every worker has sent a heartbeat; RuntimeError naming the silent ones."""
+        if not self.ready.wait(timeout):
+            silent = [n for n, s in self.state.items() if s != "alive"]
+            raise RuntimeError(f"workers {', '.join(silent)} did not report within {timeout:g} s")
+
+    def health(self) -> dict:
+        states = dict(self.state)
+        open_path = self._path_exists(lambda u: states.get(u) == "alive")
+        status = "starting" if not self.ready.is_set() and "starting" in states.values() else \
+            "ok" if all(s == "alive" for s in states.values()) else "degraded" if open_path else "down"
+        return {"status": status, "workers": states, "in_flight": sum(self.in_flight.values()),
+                "waiting": len(self.waiting), "completed": self.completed, "failed": self.failed}
+
+    def close(self, stop_workers: bool = False) -> None:
+        if self.wake_w < 0:
+            return
+        self.stop_workers = stop_workers
+        self.stopping.set()
+        os.write(self.wake_w, b"x")
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.wake_r = self.wake_w = -1
+
+    # ---- the engine thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:  # the sockets move to this thread (thread start is a memory barrier)
+        inbox = self.inbox
+        poller = zmq.Poller()
+        poller.register(inbox, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        tick_ms = max(10, int(self.config.limits.heartbeat_s * 1000 / 2))
+        try:
+            while not self.stopping.is_set():
+                events = dict(poller.poll(tick_ms))
+                if self.wake_r in events:
+                    os.read(self.wake_r, 4096)
+                self.decode_batches: dict[str, list[tuple[dict, int]]] = {}
+                while True:
+                    try:
+                        frames = inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(*wire.decode(frames))
+                self._flush_decode()
+                while not self.submissions.empty():
+                    self.waiting.append(self.submissions.get_nowait())
+                self._check_workers()
+                self._admit()
+        finally:
+            for request in list(self.requests.values()) + self.waiting:
+                self._fail(request, "the host is shutting down")
+            if getattr(self, "stop_workers", False):
+                for node in self.outboxes:
+                    self._send(node, {"kind": "stop"})
+            inbox.close()
+            for sock in self.outboxes.values():
+                sock.close()
+            self.context.term()
+
+    def _send(self, node: str, header: dict, tensors: tuple[torch.Tensor, ...] = ()) -> bool:
+        try:
+            self.outboxes[node].send_multipart(wire.encode(header, tensors), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _handle(self, header: dict, tensors: list[torch.Tensor]) -> None:
+        kind, node = header["kind"], header.get("node")
+        if node in self.state:
+            self.last_beat[node] = time.monotonic()
+            if self.state[node] != "alive":
+                self.state[node] = "alive"
+                if all(s == "alive" for s in self.state.values()):
+                    self.ready.set()
+        if kind == "tokens":
+            for item in header["items"]:
+                request = self.requests.get(item["rid"])
+                if request is not None:
+                    self._on_token(request, int(item["token"]))
+        elif kind == "error":
+            for rid in header["rids"]:
+                request = self.requests.get(rid)
+                if request is not None:
+                    self._fail(request, f"worker {node} failed request {rid}: {header['message']}")
+
+    def _on_token(self, request: Request, token: int) -> None:
+        now = time.perf_counter()
+        if request.first_token_s is None:
+            request.first_token_s = now
+        request.tokens.append(token)
+        request.events.put(("token", token))
+        if token in request.stop_ids:
+            self._finish(request, "stop")
+        elif len(request.tokens) >= request.max_new_tokens:
+            self._finish(request, "length")
+        else:  # the new token is the next step's input, at the position after the last one
+            item = {"rid": request.rid, "pos": len(request.prompt) + len(request.tokens) - 1, "n": 1,
+                    "path": list(request.path), "hop": 0}
+            self.decode_batches.setdefault(request.path[0], []).append((item, token))
+
+    def _flush_decode(self) -> None:
+        """One message per first-stage worker with every decode step that became ready this round."""
+        for node, pairs in self.decode_batches.items():
+            ids = torch.tensor([t for _, t in pairs], dtype=torch.long)
+            if not self._send(node, {"kind": "work", "items": [i for i, _ in pairs]}, (ids,)):
+                for item, _ in pairs:
+                    self._fail(self.requests[item["rid"]], f"worker {node} is not taking messages")
+        self.decode_batches = {}
+
+    def _release(self, request: Request) -> None:
+        """Forget the request and tell every worker of its path to free its KV slot."""
+        self.requests.pop(request.rid, None)
+        for node in request.path or ():
+            self.in_flight[node] -= 1
+            if self.state[node] != "dead":
+                self._send(node, {"kind": "free", "rids": [request.rid]})
+
+    def _finish(self, request: Request, reason: str) -> None:
+        request.finish_reason, request.finished_s = reason, time.perf_counter()
+        self._release(request)
+        self.completed += 1
+        request.events.put(("done", reason))
+        request.done.set()
+
+    def _fail(self, request: Request, message: str) -> None:
+        if request.done.is_set():
+            return
+        if request in self.waiting:
+            self.waiting.remove(request)
+        self._release(request)
+        request.error, request.finished_s = message, time.perf_counter()
+        self.failed += 1
+        request.events.put(("error", message))
+        request.done.set()
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        limit = self.config.limits.dead_after_s
+        for node, state in self.state.items():
+            silent_s = now - self.last_beat.get(node, self.started_s)
+            if state == "alive" and silent_s > limit:
+                self.state[node] = "dead"
+                for request in [r for r in self.requests.values() if node in (r.path or ())]:
+                    self._fail(request, f"worker {node} stopped responding (no heartbeat for {silent_s:.1f} s) "
+                                        f"while serving request {request.rid}; its path was {' -> '.join(request.path)}")
+            elif state == "starting" and silent_s > START_TIMEOUT_S:
+                self.state[node] = "dead"
+
+    def _path_exists(self, usable) -> bool:
+        """Whether some path from the coordinator back to it passes only `usable` units (the router's
+        graph, without asking the router, whose choices have state)."""
+        graph, seen = self.router.graph, set()
+
+        def reaches(unit: str) -> bool:
+            if unit == COORDINATOR:
+                return True
+            if unit in seen or not usable(unit):
+                return False
+            seen.add(unit)
+            return any(reaches(n) for n in graph.successors.get(unit, ()))
+
+        return any(reaches(n) for n in graph.successors.get(COORDINATOR, ()))
+
+    def _admit(self) -> None:
+        """Route waiting requests in arrival order while a path with free KV slots is open."""
+        def is_open(unit: str) -> bool:
+            return self.state.get(unit) == "alive" and self.in_flight[unit] < self.slots[unit]
+
+        def may_open(unit: str) -> bool:  # alive or still starting: worth waiting for
+            return self.state.get(unit) in ("alive", "starting")
+
+        while self.waiting:
+            request = self.waiting[0]
+            path = self.router.route(is_open, lambda u: self.in_flight[u])
+            if path is None:
+                if not self._path_exists(may_open):
+                    dead = sorted(n for n, s in self.state.items() if s == "dead")
+                    self._fail(request, f"no live path through the pipeline (dead workers: {', '.join(dead)})")
+                    continue
+                return  # every open path is full, or workers are still starting: wait
+            self.waiting.pop(0)
+            request.path = path
+            for node in path:
+                self.in_flight[node] += 1
+            self.requests[request.rid] = request
+            item = {"rid": request.rid, "pos": 0, "n": len(request.prompt), "path": list(path), "hop": 0,
+                    "sampling": request.sampling.to_wire()}
+            if not self._send(path[0], {"kind": "work", "items": [item]},
+                              (torch.tensor(request.prompt, dtype=torch.long),)):
+                self._fail(request, f"worker {path[0]} is not taking messages")

@@ -1,0 +1,130 @@
+"""Time the runtime's own layers on a device: what `planner profile` writes as a measured [gpu] section.
+
+A stage of `layers` middle layers (no embeddings, no LM head) runs the worker's exact forward pass:
+  decode:  B requests, one new token each, every request with `context` tokens already cached;
+  prefill: N new tokens, as prompts of at most `prompt_tokens` tokens each (N / prompt_tokens requests).
+Each point is the median of repeated runs after a warm-up, divided by the number of layers: milliseconds
+per layer, the unit of decode_ms / prefill_ms in cluster files (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from planner.catalog import ModelSpec
+from runtime.checkpoint import TORCH_DTYPES, load_stage
+from runtime.model import BatchPlan, Stage
+
+DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+PREFILL_TOKENS = (16, 64, 256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: str
+    device_name: str
+    dtype: str
+    model: str
+    layers_timed: int
+    context: int
+    prompt_tokens: int
+    decode_ms: tuple[tuple[int, float], ...]    # (sequences, ms per layer)
+    prefill_ms: tuple[tuple[int, float], ...]   # (tokens, ms per layer)
+    memory_bytes: int
+
+
+def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
+    """A middle stage of `layers` layers with random weights made on the device (no checkpoint needed)."""
+    shape = dataclasses.replace(model, layers=layers + 2)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.device("meta"):
+        template = Stage(shape, 1, 1 + layers)
+    tensors = {}
+    for name, param in template.state_dict().items():
+        if name.endswith("norm.weight"):
+            tensors[name] = torch.ones(param.shape, dtype=TORCH_DTYPES[dtype], device=device)
+        else:
+            fan_in = param.shape[-1] if param.dim() > 1 else 1
+            tensors[name] = (torch.randn(param.shape, generator=gen, device=device) / math.sqrt(fan_in)).to(
+                TORCH_DTYPES[dtype])
+    return Stage.from_tensors(shape, 1, 1 + layers, tensors)
+
+
+def checkpoint_stage(checkpoint: str, model: ModelSpec, layers: int, *, dtype: str, device: str) -> Stage:
+    """Layers [1, 1 + layers) of a checkpoint as a middle stage (random layers if it has too few)."""
+    if model.layers < layers + 2:
+        return random_stage(model, layers, dtype=dtype, device=device)
+    return Stage.from_tensors(model, 1, 1 + layers, load_stage(checkpoint, model, 1, 1 + layers, dtype=dtype,
+                                                                 device=device))
+
+
+def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2) -> float:
+    """Median seconds of fn() after two warm-up calls."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    runs: list[float] = []
+    started = time.perf_counter()
+    while len(runs) < min_runs or (time.perf_counter() - started < min_seconds and len(runs) < 200):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def time_decode(stage: Stage, batch: int, context: int, device: str) -> float:
+    """Seconds per layer of one decode step of `batch` sequences at `context` cached tokens."""
+    kv = stage.new_kv(batch, context + 1)
+    plan = BatchPlan.build([(slot, context, 1) for slot in range(batch)], device)
+    hidden = torch.randn(batch, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
+    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
+
+
+def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
+    """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`."""
+    sizes = [prompt_tokens] * (tokens // prompt_tokens) + ([tokens % prompt_tokens] if tokens % prompt_tokens else [])
+    kv = stage.new_kv(len(sizes), max(sizes))
+    plan = BatchPlan.build([(slot, 0, n) for slot, n in enumerate(sizes)], device)
+    hidden = torch.randn(tokens, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
+    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
+
+
+def device_memory(device: str) -> tuple[str, int]:
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return props.name, props.total_memory
+    return platform.processor() or platform.machine(), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
+            decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
+    name, memory = device_memory(device)
+    decode = tuple((b, 1e3 * time_decode(stage, b, context, device)) for b in decode_batches)
+    prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
+    return Profile(device, name, dtype, stage.model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
+                   memory)
+
+
+def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
+    """A measured [gpu NAME] section for a cluster file (docs/formats.md)."""
+    def table(points):
+        return ", ".join(f"{x}: {ms:.4g}" for x, ms in points)
+
+    return "\n".join([
+        f"[gpu {name}]",
+        f"# {command}",
+        f"# {result.device_name} ({result.device}), {result.model} layers in {result.dtype}; per-layer ms, median of "
+        f"runs over {result.layers_timed} layers; decode at {result.context} cached tokens, prefill in prompts of "
+        f"<= {result.prompt_tokens} tokens; {time.strftime('%Y-%m-%d')}",
+        f"name = {result.device_name}", f"memory = {memory}",
+        f"decode_ms = {table(result.decode_ms)}", f"prefill_ms = {table(result.prefill_ms)}", ""])

@@ -1,0 +1,270 @@
+"""A worker: one pipeline stage on one device, fed over ZeroMQ, batching whatever has arrived.
+
+Loop: take every message waiting in the inbox; form a batch from the queue (decode items first, one
+token each, then whole prompts in arrival order, up to max_batch_tokens: continuous batching, requests
+join and leave between steps); run the stage once over the flat batch; send each request's hidden states
+to the next hop on its path (one message per next hop) or, on the last stage, sample its next token and
+send the ids to the host. A request's KV slot is taken at its prompt and given back when the host says
+the request ended ("free"). A separate thread tells the host, every heartbeat_s, that the worker lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import zmq
+
+from planner.errors import InputError
+from planner.export.runtime import RuntimeConfig, read_runtime_config
+from planner.routing import COORDINATOR
+from runtime import wire
+from runtime.checkpoint import load_stage
+from runtime.hfconfig import check_same_model, read_checkpoint_model
+from runtime.model import BatchPlan, Stage
+from runtime.sampling import Sampler, SamplingParams, sample_batch
+
+KV_WAIT_S = 10.0  # how long a prompt waits at a worker for a KV slot before it fails
+
+
+@dataclass
+class Item:
+    """A request's tokens at this stage: `count` tokens from position `pos` (ids or hidden states)."""
+
+    rid: str
+    pos: int
+    count: int
+    path: list[str]
+    hop: int                     # this worker's index in path
+    data: torch.Tensor           # token ids [count] (first stage) or hidden states [count, hidden]
+    sampling: dict | None        # sampling parameters, sent with the prompt
+
+    def header(self, hop: int) -> dict:
+        head = {"rid": self.rid, "pos": self.pos, "n": self.count, "path": self.path, "hop": hop}
+        if self.sampling is not None:
+            head["sampling"] = self.sampling
+        return head
+
+
+class Worker:
+    def __init__(self, config: RuntimeConfig, node: str, checkpoint: str, *, log=sys.stderr) -> None:
+        self.config, self.spec, self.log = config, config.worker(node), log
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        model = read_checkpoint_model(checkpoint)
+        check_same_model(model, config.model, file=checkpoint)
+        tensors = load_stage(checkpoint, model, self.spec.start, self.spec.end, dtype=config.dtype,
+                             device=self.spec.device)
+        self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
+        self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
+        self.samplers: dict[str, Sampler] = {}
+        self.queue: deque[Item] = deque()
+        self.kv_waits: dict[str, float] = {}   # request -> when it first found no free KV slot
+        self.context = zmq.Context()
+        self.outboxes: dict[str, zmq.Socket] = {}
+        self.stopping = threading.Event()
+        self.steps = 0
+
+    # ---- sockets --------------------------------------------------------------------------------
+
+    def _outbox(self, name: str) -> zmq.Socket:
+        if name not in self.outboxes:
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.config.endpoint(name))
+            self.outboxes[name] = sock
+        return self.outboxes[name]
+
+    def _send(self, name: str, header: dict, tensors: tuple[torch.Tensor, ...] = ()) -> bool:
+        """Send without blocking; False when the peer's queue is full (it is gone or stuck)."""
+        try:
+            self._outbox(name).send_multipart(wire.encode(header, tensors), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _report(self, rids: list[str], message: str) -> None:
+        for rid in rids:
+            self._forget(rid)
+        self._send(COORDINATOR, {"kind": "error", "node": self.spec.node, "rids": rids, "message": message})
+
+    def _heartbeat(self) -> None:
+        sock = self.context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.config.host.endpoint)
+        try:
+            while not self.stopping.is_set():
+                header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
+                          "free_slots": len(self.kv.free_slots), "steps": self.steps}
+                try:
+                    sock.send_multipart(wire.encode(header), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                self.stopping.wait(self.config.limits.heartbeat_s)
+        finally:
+            sock.close()
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve until a "stop" message or stop(); binds the inbox first, then starts the heartbeat."""
+        inbox = self.context.socket(zmq.PULL)
+        inbox.setsockopt(zmq.LINGER, 0)
+        inbox.bind(self.spec.endpoint)
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stopping.is_set():
+                waiting_for_kv = bool(self.queue) and all(i.rid in self.kv_waits for i in self.queue)
+                if (not self.queue or waiting_for_kv) and not inbox.poll(5 if waiting_for_kv else 100):
+                    if not waiting_for_kv:
+                        continue
+                while True:  # everything that has arrived joins the queue before the batch is formed
+                    try:
+                        frames = inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._receive(*wire.decode(frames, self.spec.device))
+                if self.queue:
+                    self._step(self._take_batch())
+        finally:
+            self.stopping.set()
+            beat.join(timeout=2)
+            inbox.close()
+            for sock in self.outboxes.values():
+                sock.close()
+            self.context.term()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _receive(self, header: dict, tensors: list[torch.Tensor]) -> None:
+        kind = header["kind"]
+        if kind == "work":
+            data, offset = tensors[0], 0
+            for head in header["items"]:
+                count = head["n"]
+                self.queue.append(Item(head["rid"], head["pos"], count, head["path"], head["hop"],
+                                       data[offset:offset + count], head.get("sampling")))
+                offset += count
+        elif kind == "free":
+            freed = set(header["rids"])
+            for rid in freed:
+                self._forget(rid)
+            self.queue = deque(i for i in self.queue if i.rid not in freed)
+        elif kind == "stop":
+            self.stopping.set()
+
+    def _forget(self, rid: str) -> None:
+        self.kv.release(rid)
+        self.kv_waits.pop(rid, None)
+        self.samplers.pop(rid, None)
+
+    def _take_batch(self) -> list[Item]:
+        """Decode items first (one token each), then prompts in arrival order, within the token budget."""
+        budget = self.config.limits.max_batch_tokens
+        decode = [i for i in self.queue if i.pos > 0 and i.count == 1]
+        prompts = [i for i in self.queue if not (i.pos > 0 and i.count == 1)]
+        batch, tokens = [], 0
+        for item in decode + prompts:
+            if batch and tokens + item.count > budget:
+                if item.count == 1:
+                    continue
+                break
+            batch.append(item)
+            tokens += item.count
+        taken = {id(i) for i in batch}
+        self.queue = deque(i for i in self.queue if id(i) not in taken)
+        return batch
+
+    def _admit(self, batch: list[Item]) -> list[Item]:
+        """Give new requests a KV slot; report those that cannot run here."""
+        ready = []
+        for item in batch:
+            if item.pos + item.count > self.kv.max_seq_len:
+                self._report([item.rid], f"position {item.pos + item.count} is past max_seq_len {self.kv.max_seq_len}")
+            elif item.pos == 0 or item.count > 1:
+                try:
+                    self.kv.allocate(item.rid)
+                except KeyError as exc:
+                    # The host admits no more requests than a worker has slots, but its "free" for an ended
+                    # request may still be on its way here: wait for it a while before giving up.
+                    first = self.kv_waits.setdefault(item.rid, time.monotonic())
+                    if time.monotonic() - first > KV_WAIT_S:
+                        self._report([item.rid], f"KV cache full for {KV_WAIT_S:g} s: {exc}")
+                    else:
+                        self.queue.appendleft(item)
+                    continue
+                self.kv_waits.pop(item.rid, None)
+                if self.stage.last and item.sampling is not None:
+                    self.samplers[item.rid] = Sampler(SamplingParams.from_wire(item.sampling))
+                ready.append(item)
+            elif item.rid not in self.kv.slot_of:
+                self._report([item.rid], "decode step for a request this worker holds no KV for")
+            else:
+                ready.append(item)
+        return ready
+
+    def _step(self, batch: list[Item]) -> None:
+        batch = self._admit(batch)
+        if not batch:
+            return
+        try:
+            plan = BatchPlan.build([(self.kv.slot_of[i.rid], i.pos, i.count) for i in batch], self.spec.device)
+            out = self.stage(torch.cat([i.data for i in batch]), plan, self.kv)
+        except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the worker
+            traceback.print_exc(file=self.log)
+            self._report([i.rid for i in batch], f"step failed: {type(exc).__name__}: {exc}")
+            return
+        self.steps += 1
+        if self.stage.last:
+            tokens = sample_batch(out, [self.samplers.get(i.rid) or Sampler(SamplingParams()) for i in batch])
+            items = [{"rid": i.rid, "token": t} for i, t in zip(batch, tokens)]
+            self._send(COORDINATOR, {"kind": "tokens", "node": self.spec.node, "items": items})
+            return
+        by_hop: dict[str, list[tuple[Item, torch.Tensor]]] = {}
+        offset = 0
+        for item in batch:
+            by_hop.setdefault(item.path[item.hop + 1], []).append((item, out[offset:offset + item.count]))
+            offset += item.count
+        for hop, pairs in by_hop.items():
+            header = {"kind": "work", "items": [i.header(i.hop + 1) for i, _ in pairs]}
+            if not self._send(hop, header, (torch.cat([h for _, h in pairs]),)):
+                self._report([i.rid for i, _ in pairs], f"next hop {hop} is not taking messages")
+
+
+def run_worker(config: RuntimeConfig, node: str, checkpoint: str) -> None:
+    """Load the stage and serve until stopped (SIGTERM or a "stop" message)."""
+    worker = Worker(config, node, checkpoint)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    print(f"worker {node}: layers [{worker.spec.start}, {worker.spec.end}) on {worker.spec.device}, "
+          f"{worker.spec.kv_slots} KV slots, listening on {worker.spec.endpoint}", file=sys.stderr, flush=True)
+    worker.serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m runtime.worker --config CFG --node NODE --checkpoint DIR`: `planner worker` without the
+    planner CLI's other imports (the local launcher starts workers this way; startup is mostly imports)."""
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    args = parser.parse_args(argv)
+    try:
+        run_worker(read_runtime_config(args.config), args.node, args.checkpoint)
+    except InputError as exc:
+        print(f"error: {exc.line()}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

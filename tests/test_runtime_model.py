@@ -1,0 +1,333 @@
+"""The runtime's pieces in one process: layers against transformers, checkpoint loading, sampling, the wire
+format, export and profile. Serving across processes is in test_runtime_serving.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+pytest.importorskip("msgpack")
+# One thread: tiny models gain nothing from more, and on a busy 2-core machine torch's spinning worker
+# threads made 30 forward passes of a 6-layer model take 18 s instead of 0.1 s.
+torch.set_num_threads(1)
+
+from planner.catalog import ModelSpec  # noqa: E402
+from planner.layout import read_layout  # noqa: E402
+from runtime import checkpoint as ckpt  # noqa: E402
+from runtime import wire  # noqa: E402
+from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402
+from runtime.hfconfig import read_checkpoint_model  # noqa: E402
+from runtime.model import BatchPlan, Stage  # noqa: E402
+from runtime.sampling import Sampler, SamplingParams, sample_batch  # noqa: E402
+
+PROMPTS = [[5, 17, 3, 99, 42], [1, 2, 3], [200, 7, 7, 7, 7, 7, 7, 31, 64]]
+NEW_TOKENS = 10
+
+
+def hf_greedy(checkpoint, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers' reference: the model loaded from the checkpoint in float32, greedy, no KV cache."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    outputs = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = list(prompt)
+            for _ in range(new_tokens):
+                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            outputs.append(ids[len(prompt):])
+    return outputs
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MODELS))
+def tiny(request, tmp_path_factory):
+    """(model, checkpoint dir, transformers' greedy outputs for PROMPTS) for each tiny model."""
+    model = TINY_MODELS[request.param]
+    directory = tmp_path_factory.mktemp(request.param)
+    ckpt.make_checkpoint(directory, model, seed=1, shards=3)
+    return model, directory, hf_greedy(directory, PROMPTS, NEW_TOKENS)
+
+
+def generate_in_process(directory, ranges, prompts, new_tokens, join_at=(0, 2, 4)):
+    """Greedy decoding through stages in one process, with continuous batching: request i joins the batch
+    at step join_at[i], so prompts and decode steps of other requests share batches."""
+    model = read_checkpoint_model(directory)
+    stages = [Stage.from_tensors(model, a, b, ckpt.load_stage(directory, model, a, b)) for a, b in ranges]
+    pools = [s.new_kv(len(prompts), 64) for s in stages]
+    out = [[] for _ in prompts]
+    step = 0
+    while any(len(o) < new_tokens for o in out):
+        items, inputs = [], []
+        decode = [i for i, o in enumerate(out) if 0 < len(o) < new_tokens]
+        joining = [i for i, o in enumerate(out) if not o and join_at[i] <= step]
+        for i in decode:     # decode items first, as workers order a batch
+            items.append((i, len(prompts[i]) + len(out[i]) - 1, 1))
+            inputs.append(out[i][-1:])
+        for i in joining:
+            items.append((i, 0, len(prompts[i])))
+            inputs.append(prompts[i])
+        step += 1
+        if not items:
+            continue
+        plan = BatchPlan.build(items, "cpu")
+        x = torch.tensor([t for chunk in inputs for t in chunk])
+        for stage, pool in zip(stages, pools):
+            x = stage(x, plan, pool)
+        for (i, _, _), token in zip(items, x.argmax(dim=-1).tolist()):
+            out[i].append(token)
+    return out
+
+
+def test_random_model_does_not_loop(tiny):
+    """The tiny models must make every layer matter: a reference that repeats one token proves little."""
+    _, _, reference = tiny
+    assert all(len(set(ids)) >= 5 for ids in reference), reference
+
+
+def test_stages_with_batching_match_transformers(tiny):
+    model, directory, reference = tiny
+    assert generate_in_process(directory, [(0, 1), (1, 4), (4, 6)], PROMPTS, NEW_TOKENS) == reference
+
+
+def test_one_stage_holding_everything_matches_transformers(tiny):
+    _, directory, reference = tiny
+    assert generate_in_process(directory, [(0, 6)], PROMPTS, NEW_TOKENS, join_at=(0, 0, 0)) == reference
+
+
+def test_make_checkpoint_is_what_transformers_loads(tmp_path, run_cli):
+    transformers = pytest.importorskip("transformers")
+    code, out, err = run_cli("make-checkpoint", tmp_path / "ck", "--model", "tiny-qwen2", "--layers", "3",
+                             "--shards", "2", "--seed", "7")
+    assert code == 0, err
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["num_hidden_layers"] == 3
+    assert (tmp_path / "ck" / ckpt.INDEX_FILE).is_file()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ck"), dtype=torch.float32)
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    assert hf.model.layers[0].self_attn.q_proj.bias is not None
+
+
+def test_make_checkpoint_unknown_model_is_one_line(tmp_path, run_cli):
+    code, _, err = run_cli("make-checkpoint", tmp_path / "ck", "--model", "gpt-7")
+    assert code == 2
+    assert err.startswith("error: --model: unknown model 'gpt-7'") and len(err.strip().splitlines()) == 1
+
+
+def test_head_dim_is_read_not_derived(tmp_path):
+    model = TINY_MODELS["tiny-qwen3"]
+    assert model.head_dim * model.attention_heads != model.hidden_size
+    ckpt.make_checkpoint(tmp_path, model)
+    assert read_checkpoint_model(tmp_path).head_dim == model.head_dim
+
+
+class RecordingOpen:
+    """safe_open that records which tensors are read (headers are free: reading keys() reads no data)."""
+
+    def __init__(self, real, log):
+        self.real, self.log = real, log
+
+    def __call__(self, path, **kw):
+        real, log = self.real(path, **kw), self.log
+
+        class Handle:
+            def __enter__(self):
+                self.inner = real.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return real.__exit__(*exc)
+
+            def keys(self):
+                return self.inner.keys()
+
+            def get_tensor(self, name):
+                log.append(name)
+                return self.inner.get_tensor(name)
+
+        return Handle()
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_stage_reads_only_its_tensors(tmp_path, monkeypatch, shards):
+    model = TINY_MODELS["tiny-qwen2"]
+    ckpt.make_checkpoint(tmp_path, model, shards=shards)
+    read: list[str] = []
+    monkeypatch.setattr(ckpt, "safe_open", RecordingOpen(ckpt.safe_open, read))
+    tensors = ckpt.load_stage(tmp_path, model, 2, 4)
+    assert sorted(read) == sorted(n for n in ckpt.stage_tensor_names(model, 2, 4))
+    assert all(".layers.2." in n or ".layers.3." in n for n in read)
+    assert set(tensors) == set(ckpt.stage_tensor_names(model, 2, 4).values())
+
+
+def test_stage_loads_with_other_layers_files_gone(tmp_path):
+    """With an index, a stage opens only the files holding its tensors: delete the others and it loads."""
+    model = TINY_MODELS["tiny-qwen3"]
+    tensors = ckpt.random_tensors(model, 0)
+    files = {name: (f"layer-{name.split('.')[2]}.safetensors" if ".layers." in name else "rest.safetensors")
+             for name in tensors}
+    ckpt.write_checkpoint(tmp_path, model, {}, dtype="fp32")  # config.json only
+    from safetensors.torch import save_file
+
+    for file in set(files.values()):
+        save_file({n: t for n, t in tensors.items() if files[n] == file}, str(tmp_path / file))
+    (tmp_path / ckpt.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": files}))
+    for layer in (0, 1, 4, 5):
+        (tmp_path / f"layer-{layer}.safetensors").unlink()
+    stage = Stage.from_tensors(model, 2, 4, ckpt.load_stage(tmp_path, model, 2, 4))
+    assert len(stage.layers) == 2
+    with pytest.raises(Exception, match="layer|No such file"):
+        ckpt.load_stage(tmp_path, model, 0, 2)
+
+
+def test_tied_last_stage_uses_the_embedding_as_head():
+    model = TINY_MODELS["tiny-qwen2"]
+    assert model.tie_word_embeddings
+    names = ckpt.stage_tensor_names(model, 4, 6)
+    assert ckpt.EMBED in names and ckpt.LM_HEAD not in names and ckpt.FINAL_NORM in names
+    assert ckpt.EMBED not in ckpt.stage_tensor_names(model, 1, 4)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from planner.errors import InputError
+    from runtime.hfconfig import check_same_model
+
+    model = TINY_MODELS["tiny-qwen3"]
+    other = dataclasses.replace(model, kv_heads=1)
+    with pytest.raises(InputError, match="kv_heads"):
+        check_same_model(other, model, file=tmp_path)
+
+
+# ---- sampling ----------------------------------------------------------------------------------------
+
+def test_greedy_and_seeded_sampling():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    greedy = [Sampler(SamplingParams()) for _ in range(4)]
+    assert sample_batch(logits, greedy) == logits.argmax(dim=-1).tolist()
+    draw = [Sampler(SamplingParams(temperature=1.0, seed=3))(logits[0]) for _ in range(2)]
+    again = [Sampler(SamplingParams(temperature=1.0, seed=3))(logits[0]) for _ in range(2)]
+    assert draw == again
+    seq = Sampler(SamplingParams(temperature=1.0, seed=3))
+    assert len({seq(logits[0]) for _ in range(40)}) > 1          # a generator that moves on, not a fixed draw
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0, -2.0])
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0))
+    assert {sampler(logits) for _ in range(50)} == {0}             # the top token alone holds > 0.5
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.95, seed=0))
+    assert {sampler(logits) for _ in range(200)} <= {0, 1}
+
+
+# ---- wire ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_wire_round_trip(dtype):
+    tensor = (torch.randn(3, 5) * 100).to(dtype)
+    header, tensors = wire.decode(wire.encode({"kind": "work", "items": [{"rid": "r1"}]}, (tensor, tensor[:0])))
+    assert header["kind"] == "work" and header["items"] == [{"rid": "r1"}]
+    assert torch.equal(tensors[0], tensor) and tensors[0].dtype == dtype
+    assert tensors[1].shape == (0, 5)
+
+
+def test_wire_has_no_pickle():
+    frames = wire.encode({"kind": "beat"}, (torch.zeros(2),))
+    assert b"\x80\x04" not in bytes(frames[0])  # msgpack map, not a pickle stream
+    assert bytes(frames[1]) == bytes(8)
+
+
+# ---- export -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_layout(tmp_path):
+    model = TINY_MODELS["tiny-qwen3"]
+    (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 4))
+    layout = tmp_path / "layout.ini"
+    layout.write_text(chain_layout("cluster.ini", model, [[(0, 2)], [(2, 5), (2, 5)], [(5, 6)]]))
+    return layout
+
+
+def test_export_runtime_config_and_launch_scripts(tmp_path, tiny_layout, run_cli):
+    from planner.export.runtime import read_runtime_config
+
+    code, _, err = run_cli("export", tiny_layout, tmp_path / "out", "--to", "runtime", "--checkpoint", "/models/x",
+                           "--device", "cpu", "--port", "7000")
+    assert code == 0, err
+    config = read_runtime_config(tmp_path / "out" / "runtime.json")
+    assert config.host.address == "127.0.0.1" and config.host.port == 7000 and config.checkpoint == "/models/x"
+    assert [(w.node, w.start, w.end, w.port, w.device) for w in config.workers] == [
+        ("local:0", 0, 2, 7001, "cpu"), ("local:1", 2, 5, 7002, "cpu"), ("local:2", 2, 5, 7003, "cpu"),
+        ("local:3", 5, 6, 7004, "cpu")]
+    assert config.host.next == (("local:0", 100.0),)
+    assert config.worker("local:0").next == (("local:1", 50.0), ("local:2", 50.0))
+    assert config.worker("local:3").next == (("coordinator", 100.0),)
+    graph = config.route_graph()
+    assert graph.successors["local:1"] == ("local:3",) and graph.weights[("local:0", "local:2")] == 50.0
+    script = (tmp_path / "out" / "launch-local.sh").read_text()
+    assert script.count("planner worker --config runtime.json --node local:") == 4
+    assert "planner host --config runtime.json" in script
+    result = subprocess.run(["bash", "-n", str(tmp_path / "out" / "launch-local.sh")], capture_output=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_export_refuses_tensor_parallel_groups(tmp_path, tiny_layout, run_cli):
+    text = tiny_layout.read_text().replace("method = hand", "method = hand\ntp_groups = local:1+local:2")
+    tiny_layout.write_text(text)
+    code, _, err = run_cli("export", tiny_layout, tmp_path / "out")
+    assert code == 2
+    assert "tensor-parallel" in err and len(err.strip().splitlines()) == 1
+
+
+def test_worker_with_a_bad_config_is_one_line(tmp_path, run_cli):
+    bad = tmp_path / "runtime.json"
+    bad.write_text('{"format": "something else"}')
+    code, _, err = run_cli("worker", "--config", bad, "--node", "local:0", "--checkpoint", tmp_path)
+    assert code == 2 and "format" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("host", "--config", tmp_path / "missing.json")
+    assert code == 2 and "no such runtime config" in err
+
+
+def test_solve_and_export_do_not_import_torch(tiny_layout, tmp_path):
+    code = ("import sys; from planner.cli import main\n"
+            "try:\n    main(['export', sys.argv[1], sys.argv[2]])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_layout), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+# ---- profile ------------------------------------------------------------------------------------------
+
+def test_profile_writes_a_measured_gpu_section(tmp_path, run_cli):
+    from planner.cluster import load_cluster
+
+    ckpt.make_checkpoint(tmp_path / "ck", TINY_MODELS["tiny-qwen3"])
+    code, out, err = run_cli("profile", "--checkpoint", tmp_path / "ck", "--device", "cpu", "--layers", "2",
+                             "--decode-batches", "1,4", "--prefill-tokens", "8,32", "--context", "16",
+                             "--name", "cpu-x", "--memory", "2 GiB", "--threads", "1")
+    assert code == 0, err
+    assert out.startswith("[gpu cpu-x]") and "decode_ms = 1: " in out and "prefill_ms = 8: " in out
+    cluster = cpu_cluster(TINY_MODELS["tiny-qwen3"], 2, gpu_section=out)
+    (tmp_path / "cluster.ini").write_text(cluster)
+    gpu = load_cluster(tmp_path / "cluster.ini").gpu_types["cpu-x"]
+    assert gpu.is_measured and len(gpu.decode_ms.points) == 2 and gpu.decode_ms.seconds(1) > 0
+
+
+def test_read_layout_of_demo(tmp_path):
+    from runtime.demo import write_demo
+
+    layout, _ = write_demo(tmp_path)
+    assert read_layout(layout).placement.units() == {"local:0": (0, 1), "local:1": (1, 4), "local:2": (4, 6)}
+
+
+def test_model_spec_round_trips_through_config_json(tmp_path):
+    from runtime.hfconfig import hf_config, model_from_hf_config
+
+    for model in TINY_MODELS.values():
+        back = model_from_hf_config(hf_config(model, "fp32"), model.id)
+        assert back == model
+    assert isinstance(back, ModelSpec)

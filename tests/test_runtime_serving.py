@@ -1,0 +1,242 @@
+"""Serving across processes on loopback: workers from layouts, the host routing with planner.routing,
+token for token against transformers, a worker killed mid-request, the HTTP API and `planner run`.
+
+Workers are forked from one fork server per module (it imports torch once), so a 4-worker pipeline
+starts in well under a second; every LocalRun is closed by its fixture, and the workers die with this
+process if it is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # see test_runtime_model.py
+pytest.importorskip("zmq")
+pytest.importorskip("msgpack")
+pytest.importorskip("safetensors")
+
+from planner.export.runtime import Limits, runtime_config  # noqa: E402
+from planner.layout import read_layout  # noqa: E402
+from runtime.checkpoint import make_checkpoint  # noqa: E402
+from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402
+from runtime.host import RequestFailed  # noqa: E402
+from runtime.launch import ForkServer, LocalRun  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
+
+from test_runtime_model import hf_greedy  # noqa: E402
+
+PROMPTS = [[5, 17, 3, 99, 42], [1, 2, 3], [200, 7, 7, 7, 7, 7, 7, 31, 64], [9], [4, 8, 15, 16, 23, 42]]
+NEW_TOKENS = 12
+CHAIN = [[(0, 1)], [(1, 4)], [(4, 6)]]                      # 3 workers, uneven ranges
+PARALLEL = [[(0, 2)], [(2, 5), (2, 5)], [(5, 6)]]          # the middle stage held by two workers
+LIMITS = Limits(max_seq_len=160, max_batch_tokens=64, heartbeat_s=0.1, dead_after_s=1.0)
+TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def forkserver():
+    with ForkServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["tiny-qwen3", "tiny-qwen2"])
+def model_dir(request, tmp_path_factory):
+    """(model, checkpoint dir, transformers' greedy ids for PROMPTS)."""
+    model = TINY_MODELS[request.param]
+    directory = tmp_path_factory.mktemp(request.param)
+    make_checkpoint(directory / "ck", model, seed=2, shards=2)
+    return model, directory, hf_greedy(directory / "ck", PROMPTS, NEW_TOKENS)
+
+
+def start(model, directory: Path, stages, forkserver, name: str, **options) -> LocalRun:
+    workers = sum(len(s) for s in stages)
+    (directory / f"{name}-cluster.ini").write_text(cpu_cluster(model, workers))
+    layout = directory / f"{name}.ini"
+    layout.write_text(chain_layout(f"{name}-cluster.ini", model, stages))
+    config = runtime_config(read_layout(layout), layout_path=str(layout), local=True, device="cpu", threads=1,
+                            kv_slots=8, limits=LIMITS)
+    (directory / name).mkdir(exist_ok=True)
+    return LocalRun(config, directory / "ck", workdir=directory / name, forkserver=forkserver, **options).start()
+
+
+@pytest.fixture(scope="module")
+def chain(model_dir, forkserver):
+    model, directory, reference = model_dir
+    run = start(model, directory, CHAIN, forkserver, "chain")
+    yield run, reference
+    run.close()
+
+
+def generate_all(host, prompts, new_tokens=NEW_TOKENS):
+    requests = [host.submit(p, new_tokens) for p in prompts]
+    return [r.result(TIMEOUT_S) for r in requests], requests
+
+
+def test_chain_of_three_uneven_workers_matches_transformers(chain):
+    run, reference = chain
+    outputs, requests = generate_all(run.host, PROMPTS)       # all at once: batched prompts and decodes
+    assert outputs == reference
+    assert {r.path for r in requests} == {("local:0", "local:1", "local:2")}
+    assert all(r.finish_reason == "length" and r.ttft_s > 0 for r in requests)
+
+
+def test_parallel_middle_stage_splits_requests_and_matches_transformers(model_dir, forkserver):
+    model, directory, reference = model_dir
+    with start(model, directory, PARALLEL, forkserver, "parallel") as run:
+        outputs, requests = generate_all(run.host, PROMPTS)
+        paths = [r.path for r in requests]
+    assert outputs == reference
+    middles = [p[1] for p in paths]
+    assert set(middles) == {"local:1", "local:2"}               # max-flow routing splits 50/50 ...
+    assert abs(middles.count("local:1") - middles.count("local:2")) <= 1   # ... interleaved
+
+
+def test_kv_is_freed_when_requests_end(chain):
+    run, reference = chain
+    for _ in range(3):   # more requests than KV slots (8) over time: slots must come back
+        outputs, _ = generate_all(run.host, PROMPTS)
+        assert outputs == reference
+    assert sum(run.host.in_flight.values()) == 0
+    health = run.host.health()
+    assert health["status"] == "ok" and health["in_flight"] == 0
+
+
+def test_seeded_sampling_is_reproducible(chain):
+    run, _ = chain
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=11)
+    first = run.host.generate(PROMPTS[0], 8, params, timeout=TIMEOUT_S)
+    second = run.host.generate(PROMPTS[0], 8, params, timeout=TIMEOUT_S)
+    other = run.host.generate(PROMPTS[0], 8, SamplingParams(temperature=0.8, top_p=0.9, seed=12), timeout=TIMEOUT_S)
+    assert first == second and len(first) == 8
+    assert other != first
+
+
+def test_requests_past_max_seq_len_are_refused(chain):
+    run, _ = chain
+    with pytest.raises(ValueError, match="max_seq_len"):
+        run.host.submit([1] * 100, 100)
+    with pytest.raises(ValueError, match="token ids"):
+        run.host.submit([1, 10_000], 4)
+
+
+def test_a_worker_killed_mid_request_fails_its_requests_and_the_rest_go_on(forkserver, tmp_path_factory):
+    model = TINY_MODELS["tiny-qwen3"]
+    directory = tmp_path_factory.mktemp("kill")
+    make_checkpoint(directory / "ck", model, seed=3)
+    with start(model, directory, PARALLEL, forkserver, "kill") as run:
+        host = run.host
+        long = [host.submit(PROMPTS[0], 140, SamplingParams()) for _ in range(4)]   # 2 on each middle worker
+        deadline = time.monotonic() + TIMEOUT_S
+        while not all(r.tokens for r in long) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victim = "local:1"
+        doomed = [r for r in long if victim in r.path]
+        spared = [r for r in long if victim not in r.path]
+        assert doomed and spared
+        while len(doomed[0].tokens) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 3 <= len(doomed[0].tokens) < 140, "the request must be in flight when the worker dies"
+        run.kill(victim)
+        for request in doomed:
+            with pytest.raises(RequestFailed, match=f"worker {victim} stopped responding"):
+                request.result(LIMITS.dead_after_s + 5)
+        for request in spared:
+            assert len(request.result(TIMEOUT_S)) == 140       # the other path never stopped
+        after = [host.submit(p, 6) for p in PROMPTS]
+        assert all(len(r.result(TIMEOUT_S)) == 6 for r in after)
+        assert all(victim not in r.path for r in after)
+        health = host.health()
+        assert health["status"] == "degraded" and health["workers"][victim] == "dead"
+
+
+def test_all_paths_dead_fails_new_requests_at_once(forkserver, tmp_path_factory):
+    model = TINY_MODELS["tiny-qwen2"]
+    directory = tmp_path_factory.mktemp("down")
+    make_checkpoint(directory / "ck", model, seed=4)
+    with start(model, directory, CHAIN, forkserver, "down") as run:
+        run.kill("local:1")
+        deadline = time.monotonic() + LIMITS.dead_after_s + 5
+        while run.host.health()["status"] != "down" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.host.health()["status"] == "down"
+        with pytest.raises(RequestFailed, match="no live path.*local:1"):
+            run.host.submit([1, 2], 4).result(5)
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------------
+
+def _post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+
+
+def test_http_completions_health_and_streaming(chain):
+    from runtime.http import make_server
+    import threading
+
+    run, reference = chain
+    server = make_server(run.host, "127.0.0.1", 0, "tiny")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=5) as reply:
+            assert json.load(reply)["status"] == "ok"
+        body = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": NEW_TOKENS, "temperature": 0}
+        with _post(base + "/v1/completions", body) as reply:
+            answer = json.load(reply)
+        assert answer["object"] == "text_completion"
+        assert answer["choices"][0]["token_ids"] == reference[1]
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": NEW_TOKENS, "total_tokens": 3 + NEW_TOKENS}
+        with _post(base + "/v1/completions", {**body, "stream": True}) as reply:
+            events = [line[6:] for line in reply.read().decode().splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        streamed = [t for e in events[:-1] for t in json.loads(e)["choices"][0]["token_ids"]]
+        assert streamed == reference[1]
+        for bad in ({"prompt": "hello"}, {"prompt": []}, {"prompt": [1], "top_p": 0}):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                _post(base + "/v1/completions", bad)
+            assert exc.value.code == 400
+            assert "error" in json.load(exc.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---- the CLI --------------------------------------------------------------------------------------------
+
+def test_planner_run_local_with_a_layout_prints_the_reference_ids(model_dir, run_cli):
+    model, directory, reference = model_dir
+    if model.family != "qwen3":
+        pytest.skip("one family is enough for the CLI (it starts its own fork server)")
+    (directory / "cli-cluster.ini").write_text(cpu_cluster(model, 3))
+    layout = directory / "cli.ini"
+    layout.write_text(chain_layout("cli-cluster.ini", model, CHAIN))
+    code, out, err = run_cli("run", "--local", layout, "--checkpoint", directory / "ck", "--prompt-ids",
+                             ",".join(map(str, PROMPTS[2])), "--max-new-tokens", str(NEW_TOKENS), "--requests", "2",
+                             "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["errors"] == []
+    assert result["outputs"] == [reference[2]] * 2
+    assert result["output_tokens_per_s"] > 0 and result["ttft_s"]["mean"] > 0
+    assert [w["layers"] for w in result["workers"]] == [[0, 1], [1, 4], [4, 6]]
+
+
+def test_workers_started_as_planner_worker_commands(model_dir, forkserver):
+    """spawn="exec": each worker a fresh `python -m planner worker` process, as the launch scripts run them."""
+    model, directory, reference = model_dir
+    if model.family != "qwen2":
+        pytest.skip("one family is enough for the slow path (a torch import per worker)")
+    with start(model, directory, [[(0, 3)], [(3, 6)]], forkserver, "exec", spawn="exec") as run:
+        outputs, _ = generate_all(run.host, PROMPTS[:2])
+    assert outputs == reference[:2]
