@@ -22,9 +22,11 @@ GIB = 1024.0**3
 class CostParams:
     """The model's stated assumptions, one factor per line."""
 
-    memory_efficiency: float = 0.80       # share of peak DRAM bandwidth that decode GEMVs reach
-    compute_efficiency: float = 0.60      # share of peak tensor FLOP/s that prefill GEMMs reach
-    layer_overhead_s: float = 30e-6       # kernel launches and synchronisation per layer per step
+    # measured on an H100 (bf16, Qwen3-8B layers, docs/runtime.md, "Measured: Qwen3-8B layers on an H100"): weight GEMVs reach
+    # 0.51-0.57 of datasheet bandwidth, prefill GEMMs 0.70-0.74 of peak, and the rest of a layer ~85 us
+    memory_efficiency: float = 0.55       # share of peak DRAM bandwidth that decode GEMVs reach
+    compute_efficiency: float = 0.70      # share of peak tensor FLOP/s that prefill GEMMs reach
+    layer_overhead_s: float = 85e-6       # norms, rotary, launches and synchronisation per layer per step
     gpu_memory_utilization: float = 0.90  # share of memory the engine may use (vLLM's default)
     runtime_reserve_bytes: float = 1.0 * GIB  # CUDA context, allocator slack, activation workspace
     min_kv_tokens: int = 4096             # a node must keep KV room for at least one 4k-token request

@@ -53,8 +53,8 @@ def test_layout_example_reads(tmp_path):
 
 
 @pytest.mark.parametrize("gpu, limits, row, rtt_bound", [
-    ("rtx2080ti", (14, 11, 11), ("852", "72,023", "56", "19.1 ms", "213 ms"), 560.0),
-    ("rtx4090", (32, 30, 30), ("2,750", "378,455", "256", "23.5 ms", "69.6 ms"), 2560.0),
+    ("rtx2080ti", (14, 11, 11), ("821", "72,023", "56", "28.1 ms", "183 ms"), 560.0),
+    ("rtx4090", (32, 30, 30), ("2,700", "378,455", "256", "34.6 ms", "60.3 ms"), 2560.0),
 ])
 def test_cost_model_worked_example_is_current(gpu, limits, row, rtt_bound):
     """docs/cost-model.md quotes these `planner show profiles/hetero.ini` figures: update it if this fails."""
