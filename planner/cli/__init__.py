@@ -8,7 +8,7 @@ import click
 
 from planner import __version__
 from planner.cli import compare_cmd, show_cmd, simulate_cmd, solve_cmd
-from planner.cli import export_cmd, host_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, worker_cmd
+from planner.cli import export_cmd, host_cmd, mesh_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, worker_cmd
 from planner.errors import InputError, SolveError
 
 
@@ -31,6 +31,7 @@ cli.add_command(host_cmd.host_cmd)
 cli.add_command(run_cmd.run_cmd)
 cli.add_command(make_checkpoint_cmd.make_checkpoint_cmd)
 cli.add_command(profile_cmd.profile_cmd)
+cli.add_command(mesh_cmd.mesh_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

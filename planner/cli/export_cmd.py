@@ -1,4 +1,4 @@
-"""planner export LAYOUT.ini --to runtime OUT/"""
+"""planner export LAYOUT.ini --to runtime|vllm|vllm-replicas|helix OUT/"""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from planner.routing import DEFAULT_ROUTER, ROUTERS
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--to", "target", type=click.Choice(sorted(EXPORTERS)), default="runtime", show_default=True,
               help="What to export for.")
-@click.option("--checkpoint", default=None, help="Model directory the workers load (each host's path to it).")
+@click.option("--checkpoint", default=None,
+              help="Model directory the workers load (each host's path to it); for vLLM, the model served "
+                   "(default: the model's Hugging Face name).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cuda: each GPU runs on its host's cuda:INDEX; cpu: every worker on the CPU.")
 @click.option("--port", type=click.IntRange(1, 65000), default=DEFAULT_PORT, show_default=True,
@@ -26,16 +28,21 @@ from planner.routing import DEFAULT_ROUTER, ROUTERS
 @click.option("--routing", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True,
               help="Routing policy of the host (planner.routing, as in the simulator).")
 @click.option("--max-seq-len", type=click.IntRange(min=2), default=Limits.max_seq_len, show_default=True,
-              help="Most tokens (prompt + output) of one request.")
+              help="Most tokens (prompt + output) of one request (vLLM: --max-model-len).")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None,
+              help="vLLM: --max-num-seqs of each server (default: what its KV memory holds, at most 256).")
 @click.option("--kv-slots", type=click.IntRange(min=1), default=None,
               help="Requests each worker keeps KV for at once (default: what its memory holds, at most 64).")
 def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | None, device: str, port: int,
-               http_port: int, routing: str, max_seq_len: int, kv_slots: int | None) -> None:
-    """Turn a layout into a runtime config (OUT/runtime.json) and a launch script per host."""
+               http_port: int, routing: str, max_seq_len: int, max_num_seqs: int | None, kv_slots: int | None) -> None:
+    """Write the files that run a layout: the bundled runtime (runtime.json and a launch script per host),
+    vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
+    docs/exports.md walks through each."""
     layout = read_layout(layout_file)
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
-                               limits=Limits(max_seq_len=max_seq_len), kv_slots=kv_slots)
+                               limits=Limits(max_seq_len=max_seq_len), kv_slots=kv_slots,
+                               max_model_len=max_seq_len, max_num_seqs=max_num_seqs)
     console = make_console()
     for path in written:
         console.print(f"wrote {path}")

@@ -16,6 +16,7 @@ Nothing here imports torch: exporting needs only the planner.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -272,7 +273,8 @@ def launch_scripts(config: RuntimeConfig, config_name: str = CONFIG_FILE) -> dic
 def export_runtime(layout: Layout, out_dir: str | Path, **options) -> list[Path]:
     """Write OUT/runtime.json and OUT/launch-HOST.sh for each host; returns the paths written."""
     out_dir = Path(out_dir)
-    config = runtime_config(layout, **options)
+    known = inspect.signature(runtime_config).parameters  # options of other exporters are not ours
+    config = runtime_config(layout, **{k: v for k, v in options.items() if k in known})
     written = [write_runtime_config(config, out_dir / CONFIG_FILE)]
     for host, text in launch_scripts(config).items():
         script = out_dir / f"launch-{host}.sh"

@@ -1,0 +1,291 @@
+"""vLLM launch files from a layout: `--to vllm-replicas` (seed 001) and `--to vllm` (seed 004).
+
+vllm-replicas: every unit (a GPU or a tensor-parallel group) holds the whole model; one `vllm serve` per
+unit, ports from 8001 upward on each host, a health check and router weights (share of the plan's flow).
+
+vllm: the layout is one or more chains of pipeline stages, every stage of a chain a unit of the same TP
+size; each chain becomes one vLLM deployment (Ray cluster across its hosts, `--tensor-parallel-size`,
+`--pipeline-parallel-size`, `VLLM_PP_LAYER_PARTITION` with the stages' layer counts in chain order).
+Layouts vLLM cannot run are refused with one line saying why. Walkthrough: docs/exports.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.layout import Layout
+from planner.problem import PlacementProblem
+from planner.routing import COORDINATOR
+
+VLLM_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+BASE_PORT = 8001              # vllm-replicas: each host's first instance; the next ones count up
+SERVE_PORT = 8000             # vllm: the first deployment's API port on its head host
+RAY_PORT = 6379
+GPU_MEMORY_UTILIZATION = 0.9
+MAX_NUM_SEQS = 256            # vLLM's own default: the most we ever write
+DEFAULT_MAX_MODEL_LEN = 4096
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str                 # the layout's unit name (GPU or 'h:0+h:1')
+    host: str
+    indices: tuple[int, ...]  # CUDA device indices on the host
+    start: int
+    end: int
+
+    @property
+    def tp(self) -> int:
+        return len(self.indices)
+
+
+def _units(layout: Layout) -> list[Unit]:
+    by_name = {n.name: n for n in layout.cluster.nodes()}
+    units = []
+    for name, (start, end) in layout.placement.units().items():
+        members = layout.placement.members(name)
+        units.append(Unit(name, by_name[members[0]].host, tuple(by_name[m].index for m in members), start, end))
+    return units
+
+
+def _refuse(layout_path, problem: str, fix: str, field: str | None = None) -> InputError:
+    return InputError(problem, file=layout_path or None, field=field, fix=fix)
+
+
+def _dtype(layout: Layout) -> str:
+    return VLLM_DTYPES[layout.cluster.dtype]
+
+
+def _model_arg(layout: Layout, checkpoint: str | None) -> str:
+    return checkpoint or layout.cluster.model.hf_name or layout.cluster.model.id
+
+
+def _address(layout: Layout, host: str) -> str:
+    return layout.cluster.host(host).address or host
+
+
+def _inflow(layout: Layout, unit: str) -> float:
+    return layout.flows.get((COORDINATOR, unit), 0.0)
+
+
+def _weights(flows: dict[str, float]) -> dict[str, float]:
+    """endpoint -> share of the total flow (equal shares when the layout carries no flows)."""
+    total = sum(flows.values())
+    if total <= 0:
+        return {e: round(1 / len(flows), 6) for e in flows}
+    return {e: round(f / total, 6) for e, f in flows.items()}
+
+
+def _max_num_seqs(layout: Layout, unit: Unit, max_model_len: int) -> int:
+    """Sequences of the workload's mean length whose KV fits beside the weights (cost model), 1..256."""
+    cost = PlacementProblem(layout.cluster).cost_of(unit.name)
+    layers = layout.cluster.model.layers
+    tokens = cost.kv_tokens(unit.end - unit.start, unit.start == 0, unit.end == layers)
+    workload = layout.cluster.workload
+    per_seq = min(max_model_len, workload.prompt_tokens + workload.output_tokens)
+    return max(1, min(MAX_NUM_SEQS, int(tokens // per_seq)))
+
+
+def _write(path: Path, text: str, executable: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if executable:
+        path.chmod(0o755)
+    return path
+
+
+def _script(lines: list[str]) -> str:
+    return "\n".join(["#!/usr/bin/env bash", *lines, ""])
+
+
+# ---- vllm-replicas ------------------------------------------------------------------------------
+
+def export_vllm_replicas(layout: Layout, out_dir: str | Path, *, layout_path: str = "",
+                         checkpoint: str | None = None, max_model_len: int | None = None,
+                         max_num_seqs: int | None = None, **_options) -> list[Path]:
+    """OUT/serve-HOST.sh (one `vllm serve` per unit), OUT/health_check.sh, OUT/router.json."""
+    out_dir = Path(out_dir)
+    layers = layout.cluster.model.layers
+    units = _units(layout)
+    if not units:
+        raise _refuse(layout_path, "no GPU holds layers", "re-plan the layout", "[nodes]")
+    for u in units:
+        if (u.start, u.end) != (0, layers):
+            raise _refuse(layout_path, f"{u.name} holds layers [{u.start}, {u.end}), not the whole model "
+                          f"[0, {layers}): vllm-replicas needs every GPU or TP group to hold every layer",
+                          "plan with `--method replicas`, or export a pipeline with `--to vllm`", "[nodes]")
+    heads = layout.cluster.model.attention_heads
+    for u in units:
+        if heads % u.tp:
+            raise _refuse(layout_path, f"{u.name}: vLLM needs the {heads} attention heads to divide by the "
+                          f"tensor-parallel size {u.tp}", "re-plan with groups of 1, 2, 4 or 8 that divide it")
+    max_model_len = max_model_len or DEFAULT_MAX_MODEL_LEN
+    model, served = _model_arg(layout, checkpoint), layout.cluster.model.id
+    written, flows, checks = [], {}, []
+    for host in dict.fromkeys(u.host for u in units):
+        lines = [f"# {host}: one vLLM server per GPU / tensor-parallel group holding all of {served} "
+                 f"(layout method {layout.method}); written by `planner export --to vllm-replicas`.",
+                 "# Each server runs in the background and logs to vllm-PORT.log; stop them with `kill $(cat vllm-*.pid)`.",
+                 "set -euo pipefail", 'cd "$(dirname "$0")"', f'MODEL="${{MODEL:-{model}}}"']
+        port = BASE_PORT
+        for u in (u for u in units if u.host == host):
+            seqs = max_num_seqs or _max_num_seqs(layout, u, max_model_len)
+            args = [f"CUDA_VISIBLE_DEVICES={','.join(map(str, u.indices))}", "nohup", "vllm", "serve", '"$MODEL"',
+                    f"--served-model-name {served}", "--host 0.0.0.0", f"--port {port}"]
+            if u.tp > 1:
+                args.append(f"--tensor-parallel-size {u.tp}")
+            args += [f"--dtype {_dtype(layout)}", f"--gpu-memory-utilization {GPU_MEMORY_UTILIZATION}",
+                     f"--max-num-seqs {seqs}", f"--max-model-len {max_model_len}"]
+            lines.append(f"# {u.name}: planned {_inflow(layout, u.name):.1f} tokens/s")
+            lines.append(" ".join(args) + f" > vllm-{port}.log 2>&1 &")
+            lines.append(f"echo $! > vllm-{port}.pid")
+            endpoint = f"http://{_address(layout, host)}:{port}"
+            flows[endpoint] = _inflow(layout, u.name)
+            checks.append(endpoint)
+            port += 1
+        written.append(_write(out_dir / f"serve-{host}.sh", _script(lines), executable=True))
+    health = ["# Checks every vLLM server of the layout; exit status 1 if any is not healthy.",
+              "status=0"]
+    for endpoint in checks:
+        health += [f'printf "Checking {endpoint} ... "',
+                   f'if curl -fsS --max-time 5 {endpoint}/health > /dev/null; then echo ok; '
+                   f'else echo FAILED; status=1; fi']
+    health.append("exit $status")
+    written.append(_write(out_dir / "health_check.sh", _script(health), executable=True))
+    written.append(_write(out_dir / "router.json", json.dumps(_weights(flows), indent=2) + "\n"))
+    return written
+
+
+# ---- vllm (pipeline chains over Ray) ------------------------------------------------------------
+
+def vllm_chains(layout: Layout, layout_path: str = "") -> list[list[Unit]]:
+    """The layout's chains, each a list of units in stage order from layer 0 to the last layer; raises
+    InputError (one line) when vLLM cannot run the layout as independent uniform-TP pipelines."""
+    layers = layout.cluster.model.layers
+    units = _units(layout)
+    if not units:
+        raise _refuse(layout_path, "no GPU holds layers", "re-plan the layout", "[nodes]")
+    starting: dict[int, list[Unit]] = {}
+    ending: dict[int, list[Unit]] = {}
+    for u in units:
+        starting.setdefault(u.start, []).append(u)
+        ending.setdefault(u.end, []).append(u)
+    for b in sorted(set(starting) | set(ending)):
+        ins, outs = ending.get(b, []) if b else [], starting.get(b, []) if b < layers else []
+        if b in (0, layers):
+            continue
+        if not ins or not outs:
+            u = (outs or ins)[0]
+            raise _refuse(layout_path, f"{u.name} holds [{u.start}, {u.end}) but no GPU "
+                          f"{'ends' if outs else 'starts'} at layer {b}: vLLM pipelines need each stage to "
+                          f"start where the previous one ends", "re-plan with `--method tp-pp` or `chains`")
+        if len(ins) != len(outs):
+            raise _refuse(layout_path, f"at layer {b}, {len(ins)} stage(s) ({', '.join(u.name for u in ins)}) "
+                          f"feed {len(outs)} ({', '.join(u.name for u in outs)}): stages shared between "
+                          f"chains, which vLLM pipelines cannot do", "re-plan with `--method tp-pp` or `chains`")
+    firsts = starting.get(0, [])
+    if len(firsts) != len(ending.get(layers, [])):
+        raise _refuse(layout_path, f"{len(firsts)} stage(s) hold layer 0 but {len(ending.get(layers, []))} "
+                      f"hold the last layer: chains cannot be separated", "re-plan with `--method tp-pp`")
+    chains = []
+    taken: set[str] = set()
+    for first in firsts:
+        chain, current = [first], first
+        taken.add(first.name)
+        while current.end < layers:
+            options = [u for u in starting[current.end] if u.name not in taken]
+            # prefer the same host, then the most flow from the current stage, then file order
+            options.sort(key=lambda u: (u.host != current.host, -layout.flows.get((current.name, u.name), 0.0)))
+            current = options[0]
+            taken.add(current.name)
+            chain.append(current)
+        chains.append(chain)
+    for chain in chains:
+        sizes = sorted({u.tp for u in chain})
+        if len(sizes) > 1:
+            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} mixes tensor-parallel "
+                          f"sizes {'/'.join(map(str, sizes))}; vLLM runs one TP size on every pipeline stage",
+                          "re-plan with `--method tp-pp`, or export with `--to runtime`")
+        hosts = [u.host for u in chain]
+        seen = list(dict.fromkeys(hosts))
+        if [h for i, h in enumerate(hosts) if i == 0 or hosts[i - 1] != h] != seen:
+            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} leaves a host and comes "
+                          f"back; Ray numbers a host's GPUs together, so vLLM's stage order would not match",
+                          "re-plan so each host's stages are consecutive")
+    for chain in chains:  # vLLM's Ray executor ranks the driver's host first, the others by (GPUs, IP)
+        hosts = list(dict.fromkeys(u.host for u in chain))
+        count = {h: sum(u.tp for u in chain if u.host == h) for h in hosts}
+        rest = sorted(hosts[1:], key=lambda h: (count[h], _address(layout, h)))
+        if hosts[1:] != rest:
+            raise _refuse(layout_path, f"the chain visits hosts {' -> '.join(hosts)}, but vLLM's Ray executor "
+                          f"ranks the hosts after {hosts[0]} by GPU count, then IP ({' -> '.join(rest)}), so its "
+                          f"stage order would not match the plan", "re-plan, or reorder/readdress the hosts")
+    heads = layout.cluster.model.attention_heads
+    for chain in chains:
+        if heads % chain[0].tp:
+            raise _refuse(layout_path, f"vLLM needs the {heads} attention heads to divide by the tensor-parallel "
+                          f"size {chain[0].tp}", "re-plan with another TP size")
+    return chains
+
+
+def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", checkpoint: str | None = None,
+                max_model_len: int | None = None, max_num_seqs: int | None = None, **_options) -> list[Path]:
+    """Per deployment (chain) dN: OUT/ray-dN-HOST.sh per host, OUT/serve-dN.sh (run on the head host);
+    OUT/router.json: deployment endpoint -> share of the plan's flow."""
+    out_dir = Path(out_dir)
+    chains = vllm_chains(layout, layout_path)
+    hosts = {u.host for chain in chains for u in chain}
+    if len(hosts) > 1:
+        missing = [h for h in sorted(hosts) if not layout.cluster.host(h).address]
+        if missing:
+            raise _refuse(layout_path, f"host {missing[0]} has no address, which Ray needs to join hosts",
+                          "add `address = IP` to its [host] section in the cluster file")
+    max_model_len = max_model_len or DEFAULT_MAX_MODEL_LEN
+    model, served = _model_arg(layout, checkpoint), layout.cluster.model.id
+    written, flows = [], {}
+    serve_port: dict[str, int] = {}
+    for d, chain in enumerate(chains):
+        name = f"d{d}"
+        head = chain[0].host  # vLLM's driver runs here: Ray gives its GPUs the first pipeline ranks
+        ray_port = RAY_PORT + d
+        head_addr = _address(layout, head)
+        chain_hosts = list(dict.fromkeys(u.host for u in chain))
+        multi = len(chain_hosts) > 1
+        tp, pp = chain[0].tp, len(chain)
+        partition = ",".join(str(u.end - u.start) for u in chain)
+        if multi:
+            for host in chain_hosts:
+                devices = ",".join(str(i) for u in chain if u.host == host for i in u.indices)
+                role = f"--head --port={ray_port}" if host == head else f"--address={head_addr}:{ray_port}"
+                lines = [f"# {name} on {host}: Ray {'head' if host == head else 'worker'} for the vLLM deployment "
+                         f"{name} (stages {', '.join(u.name for u in chain if u.host == host)}).",
+                         "# Start the head first, then the workers; then run serve-" + name + ".sh on " + head + ".",
+                         "set -euo pipefail",
+                         f"export VLLM_HOST_IP={_address(layout, host)}",
+                         f"CUDA_VISIBLE_DEVICES={devices} ray start {role} --num-gpus={devices.count(',') + 1}"]
+                written.append(_write(out_dir / f"ray-{name}-{host}.sh", _script(lines), executable=True))
+        port = serve_port[head] = serve_port.get(head, SERVE_PORT - 1) + 1
+        seqs = max_num_seqs or min(_max_num_seqs(layout, u, max_model_len) for u in chain)
+        stages = "; ".join(f"stage {i}: {u.name} [{u.start}, {u.end})" for i, u in enumerate(chain))
+        devices = ",".join(str(i) for u in chain if u.host == head for i in u.indices)
+        args = ["vllm", "serve", '"$MODEL"', f"--served-model-name {served}", "--host 0.0.0.0", f"--port {port}",
+                f"--tensor-parallel-size {tp}", f"--pipeline-parallel-size {pp}",
+                f"--distributed-executor-backend {'ray' if multi else 'mp'}",
+                f"--dtype {_dtype(layout)}", f"--gpu-memory-utilization {GPU_MEMORY_UTILIZATION}",
+                f"--max-num-seqs {seqs}", f"--max-model-len {max_model_len}"]
+        lines = [f"# {name}: vLLM deployment of {served}, TP {tp} x PP {pp}, run on {head}; "
+                 f"written by `planner export --to vllm`.", f"# {stages}", "set -euo pipefail",
+                 f'MODEL="${{MODEL:-{model}}}"', f"export VLLM_PP_LAYER_PARTITION={shlex.quote(partition)}"]
+        if multi:
+            lines.append(f"export RAY_ADDRESS={head_addr}:{ray_port}")
+        else:
+            lines.append(f"export CUDA_VISIBLE_DEVICES={devices}")
+        lines.append("exec " + " ".join(args))
+        written.append(_write(out_dir / f"serve-{name}.sh", _script(lines), executable=True))
+        flows[f"http://{head_addr}:{port}"] = _inflow(layout, chain[0].name)
+    written.append(_write(out_dir / "router.json", json.dumps(_weights(flows), indent=2) + "\n"))
+    return written
