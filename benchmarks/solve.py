@@ -80,7 +80,7 @@ def main(sizes: str, kinds: str, regions: int, time_limit: float, names: str, ou
                     print(row, flush=True)
                     rows.append(row)
     if out:
-        header = [f"# Solver benchmark", "", f"Machine: {machine()}. Command: `python benchmarks/solve.py "
+        header = ["# Solver benchmark", "", f"Machine: {machine()}. Command: `python benchmarks/solve.py "
                   f"--sizes {sizes} --kinds {kinds} --time-limit {time_limit:g}` (42-GPU clusters get "
                   f"{FORTY_TWO_LIMIT:g} s, to finish within 120 s). Clusters from `planner.synthetic`: one GPU per host, "
                   f"{regions} regions joined by ~12.5 MB/s links, LLaMA-2-70B in fp16. Solve time includes "

@@ -6,14 +6,12 @@ import ast
 import configparser
 import json
 import re
-import shutil
 
 import pytest
 
 from planner.cluster import load_cluster
 from planner.layout import read_layout, write_layout
 from planner.plan import solve
-from planner.problem import Placement
 from planner.report import plan_layout
 from planner.solvers.registry import METHODS
 

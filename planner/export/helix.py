@@ -164,7 +164,7 @@ def real_sys_text(layout: Layout, layout_path: str = "") -> str:
     def mid(x: str | int) -> int:
         return 0 if isinstance(x, str) else x + 1
 
-    blocks = [[f"machine_id: 0", f"ip_address: {ip(cluster.coordinator_host)}",
+    blocks = [["machine_id: 0", f"ip_address: {ip(cluster.coordinator_host)}",
                f"in_nodes: {' '.join(str(mid(a)) for a, b in links if b == 'sink')}",
                f"out_nodes: {' '.join(str(mid(b)) for a, b in links if a == 'source')}",
                "start_layer: -1", "end_layer: -1"]]
