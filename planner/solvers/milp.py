@@ -28,6 +28,7 @@ from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 
 FIXED_POINT_ROUNDS = 4
+START_SHARE = 0.3            # share of the time limit for scoring heuristic starting points
 FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before neighbourhood search
 NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
 NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
@@ -225,11 +226,13 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
 
 
-def baseline_placements(problem: PlacementProblem, seed: int = 0) -> list[Placement]:
+def baseline_placements(problem: PlacementProblem, seed: int = 0, deadline: float = math.inf) -> list[Placement]:
     """What people do today: every baseline's placement that exists for this cluster, and every
-    uniform TP x PP layout."""
+    uniform TP x PP layout. Baselines not started by `deadline` are skipped."""
     found = []
     for method in baselines.METHODS.values():
+        if time.perf_counter() > deadline:
+            break
         try:
             found.append(method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement)
         except SolveError:
@@ -315,7 +318,9 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     began = time.perf_counter()
     say = progress or (lambda message: None)
     deadline = began + time_limit
-    starts = baseline_placements(problem, seed)
+    # heuristic starting points get at most a third of the time; the MILP rounds need the rest
+    starts_deadline = began + time_limit * START_SHARE
+    starts = baseline_placements(problem, seed, starts_deadline)
     if problem.static:
         say("max-flow MILP (static throughput tables)")
         left = deadline - time.perf_counter()
@@ -340,6 +345,8 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             best = (rank, placement, served)
 
     for placement in starts:  # what people do today is a candidate too
+        if best is not None and time.perf_counter() > starts_deadline:
+            break
         consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
         left = deadline - time.perf_counter()
