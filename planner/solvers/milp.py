@@ -11,6 +11,7 @@ zone whose internal traffic needs no per-pair variables. Details: docs/planner.m
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 import math
 import time
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 
 FIXED_POINT_ROUNDS = 4
-START_SHARE = 0.3            # share of the time limit for scoring heuristic starting points
+START_SHARE = 0.4            # share of the time limit for scoring heuristic starting points
+# cheapest first, so that a tight time limit still sees them (swarm scores many stage counts)
+BASELINE_ORDER = ("even", "separate", "replicas", "tp-pp", "greedy", "swarm")
 FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before neighbourhood search
 NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
 NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
@@ -203,7 +206,7 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints)
 
     heuristics = warm_starts if warm_starts is not None else \
-        chain_candidates(problem, began + min(5.0, time_limit / 4)) + baseline_placements(problem, seed)
+        chain_candidates(problem, began + min(5.0, time_limit / 4)) + list(baseline_placements(problem, seed))
     scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
     start = _warm_values(groups, incumbent, count) if incumbent else None
@@ -226,21 +229,25 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
 
 
-def baseline_placements(problem: PlacementProblem, seed: int = 0, deadline: float = math.inf) -> list[Placement]:
-    """What people do today: every baseline's placement that exists for this cluster, and every
-    uniform TP x PP layout. Baselines not started by `deadline` are skipped."""
-    found = []
-    for method in baselines.METHODS.values():
+def baseline_placements(problem: PlacementProblem, seed: int = 0,
+                        deadline: float = math.inf) -> Iterator[Placement]:
+    """What people do today: every baseline's placement that exists for this cluster, then every
+    uniform TP x PP layout, lazily. Nothing new is started after `deadline`."""
+    names = sorted(baselines.METHODS, key=lambda n: (BASELINE_ORDER.index(n) if n in BASELINE_ORDER else 99, n))
+    for name in names:
+        method = baselines.METHODS[name]
         if time.perf_counter() > deadline:
-            break
+            return
         try:
-            found.append(method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement)
+            yield method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement
         except SolveError:
             pass
     # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
     # memory into KV room, which max flow does not see
-    found += [placement for _, _, _, placement in baselines.tp_pp_placements(problem)]
-    return found
+    for _, _, _, placement in baselines.tp_pp_placements(problem):
+        if time.perf_counter() > deadline:
+            return
+        yield placement
 
 
 def _solution_of(lp: pulp.LpProblem, count: dict) -> dict[str, float]:
@@ -318,11 +325,11 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     began = time.perf_counter()
     say = progress or (lambda message: None)
     deadline = began + time_limit
-    # heuristic starting points get at most a third of the time; the MILP rounds need the rest
+    # heuristic starting points get at most 40% of the time; the MILP rounds need the rest
     starts_deadline = began + time_limit * START_SHARE
-    starts = baseline_placements(problem, seed, starts_deadline)
     if problem.static:
         say("max-flow MILP (static throughput tables)")
+        starts = list(baseline_placements(problem, seed, starts_deadline))
         left = deadline - time.perf_counter()
         starts += chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
         outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
@@ -344,9 +351,9 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         if best is None or rank > best[0]:
             best = (rank, placement, served)
 
-    for placement in starts:  # what people do today is a candidate too
-        if best is not None and time.perf_counter() > starts_deadline:
-            break
+    starts = []
+    for placement in baseline_placements(problem, seed, starts_deadline):  # what people do today
+        starts.append(placement)
         consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
         left = deadline - time.perf_counter()
