@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.cluster import Link
 from planner.flow import COORDINATOR, FlowResult, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
@@ -89,16 +90,17 @@ def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
         paths.append((tuple(path), amount))
 
 
+def _hop(problem: PlacementProblem, a: str, b: str) -> tuple[Link, float]:
+    """The link a hop uses and the bytes one token puts on it (token ids at the coordinator ends)."""
+    if COORDINATOR in (a, b):
+        return problem.cluster.coordinator_link(problem.host_of(b if a == COORDINATOR else a)), TOKEN_ID_BYTES
+    return problem.link(problem.host_of(a), problem.host_of(b)), problem.cluster.activation_bytes_per_token()
+
+
 def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
-    """Latency plus transfer time of `vectors` hidden vectors (token ids at the coordinator ends)."""
-    if a == COORDINATOR or b == COORDINATOR:
-        host = problem.host_of(b if a == COORDINATOR else a)
-        link = problem.cluster.coordinator_link(host)
-        size = TOKEN_ID_BYTES * vectors
-    else:
-        link = problem.link(problem.host_of(a), problem.host_of(b))
-        size = problem.cluster.activation_bytes_per_token() * vectors
-    return link.latency_s + size / link.bandwidth_bytes_per_s
+    """Latency plus transfer time of `vectors` tokens' vectors over a hop."""
+    link, size = _hop(problem, a, b)
+    return link.latency_s + size * vectors / link.bandwidth_bytes_per_s
 
 
 def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
@@ -111,24 +113,21 @@ def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load:
     """Mean queueing delay on each link (Pollaczek-Khinchine, FIFO): prompts cross a link as one large
     transfer per request, decode tokens as one transfer per batch, and both queue behind each other."""
     workload = problem.cluster.workload
-    vector = problem.cluster.activation_bytes_per_token()
-    traffic: dict[tuple[str, str], list[tuple[float, float]]] = {}  # link -> (arrivals/s, bytes) classes
+    traffic: dict[tuple[str, str], tuple[Link, list[tuple[float, float]]]] = {}  # (arrivals/s, bytes) classes
     for nodes, rate in paths:
         tokens_per_s = rate * load
         for a, b in zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)):
-            size = TOKEN_ID_BYTES if COORDINATOR in (a, b) else vector
+            link, size = _hop(problem, a, b)
             rows = max(batch.get(b, batch.get(a, 1.0)), 1.0)
-            classes = traffic.setdefault(_link_key(problem, a, b), [])
+            _, classes = traffic.setdefault(_link_key(problem, a, b), (link, []))
             classes.append((tokens_per_s / workload.output_tokens, workload.prompt_tokens * size))
             classes.append((tokens_per_s / rows, rows * size))
     waits = {}
-    for (ha, hb), classes in traffic.items():
-        link = problem.cluster.coordinator_link(hb if ha == COORDINATOR else ha) if COORDINATOR in (ha, hb) \
-            else problem.link(ha, hb)
+    for key, (link, classes) in traffic.items():
         bandwidth = link.bandwidth_bytes_per_s
         busy = min(sum(rate * size for rate, size in classes) / bandwidth, 0.99)
         second_moment = sum(rate * (size / bandwidth) ** 2 for rate, size in classes)
-        waits[(ha, hb)] = second_moment / (2 * (1 - busy))
+        waits[key] = second_moment / (2 * (1 - busy))
     return waits
 
 

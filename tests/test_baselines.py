@@ -219,20 +219,23 @@ def test_deterministic(method, cluster, solved):
     assert same
 
 
+# Qwen3-14B on one 2080 Ti and one 4090: it only just fits, and no single GPU type holds it
+ONE_2080TI_ONE_4090 = """\
+    [cluster]
+    model = qwen3-14b
+    dtype = fp16
+    [host h1]
+    gpus = rtx2080ti
+    [host h2]
+    gpus = rtx4090
+    [network]
+    default = 10 Gbit/s, 0.2 ms
+    """
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_refuses_with_solve_error_or_places(method, write_ini):
     """A cluster that only just fits (one 2080 Ti, one 4090): a method either places or says why."""
-    path = write_ini("""\
-        [cluster]
-        model = qwen3-14b
-        dtype = fp16
-        [host h1]
-        gpus = rtx2080ti
-        [host h2]
-        gpus = rtx4090
-        [network]
-        default = 10 Gbit/s, 0.2 ms
-        """)
+    path = write_ini(ONE_2080TI_ONE_4090)
     problem = PlacementProblem(load_cluster(path))
     try:
         result = METHODS[method](problem, time_limit=TIME_LIMIT, seed=0, progress=no_progress)
@@ -296,17 +299,7 @@ def test_separate_builds_chains_of_one_gpu_type(cluster, solved, problems):
 
 
 def test_separate_refuses_when_no_type_holds_the_model(write_ini):
-    path = write_ini("""\
-        [cluster]
-        model = qwen3-14b
-        dtype = fp16
-        [host h1]
-        gpus = rtx2080ti
-        [host h2]
-        gpus = rtx4090
-        [network]
-        default = 10 Gbit/s, 0.2 ms
-        """)
+    path = write_ini(ONE_2080TI_ONE_4090)
     with pytest.raises(SolveError, match="separate"):
         METHODS["separate"](PlacementProblem(load_cluster(path)), time_limit=1, seed=0, progress=no_progress)
 

@@ -205,8 +205,7 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints) == pulp.lpSum(out_at(ep, layers) for ep in endpoints)
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints)
 
-    heuristics = warm_starts if warm_starts is not None else \
-        chain_candidates(problem, began + min(5.0, time_limit / 4)) + list(baseline_placements(problem, seed))
+    heuristics = warm_starts if warm_starts is not None else heuristic_starts(problem, seed, began, time_limit)
     scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
     start = _warm_values(groups, incumbent, count) if incumbent else None
@@ -248,6 +247,14 @@ def baseline_placements(problem: PlacementProblem, seed: int = 0,
         if time.perf_counter() > deadline:
             return
         yield placement
+
+
+def heuristic_starts(problem: PlacementProblem, seed: int, began: float, time_limit: float) -> list[Placement]:
+    """Warm starts for a solve that began at `began`: the baselines (within START_SHARE of the time
+    limit), then the chain candidates (at most 5 s, or a quarter of what is left)."""
+    starts = list(baseline_placements(problem, seed, began + time_limit * START_SHARE))
+    left = began + time_limit - time.perf_counter()
+    return starts + chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
 
 
 def _solution_of(lp: pulp.LpProblem, count: dict) -> dict[str, float]:
@@ -329,9 +336,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     starts_deadline = began + time_limit * START_SHARE
     if problem.static:
         say("max-flow MILP (static throughput tables)")
-        starts = list(baseline_placements(problem, seed, starts_deadline))
-        left = deadline - time.perf_counter()
-        starts += chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
+        starts = heuristic_starts(problem, seed, began, time_limit)
         outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
         gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
         return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
