@@ -189,28 +189,39 @@ class PlacementProblem:
 
     @cached_property
     def _upper_bound(self) -> float:
-        # A placement that serves must hold every layer somewhere, and the flow through each layer is
-        # at most the capacity of the GPUs holding it. Summed over layers: L x T <= sum over GPUs of
-        # k_g x capacity_g(k_g), where the k_g (0 for unused GPUs) add up to at least L. A knapsack
-        # over GPUs and layers covered (capped at L) finds the best such choice.
+        # A placement serving T tokens/s pushes T through every layer, and a GPU holding k layers passes
+        # at most min(capacity(k), T) of it. Summed over layers: L x T <= sum over GPUs of
+        # k x min(capacity(k), T) for their k (0 for unused GPUs). The right side, each GPU at its best
+        # k, grows slower than L x T, so the largest T that satisfies it is found by bisection. Clamping
+        # at T matters when GPUs are short of memory: a fast GPU that fits 20 layers covers 20, however
+        # fast it is (the unclamped sum credits it with the layers a slower GPU cannot hold).
         layers = self.layers
-        best = {0: 0.0}
-        for node in self.nodes:
-            cost = self.cost(node.name)
-            options = [(k, k * cost.capacity(k, 0.0)) for k in range(1, cost.max_layers() + 1)]
-            merged = dict(best)
-            for covered, value in best.items():
-                for k, gain in options:
-                    key = min(covered + k, layers)
-                    if value + gain > merged.get(key, -1.0):
-                        merged[key] = value + gain
-            best = merged
+        options = []
+        for gpu in dict.fromkeys(n.gpu for n in self.nodes):
+            name = next(n.name for n in self.nodes if n.gpu == gpu)
+            cost = self.cost(name)
+            rates = [max(cost.capacity(k, 0.0, first=f, last=e) for f in (False, True) for e in (False, True)
+                         if k <= cost.max_layers(first=f, last=e))
+                     for k in range(1, min(cost.max_layers(), layers) + 1)]
+            options.append((sum(n.gpu == gpu for n in self.nodes), rates))
+
+        def covered(target: float) -> float:  # layers' worth of rate T the GPUs can cover
+            return sum(count * max((k * min(rate, target) for k, rate in enumerate(rates, 1)), default=0.0)
+                       for count, rates in options) / target
+
+        low, high = 0.0, max((rates[0] for _, rates in options if rates), default=0.0) * layers
+        for _ in range(100):
+            mid = (low + high) / 2
+            if mid > 0 and covered(mid) >= layers:
+                low = mid
+            else:
+                high = mid
         coordinator = sum(self.coordinator_capacity(h.name) for h in self.cluster.hosts if h.gpus)
-        return min(best.get(layers, 0.0) / layers, coordinator) if layers else 0.0
+        return min(high, coordinator) if layers else 0.0
 
     def upper_bound(self) -> float:
-        """Throughput no placement beats (at capacities with no round-trip bound): the best per-layer
-        rates of GPUs that together cover every layer, and the coordinator's links."""
+        """Throughput no placement beats (at capacities with no round-trip bound): the layers' worth of
+        rate the GPUs can cover, and the coordinator's links."""
         return self._upper_bound
 
     def hosts_with_gpus(self) -> list[str]:

@@ -27,6 +27,7 @@ from planner.serving import estimate
 from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
+from planner.solvers.pipeline_dp import disjoint_chains
 
 FIXED_POINT_ROUNDS = 4
 START_SHARE = 0.4            # share of the time limit for scoring heuristic starting points
@@ -36,6 +37,9 @@ FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before nei
 NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
 NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
 EXACT_GPUS = 12  # up to this many GPUs the exact per-host model is used
+PROOF_TOLERANCE = 1e-4  # relative gap called optimal (HiGHS's default)
+COVERING_SECONDS = 5.0  # at most this long for one covering-relaxation proof
+DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programme
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,39 @@ class _WarmHighs(pulp.HiGHS):
         lp.solverModel.run()
         # pulp hands HiGHS the negated objective of a maximisation: negate the bound back
         self.dual_bound = -lp.solverModel.getInfo().mip_dual_bound
+
+
+def covering_refutes(problem: PlacementProblem, target: float, time_limit: float, threads: int = 2) -> bool:
+    """True when no placement can reach `target` tokens/s, proven by a relaxation that ignores links
+    and chaining: each layer must be held by GPUs whose capacities, each capped at the target, add up
+    to it (a GPU passes at most min(capacity, T) of the T crossing every layer). It depends only on
+    how many GPUs of each type there are, so it is small; it settles memory-tight clusters, where the
+    flow MILP's LP bound is loose. False when the relaxation is feasible or the time ran out."""
+    layers = problem.layers
+    types: dict[str, list[str]] = {}
+    for node in problem.nodes:
+        types.setdefault(node.gpu, []).append(node.name)
+    lp = pulp.LpProblem("covering", pulp.LpMinimize)
+    held: list[list] = [[] for _ in range(layers)]
+    for ti, names in enumerate(types.values()):
+        node, chosen = names[0], []
+        for s in range(layers):
+            for e in range(s + 1, min(s + problem.cost(node).max_layers(), layers) + 1):
+                if not problem.fits(node, s, e):
+                    continue
+                weight = min(problem.capacity(node, s, e) / target, 1.0)
+                if weight > 1e-9:
+                    x = lp.add_variable(f"c_{ti}_{s}_{e}", 0, len(names), cat="Integer")
+                    chosen.append(x)
+                    for layer in range(s, e):
+                        held[layer].append(weight * x)
+        lp += pulp.lpSum(chosen) <= len(names)
+    for terms in held:
+        lp += pulp.lpSum(terms) >= 1
+    lp += pulp.lpSum(lp.variables())
+    # the thread count must match every other HiGHS run in the process: HiGHS's scheduler is global
+    lp.solve(pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.1), threads=threads))
+    return pulp.LpStatus[lp.status] == "Infeasible"
 
 
 def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts: list[Placement] | None = None,
@@ -208,11 +245,14 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     heuristics = warm_starts if warm_starts is not None else heuristic_starts(problem, seed, began, time_limit)
     scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
+    if incumbent and covering_refutes(problem, incumbent_value * (1 + PROOF_TOLERANCE),
+                                      min(COVERING_SECONDS, time_limit / 10), threads):
+        return MilpOutcome(incumbent, incumbent_value, min(ub, incumbent_value * (1 + PROOF_TOLERANCE)), "optimal")
     start = _warm_values(groups, incumbent, count) if incumbent else None
     left = time_limit - (time.perf_counter() - began)
     # a full solve first (it proves small cases); larger ones then improve by neighbourhood search
     first_limit = left if not pooled else left * FULL_SOLVE_SHARE
-    solver = _WarmHighs(start, msg=False, timeLimit=max(first_limit, 0.1), threads=threads, gapRel=1e-6)
+    solver = _WarmHighs(start, msg=False, timeLimit=max(first_limit, 0.1), threads=threads, gapRel=PROOF_TOLERANCE)
     lp.solve(solver)
     solution = _solution_of(lp, count) if lp.objective.value() is not None else start
     if pooled and solution is not None:
@@ -224,7 +264,11 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
         raise SolveError(f"the MILP solver found no placement ({pulp.LpStatus[lp.status]})")
     bound = solver.dual_bound if math.isfinite(solver.dual_bound) and not pooled else ub
     bound = max(min(bound, ub), objective)
-    proven = bound <= objective * (1 + 1e-4) + 1e-9
+    left = began + time_limit - time.perf_counter()
+    if bound > objective * (1 + PROOF_TOLERANCE) and objective > incumbent_value and left > 0.5 and \
+            covering_refutes(problem, objective * (1 + PROOF_TOLERANCE), min(COVERING_SECONDS, left), threads):
+        bound = max(min(ub, objective * (1 + PROOF_TOLERANCE)), objective)
+    proven = bound <= objective * (1 + PROOF_TOLERANCE) + 1e-9
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
 
 
@@ -251,8 +295,10 @@ def baseline_placements(problem: PlacementProblem, seed: int = 0,
 
 def heuristic_starts(problem: PlacementProblem, seed: int, began: float, time_limit: float) -> list[Placement]:
     """Warm starts for a solve that began at `began`: the baselines (within START_SHARE of the time
-    limit), then the chain candidates (at most 5 s, or a quarter of what is left)."""
+    limit), the best disjoint pipelines (within DP_SHARE), then the chain candidates (at most 5 s, or a
+    quarter of what is left)."""
     starts = list(baseline_placements(problem, seed, began + time_limit * START_SHARE))
+    starts += disjoint_chains(problem, time.perf_counter() + time_limit * DP_SHARE)
     left = began + time_limit - time.perf_counter()
     return starts + chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
 
@@ -366,7 +412,8 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             status = "time_limit"
             break
         quoted = problem.with_rtt(rtt)
-        chains_found = chain_candidates(quoted, time.perf_counter() + left / 8)
+        chains_found = disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
+        chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
         for placement in chains_found:
             if time.perf_counter() > deadline - left / 2:
                 break  # keep most of the round for the MILP
