@@ -61,13 +61,22 @@ def plot_comparison(rows: list[dict], title: str, path: str) -> None:
     x = range(len(rows))
     ax1.bar([i - 0.2 for i in x], [r["max_flow_tokens_per_s"] for r in rows], 0.4, label="static max flow")
     ax1.bar([i + 0.2 for i in x], [r["throughput_tokens_per_s"] for r in rows], 0.4, label="predicted serving")
-    ax1.set_xticks(list(x), names)
+    ax1.set_xticks(list(x), names, rotation=30, ha="right")
     ax1.set_ylabel("tokens/s")
     ax1.legend(fontsize=8)
     ax1.set_title("throughput")
     tpot = [r["tpot_s"] * 1e3 if r["tpot_s"] is not None else 0 for r in rows]
-    ax2.bar(list(x), tpot, 0.5, color="tab:orange")
-    ax2.set_xticks(list(x), names)
+    if any(r.get("sim_tpot_s") is not None for r in rows):
+        ax1.plot(list(x), [r.get("sim_throughput_tokens_per_s") or 0 for r in rows], "k_", markersize=18,
+                 label="simulated (offline)")
+        ax1.legend(fontsize=8)
+        ax2.bar([i - 0.2 for i in x], tpot, 0.4, color="tab:orange", label="planner")
+        ax2.bar([i + 0.2 for i in x], [(r.get("sim_tpot_s") or 0) * 1e3 for r in rows], 0.4, color="tab:red",
+                label="simulated at 80% load")
+        ax2.legend(fontsize=8)
+    else:
+        ax2.bar(list(x), tpot, 0.5, color="tab:orange")
+    ax2.set_xticks(list(x), names, rotation=30, ha="right")
     ax2.set_ylabel("ms")
     ax2.set_title("time per output token")
     fig.suptitle(title)

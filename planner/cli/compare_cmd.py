@@ -8,11 +8,38 @@ import click
 from planner.cli.console import make_console
 from rich.table import Table
 
-from planner.cluster import load_cluster
+from planner.cluster import Cluster, load_cluster
 from planner.errors import SolveError
-from planner.plan import solve as solve_plan
+from planner.plan import Plan, solve as solve_plan
 from planner.plot import plot_comparison
-from planner.solvers.registry import METHODS
+from planner.report import plan_layout
+from planner.solvers.registry import DEFAULT_METHOD, METHODS
+from simulator import SimConfig, simulate
+from simulator.workload import Poisson
+
+SIM_WARMUP_S, SIM_DURATION_S = 30.0, 120.0  # long enough for steady state, short to run
+LATENCY_LOAD = 0.8  # latencies are simulated at this share of the planner's predicted throughput
+
+
+def _simulated(plan: Plan, seed: int) -> dict:
+    """The plan in the simulator: throughput under offline load (saturated), TTFT and TPOT under Poisson
+    arrivals at 80% of the predicted throughput (under saturation TTFT is mostly admission queueing)."""
+    layout = plan_layout(plan)
+    offline = simulate(layout, SimConfig(warmup_s=SIM_WARMUP_S, duration_s=SIM_DURATION_S, seed=seed))
+    rate = LATENCY_LOAD * plan.serving.throughput / plan.cluster.workload.output_tokens
+    loaded = simulate(layout, SimConfig(workload=Poisson(rate), warmup_s=SIM_WARMUP_S, duration_s=SIM_DURATION_S,
+                                        seed=seed)) if rate > 0 else None
+    return {"sim_throughput_tokens_per_s": offline.decode_throughput,
+            "sim_tpot_s": loaded.tpot.get("mean") if loaded else None,
+            "sim_ttft_s": loaded.ttft.get("mean") if loaded else None}
+
+
+def _default_at(cluster: Cluster, tpot_s: float, time_limit: float, seed: int) -> float | None:
+    """What the default method serves when held to `tpot_s` per output token."""
+    try:
+        return solve_plan(cluster, DEFAULT_METHOD, time_limit=time_limit, seed=seed, max_tpot_s=tpot_s).serving.throughput
+    except SolveError:
+        return None
 
 
 @click.command()
@@ -23,13 +50,20 @@ from planner.solvers.registry import METHODS
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-tpot", type=click.FloatRange(min=0, min_open=True), default=None, help="ms")
 @click.option("--max-ttft", type=click.FloatRange(min=0, min_open=True), default=None, help="ms")
+@click.option("--simulate/--no-simulate", "with_sim", default=True, show_default=True,
+              help="Also run each plan in the simulator (offline load) for measured TTFT/TPOT.")
+@click.option("--match-tpot/--no-match-tpot", default=True, show_default=True,
+              help=f"Re-solve with {DEFAULT_METHOD} held to each other method's TPOT (half the time limit each).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart of the methods to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, one object per method.")
 def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpot: float | None,
-            max_ttft: float | None, plot: str | None, as_json: bool) -> None:
-    """Solve with every method and print one table: max flow, serving throughput, TPOT, TTFT, GPUs, time."""
+            max_ttft: float | None, with_sim: bool, match_tpot: bool, plot: str | None, as_json: bool) -> None:
+    """Solve with every method and print one table: max flow, predicted serving throughput, TPOT and
+    TTFT (planner and simulator), GPUs, solve time, and what the default method serves at each other
+    method's TPOT."""
     cluster = load_cluster(cluster_file)
     console = make_console(stderr=as_json)
+    latency = cluster.has_latency
     rows = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         if name not in METHODS:
@@ -42,23 +76,57 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             except SolveError as exc:
                 rows.append({"method": name, "error": str(exc)})
                 continue
-        s = plan.serving
-        rows.append({"method": name, "max_flow_tokens_per_s": s.max_flow, "throughput_tokens_per_s": s.throughput,
-                     "tpot_s": s.tpot_s, "ttft_s": s.ttft_s, "gpus_used": len(plan.placement.used()),
-                     "seconds": plan.result.seconds, "status": plan.result.status})
+            s = plan.serving
+            row = {"method": name, "max_flow_tokens_per_s": s.max_flow, "throughput_tokens_per_s": s.throughput,
+                   "tpot_s": s.tpot_s, "ttft_s": s.ttft_s, "gpus_used": len(plan.placement.used()),
+                   "seconds": plan.result.seconds, "status": plan.result.status}
+            if latency and with_sim:
+                row.update(_simulated(plan, seed))
+            rows.append(row)
+    if latency and match_tpot:
+        for row in rows:
+            if "error" in row or row["method"] == DEFAULT_METHOD or not row["tpot_s"]:
+                continue
+            limit = row["tpot_s"] if max_tpot is None else min(row["tpot_s"], max_tpot / 1e3)
+            with console.status(f"{DEFAULT_METHOD} at {row['method']}'s TPOT ..."):
+                row["default_at_this_tpot_tokens_per_s"] = _default_at(cluster, limit, time_limit / 2, seed)
     if plot:
         plot_comparison(rows, f"{cluster.model.id} on {cluster.name}", plot)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    _print_table(console, cluster, rows, latency and with_sim, latency and match_tpot)
+
+
+def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, match_tpot: bool) -> None:
     table = Table(title=f"{cluster.model.id} on {cluster.name}")
-    for col in ("method", "max flow tok/s", "serving tok/s", "TPOT ms", "TTFT ms", "GPUs", "solve s"):
+    columns = ["method", "max flow tok/s", "serving tok/s", "TPOT ms", "TTFT ms"]
+    if with_sim:
+        columns += ["sim tok/s", f"sim TPOT ms @{LATENCY_LOAD:.0%}", f"sim TTFT ms @{LATENCY_LOAD:.0%}"]
+    if match_tpot:
+        columns += [f"{DEFAULT_METHOD} at this TPOT"]
+    columns += ["GPUs", "solve s"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
+    ms = lambda v: f"{v * 1e3:.1f}" if v is not None else "-"  # noqa: E731
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], f"[red]{row['error']}[/]", "", "", "", "", "")
+            table.add_row(row["method"], f"[red]{row['error']}[/]", *[""] * (len(columns) - 2))
             continue
-        ms = lambda v: f"{v * 1e3:.1f}" if v is not None else "-"  # noqa: E731
-        table.add_row(row["method"], f"{row['max_flow_tokens_per_s']:,.0f}", f"{row['throughput_tokens_per_s']:,.0f}",
-                      ms(row["tpot_s"]), ms(row["ttft_s"]), str(row["gpus_used"]), f"{row['seconds']:.2f}")
+        cells = [row["method"], f"{row['max_flow_tokens_per_s']:,.0f}", f"{row['throughput_tokens_per_s']:,.0f}",
+                 ms(row["tpot_s"]), ms(row["ttft_s"])]
+        if with_sim:
+            cells += [f"{row['sim_throughput_tokens_per_s']:,.0f}", ms(row["sim_tpot_s"]), ms(row["sim_ttft_s"])]
+        if match_tpot:
+            matched = row.get("default_at_this_tpot_tokens_per_s")
+            cells += [f"{matched:,.0f}" if matched is not None else "-"]
+        cells += [str(row["gpus_used"]), f"{row['seconds']:.2f}"]
+        table.add_row(*cells)
     console.print(table)
+    if with_sim:
+        console.print(f"sim: the simulator, offline load for tok/s; Poisson arrivals at {LATENCY_LOAD:.0%} of the "
+                      "planner's tok/s for TPOT and TTFT.")
+    if match_tpot:
+        console.print(f"'{DEFAULT_METHOD} at this TPOT': what {DEFAULT_METHOD} serves when held to that method's "
+                      "predicted TPOT (--max-tpot); more than the method's own figure means it serves more at equal "
+                      "or better per-token latency.")
