@@ -31,6 +31,7 @@ class CostParams:
     runtime_reserve_bytes: float = 1.0 * GIB  # CUDA context, allocator slack, activation workspace
     min_kv_tokens: int = 4096             # a node must keep KV room for at least one 4k-token request
     max_batch: int = 256                  # most sequences one step decodes (vLLM's max_num_seqs)
+    prefill_chunk_tokens: int = 256       # chunked prefill: prompt tokens a stage iteration takes at most
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from planner.cluster import Cluster
 from planner.errors import InputError, SolveError
 from planner.flow import max_flow
 from planner.problem import Placement, PlacementProblem
-from planner.serving import ServingEstimate, estimate
+from planner.serving import ServingEstimate, estimate, round_trip_max_flow
 from planner.solvers.base import Progress, SolveResult, no_progress
 from planner.solvers.registry import METHODS
 
@@ -20,6 +20,7 @@ class Plan:
     result: SolveResult
     serving: ServingEstimate
     upper_bound: float
+    round_trip_max_flow: float  # max flow with batches turned over once per shortest round trip
 
     @property
     def placement(self) -> Placement:
@@ -41,7 +42,10 @@ def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | No
     if max_flow(problem, result.placement).value <= 0:
         raise SolveError(f"{result.method} returned a placement that carries no tokens "
                          "(no chain of GPUs covers every layer)")
-    return Plan(problem.cluster, problem, result, serving, problem.upper_bound())
+    upper = problem.upper_bound()
+    if problem.static and result.bound is not None:  # a method's own proven bound on static max flow
+        upper = max(min(upper, result.bound), serving.max_flow)
+    return Plan(problem.cluster, problem, result, serving, upper, round_trip_max_flow(problem, result.placement))
 
 
 def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int = 0,

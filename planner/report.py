@@ -26,6 +26,7 @@ def plan_json(plan: Plan) -> dict:
         "method": result.method,
         "throughput_tokens_per_s": round(serving.throughput, 3),
         "max_flow_tokens_per_s": round(serving.max_flow, 3),
+        "round_trip_max_flow_tokens_per_s": round(plan.round_trip_max_flow, 3),
         "upper_bound_tokens_per_s": round(plan.upper_bound, 3),
         "tpot_s": serving.tpot_s,
         "ttft_s": serving.ttft_s,
@@ -42,6 +43,7 @@ def plan_layout(plan: Plan) -> Layout:
     serving = plan.serving
     figures = {
         "max_flow_tokens_per_s": f"{serving.max_flow:.2f}",
+        "round_trip_max_flow_tokens_per_s": f"{plan.round_trip_max_flow:.2f}",
         "predicted_throughput_tokens_per_s": f"{serving.throughput:.2f}",
         "upper_bound_tokens_per_s": f"{plan.upper_bound:.2f}",
         "solver_status": plan.result.status,
@@ -82,7 +84,8 @@ def print_plan(console: Console, plan: Plan) -> None:
     console.print(table)
     gap = f", gap {result.gap:.1%}" if result.gap is not None else ""
     console.print(f"solver: {result.status} in {result.seconds:.2f} s{gap}")
-    console.print(f"static max flow {serving.max_flow:,.0f} tokens/s (upper bound {plan.upper_bound:,.0f}); "
+    round_trip = f", {plan.round_trip_max_flow:,.0f} at its round trips" if serving.tpot_s is not None else ""
+    console.print(f"static max flow {serving.max_flow:,.0f} tokens/s{round_trip} (upper bound {plan.upper_bound:,.0f}); "
                   f"predicted serving throughput [bold]{serving.throughput:,.0f}[/] tokens/s"
                   + (f", TPOT {format_time(serving.tpot_s)}, TTFT {format_time(serving.ttft_s)}"
                      if serving.tpot_s is not None else ""))

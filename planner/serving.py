@@ -110,9 +110,11 @@ def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
 
 
 def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load: float) -> dict[tuple[str, str], float]:
-    """Mean queueing delay on each link (Pollaczek-Khinchine, FIFO): prompts cross a link as one large
-    transfer per request, decode tokens as one transfer per batch, and both queue behind each other."""
+    """Mean queueing delay on each link (Pollaczek-Khinchine, FIFO): prompts cross a link in chunks
+    (chunked prefill), decode tokens as one transfer per batch, and both queue behind each other."""
     workload = problem.cluster.workload
+    chunk = min(workload.prompt_tokens, problem.cluster.cost_params.prefill_chunk_tokens)
+    chunks = workload.prompt_tokens / chunk
     traffic: dict[tuple[str, str], tuple[Link, list[tuple[float, float]]]] = {}  # (arrivals/s, bytes) classes
     for nodes, rate in paths:
         tokens_per_s = rate * load
@@ -120,7 +122,7 @@ def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load:
             link, size = _hop(problem, a, b)
             rows = max(batch.get(b, batch.get(a, 1.0)), 1.0)
             _, classes = traffic.setdefault(_link_key(problem, a, b), (link, []))
-            classes.append((tokens_per_s / workload.output_tokens, workload.prompt_tokens * size))
+            classes.append((tokens_per_s / workload.output_tokens * chunks, chunk * size))
             classes.append((tokens_per_s / rows, rows * size))
     waits = {}
     for key, (link, classes) in traffic.items():
@@ -132,18 +134,22 @@ def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load:
 
 
 def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow: dict[str, float],
-               load: float) -> tuple[list[PathEstimate], dict[str, float]]:
+               load: float, waiting: bool = True) -> tuple[list[PathEstimate], dict[str, float]]:
+    """Per-path latencies at `load`; without `waiting`, the shortest round trip (no queueing anywhere)."""
     ranges = placement.units()
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
     waits = _link_waits(problem, paths, batch, load)
+    if not waiting:
+        waits = dict.fromkeys(waits, 0.0)
+    stage_factor = 1.25 if waiting else 1.0
     prompt = problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
         queued = sum(waits[_link_key(problem, a, b)] for a, b in hops)
         # at each stage a decode token waits on average half the step in progress, then rides the next
-        tpot = sum(1.5 * step[n] for n in nodes) + queued \
+        tpot = sum(stage_factor * step[n] for n in nodes) + queued \
             + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
         ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \
             + queued + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
@@ -156,19 +162,15 @@ def _mean(values: list[tuple[float, float]]) -> float:
     return sum(v * w for v, w in values) / total if total > 0 else 0.0
 
 
-def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: float | None = None,
-             max_ttft_s: float | None = None) -> ServingEstimate:
-    """Predicted serving throughput and latency of a placement."""
-    static = max_flow(problem.with_rtt(0.0), placement)
-    if problem.static:
-        return ServingEstimate(static.value, static.value, None, None, 1.0, static,
-                               {}, {}, (), ("static throughput tables: no latency model",))
+def _consistent_flow(problem: PlacementProblem, placement: Placement, static: FlowResult,
+                     waiting: bool) -> tuple[FlowResult, dict[str, float]]:
+    """Max flow at capacities quoted for the round trips that flow itself produces (fixed point)."""
     ranges = placement.units()
     capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
     flow = static
     for _ in range(ITERATIONS):
         paths = decompose_paths(flow)
-        estimates, _ = _latencies(problem, placement, paths, flow.node_flow, 1.0)
+        estimates, _ = _latencies(problem, placement, paths, flow.node_flow, 1.0, waiting)
         trip = {n: _mean([(p.tpot_s, p.tokens_per_s) for p in estimates if n in p.nodes]) for n in ranges}
         updated = {n: problem.capacity(n, *ranges[n], rtt_s=trip[n]) if trip[n] > 0 else capacity[n]
                    for n in ranges}
@@ -178,6 +180,27 @@ def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: flo
         flow = max_flow(problem, placement, node_capacity=capacity)
         if changed < TOLERANCE:
             break
+    return flow, capacity
+
+
+def round_trip_max_flow(problem: PlacementProblem, placement: Placement) -> float:
+    """Max flow with every unit's batch turned over once per the shortest round trip its paths allow
+    (compute and transfers, no waiting): unlike static max flow it sees that a pipeline's stages share
+    their sequences and that slow links stretch the trip. What a simulator can approach, not exceed."""
+    static = max_flow(problem.with_rtt(0.0), placement)
+    if problem.static:
+        return static.value
+    return _consistent_flow(problem, placement, static, waiting=False)[0].value
+
+
+def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: float | None = None,
+             max_ttft_s: float | None = None) -> ServingEstimate:
+    """Predicted serving throughput and latency of a placement."""
+    static = max_flow(problem.with_rtt(0.0), placement)
+    if problem.static:
+        return ServingEstimate(static.value, static.value, None, None, 1.0, static,
+                               {}, {}, (), ("static throughput tables: no latency model",))
+    flow, capacity = _consistent_flow(problem, placement, static, waiting=True)
     paths = decompose_paths(flow)
     notes: list[str] = []
 

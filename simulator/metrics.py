@@ -59,8 +59,13 @@ class Recorder:
         self.ttft.append(request.first_s - request.arrival_s)
         self.e2e.append(now - request.arrival_s)
         self.queue_wait.append(request.admitted_s - request.arrival_s)
-        if request.output > 1:
-            self.tpot.append((now - request.first_s) / (request.output - 1))
+
+    def decode_gap(self, now: float, gap: float) -> None:
+        """Time since the same request's previous token, for every decode token in the window. TPOT is
+        taken over these tokens, not over completed requests: on a slow path a request can outlast the
+        run, and counting only those that finish would leave the slow paths out (survivorship bias)."""
+        if self.low <= now <= self.high:
+            self.tpot.append(gap)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from planner.costmodel import CostParams
 from planner.errors import InputError
 from planner.flow import max_flow
 from planner.layout import Layout
@@ -45,7 +46,7 @@ class SimConfig:
     duration_s: float = 600.0       # measured
     warmup_s: float = 60.0          # simulated first, excluded from the metrics
     seed: int = 0
-    token_budget: int = 256         # tokens per stage iteration: decode tokens + prompt chunks
+    token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
     microbatches: int = 1           # decode micro-batches per path (lanes), filled evenly
 
 
@@ -254,7 +255,7 @@ class Simulation:
         tokens = 0
         finished = False
         for request in firsts:
-            request.first_s = now
+            request.first_s = request.last_s = now
             recorder.prompt_done(now, request.prompt)
             tokens += 1
             if request.output <= 1:
@@ -271,6 +272,8 @@ class Simulation:
             gone = 0
             for request in members:
                 request.left -= 1
+                recorder.decode_gap(now, now - request.last_s)
+                request.last_s = now
                 if request.left:
                     keep.append(request)
                 else:
@@ -335,6 +338,7 @@ class Simulation:
                 return None
 
         reference = {"max_flow_tokens_per_s": figure("max_flow_tokens_per_s"),
+                     "round_trip_max_flow_tokens_per_s": figure("round_trip_max_flow_tokens_per_s"),
                      "predicted_throughput_tokens_per_s": figure("predicted_throughput_tokens_per_s"),
                      "predicted_tpot_s": figure("predicted_tpot_ms", 1e-3),
                      "predicted_ttft_s": figure("predicted_ttft_ms", 1e-3)}

@@ -90,6 +90,8 @@ def print_result(console, result, layout_file: str) -> None:
     console.print(line)
     if ref.get("max_flow_tokens_per_s"):
         planner = f"planner: static max flow {ref['max_flow_tokens_per_s']:,.0f} tokens/s"
+        if ref.get("round_trip_max_flow_tokens_per_s"):
+            planner += f" ({ref['round_trip_max_flow_tokens_per_s']:,.0f} at its round trips)"
         if ref.get("predicted_throughput_tokens_per_s"):
             planner += f", predicted serving {ref['predicted_throughput_tokens_per_s']:,.0f} tokens/s"
         if ref.get("predicted_tpot_s"):

@@ -1,0 +1,76 @@
+"""The simulator judges the planner: predicted serving throughput and TPOT within 15% of the simulated
+ones on the bundled layouts and a generated 24-GPU cluster, and the planner's ranking of methods holds."""
+
+from pathlib import Path
+
+import pytest
+
+from planner.cluster import load_cluster
+from planner.layout import read_layout
+from planner.plan import solve
+from planner.problem import PlacementProblem
+from planner.report import plan_layout
+from planner.serving import estimate
+from planner.synthetic import write_cluster
+from simulator import SimConfig, simulate
+from simulator.workload import Offline
+
+LAYOUTS = Path(__file__).resolve().parent.parent / "layouts"
+OFFLINE = SimConfig(workload=Offline(), lengths="fixed", duration_s=300, warmup_s=60)
+TOLERANCE = 0.15
+
+
+def _agreement(layout) -> tuple[float, float]:
+    predicted = estimate(PlacementProblem(layout.cluster), layout.placement)
+    simulated = simulate(layout, OFFLINE)
+    return (simulated.decode_throughput / predicted.throughput, simulated.tpot["mean"] / predicted.tpot_s)
+
+
+@pytest.mark.parametrize("name", ["hetero", "a10x8", "mixed-campus"])
+def test_bundled_layouts_agree_within_15_percent(name):
+    throughput, tpot = _agreement(read_layout(LAYOUTS / f"{name}.ini"))
+    assert abs(throughput - 1) <= TOLERANCE, throughput
+    assert abs(tpot - 1) <= TOLERANCE, tpot
+
+
+def test_slow_link_layout_throughput_agrees():
+    throughput, _ = _agreement(read_layout(LAYOUTS / "l20x4.ini"))
+    assert abs(throughput - 1) <= TOLERANCE, throughput
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "l20x4 (100 Mbit/s between hosts): the planner's FIFO link wait (Pollaczek-Khinchine) puts TPOT at "
+    "~1.5x the simulated mean; throughput agrees (docs/simulator.md#agreement-with-the-planner)"))
+def test_slow_link_layout_tpot_agrees():
+    _, tpot = _agreement(read_layout(LAYOUTS / "l20x4.ini"))
+    assert abs(tpot - 1) <= TOLERANCE, tpot
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("gen") / "gen24.ini"
+    return write_cluster(path, {"a100-40gb": 4, "l4": 8, "t4": 12}, regions=3, seed=24)
+
+
+def test_generated_24_gpu_cluster_agrees_within_15_percent(generated: Path):
+    layout = plan_layout(solve(load_cluster(generated), "separate"))
+    throughput, tpot = _agreement(layout)
+    assert abs(throughput - 1) <= TOLERANCE, throughput
+    assert abs(tpot - 1) <= TOLERANCE, tpot
+
+
+def test_planner_ranking_of_methods_holds_in_simulation():
+    """On hetero: every method the planner ranks clearly apart (by more than the 15% agreement band) is
+    ranked the same way by the simulator, and the default method is first in both."""
+    cluster = load_cluster(LAYOUTS.parent / "profiles" / "hetero.ini")
+    rows = []
+    for method in ("milp", "even", "greedy", "separate", "tp-pp", "replicas"):
+        plan = solve(cluster, method, time_limit=20)
+        rows.append((method, plan.serving.throughput, simulate(plan_layout(plan), OFFLINE).decode_throughput))
+    best_planned = max(rows, key=lambda r: r[1])[0]
+    best_simulated = max(rows, key=lambda r: r[2])[0]
+    assert best_planned == best_simulated == "milp"
+    for a in rows:
+        for b in rows:
+            if a[1] > b[1] * (1 + 2 * TOLERANCE):
+                assert a[2] > b[2], (a, b)
