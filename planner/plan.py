@@ -42,6 +42,13 @@ def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | No
     if max_flow(problem, result.placement).value <= 0:
         raise SolveError(f"{result.method} returned a placement that carries no tokens "
                          "(no chain of GPUs covers every layer)")
+    if serving.throughput <= 0 and (max_tpot_s or max_ttft_s):
+        limits = " and ".join(f"--max-{name} {value * 1e3:g} ms" for name, value
+                              in (("tpot", max_tpot_s), ("ttft", max_ttft_s)) if value)
+        idle = ", ".join(f"{name} {value * 1e3:,.0f} ms" for name, value
+                         in (("TPOT", serving.tpot_s), ("TTFT", serving.ttft_s)) if value is not None)
+        raise SolveError(f"no placement found by {result.method} meets {limits}: the best one reaches {idle} "
+                         "even when idle; raise the limit")
     upper = problem.upper_bound()
     if problem.static and result.bound is not None:  # a method's own proven bound on static max flow
         upper = max(min(upper, result.bound), serving.max_flow)

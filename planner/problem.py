@@ -15,6 +15,7 @@ from planner.costmodel import GpuCost
 TOKEN_ID_BYTES = 4  # the coordinator sends token ids in and receives sampled ids back
 
 
+TP_SIZES = (2, 4, 8)  # tensor-parallel group sizes the optimiser considers within a host
 GROUP_SEPARATOR = "+"  # a tensor-parallel group's unit name: its members joined, e.g. 'head:0+head:1'
 
 
@@ -195,24 +196,30 @@ class PlacementProblem:
         # k, grows slower than L x T, so the largest T that satisfies it is found by bisection. Clamping
         # at T matters when GPUs are short of memory: a fast GPU that fits 20 layers covers 20, however
         # fast it is (the unclamped sum credits it with the layers a slower GPU cannot hold).
+        # A tensor-parallel unit of t GPUs counts per GPU: k x min(capacity, T) / t.
         layers = self.layers
-        options = []
-        for gpu in dict.fromkeys(n.gpu for n in self.nodes):
-            name = next(n.name for n in self.nodes if n.gpu == gpu)
-            cost = self.cost(name)
-            rates = [max(cost.capacity(k, 0.0, first=f, last=e) for f in (False, True) for e in (False, True)
-                         if k <= cost.max_layers(first=f, last=e))
-                     for k in range(1, min(cost.max_layers(), layers) + 1)]
-            options.append((sum(n.gpu == gpu for n in self.nodes), rates))
+        options = []  # (GPUs of a type, [(unit size, rate at k = 1, 2, ...)])
+        for _, count, units in self.unit_kinds():
+            tables = []
+            for tp, names in units.items():
+                for name in names:
+                    cost = self.cost(name)
+                    rates = [max(cost.capacity(k, 0.0, first=f, last=e) for f in (False, True)
+                                 for e in (False, True) if k <= cost.max_layers(first=f, last=e))
+                             for k in range(1, min(cost.max_layers(), layers) + 1)]
+                    tables.append((tp, rates))
+            options.append((count, tables))
 
         def covered(target: float) -> float:  # layers' worth of rate T the GPUs can cover
-            return sum(count * max((k * min(rate, target) for k, rate in enumerate(rates, 1)), default=0.0)
-                       for count, rates in options) / target
+            return sum(count * max((k * min(rate, target) / tp for tp, rates in tables
+                                    for k, rate in enumerate(rates, 1)), default=0.0)
+                       for count, tables in options) / target
 
-        low, high = 0.0, max((rates[0] for _, rates in options if rates), default=0.0) * layers
+        low, high = 0.0, max((rates[0] for _, tables in options for _, rates in tables if rates),
+                             default=0.0) * layers
         for _ in range(100):
             mid = (low + high) / 2
-            if mid > 0 and covered(mid) >= layers:
+            if mid > 0 and covered(mid) >= layers * (1 - 1e-9):  # tolerance: k T / T may round down
                 low = mid
             else:
                 high = mid
@@ -223,6 +230,21 @@ class PlacementProblem:
         """Throughput no placement beats (at capacities with no round-trip bound): the layers' worth of
         rate the GPUs can cover, and the coordinator's links."""
         return self._upper_bound
+
+    def unit_kinds(self) -> list[tuple[str, int, dict[int, list[str]]]]:
+        """Per GPU type: how many there are, and for each unit size (1, or a tensor-parallel group
+        within a host) the unit names that stand for it, one per host that can form it."""
+        kinds = []
+        for gpu in dict.fromkeys(n.gpu for n in self.nodes):
+            names = [n.name for n in self.nodes if n.gpu == gpu]
+            units: dict[int, list[str]] = {1: [names[0]]}
+            for host in dict.fromkeys(self.by_name[n].host for n in names):
+                on_host = [n for n in names if self.by_name[n].host == host]
+                for tp in TP_SIZES:
+                    if tp <= len(on_host):
+                        units.setdefault(tp, []).append(group_name(on_host[:tp]))
+            kinds.append((gpu, len(names), units))
+        return kinds
 
     def hosts_with_gpus(self) -> list[str]:
         return [h.name for h in self.cluster.hosts if h.gpus]

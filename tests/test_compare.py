@@ -53,3 +53,9 @@ def test_compare_plot_and_bad_method(run_cli, tmp_path: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run_cli("compare", HETERO, "--methods", "nope")
     assert code == 2 and "nope" in err
+
+
+def test_unreachable_latency_limit_is_an_error_not_an_empty_plan(run_cli):
+    code, out, err = run_cli("solve", HETERO, "--max-tpot", "5", "--time-limit", "5")
+    assert code == 1
+    assert "--max-tpot 5 ms" in err and "raise the limit" in err and "Traceback" not in err

@@ -185,3 +185,49 @@ def test_small_multi_region_static_clusters_are_proven_optimal(tmp_path: Path, s
     # the proof's relaxation is not vacuous: it admits the plan's own value
     assert not covering_refutes(plan.problem, plan.serving.max_flow * 0.999, time_limit=30)
     assert plan.upper_bound >= plan.serving.max_flow * (1 - 1e-9)
+
+
+def test_optimiser_chooses_tensor_parallel_groups_when_they_serve_more() -> None:
+    """Seed 004: Qwen2.5-72B on two hosts of two L20s. No single L20 holds a quarter of the model with
+    KV room to spare, so the optimiser must group each host's pair (the grouping is its choice, not a
+    baseline's), serve at least what the uniform TP x PP baseline serves, and say why."""
+    cluster = load_cluster(Path(__file__).parent.parent / "profiles" / "l20x4.ini")
+    best = solve(cluster, "milp", time_limit=30)
+    tp_pp = solve(cluster, "tp-pp")
+    flat = solve(cluster, "chains")
+    assert best.placement.tp_groups, "expected tensor-parallel groups"
+    assert all(len({best.problem.host_of(m) for m in g}) == 1 for g in best.placement.tp_groups)
+    assert best.serving.throughput >= tp_pp.serving.throughput * (1 - 1e-6)
+    assert best.serving.throughput > flat.serving.throughput
+    notes = " ".join(best.result.notes)
+    assert "tensor parallelism" in notes and "without tensor-parallel groups serves" in notes
+    # the upper bound counts tensor-parallel units too
+    assert best.upper_bound >= best.serving.max_flow * (1 - 1e-9)
+
+
+def test_milp_places_tensor_parallel_units_on_one_host(tmp_path: Path) -> None:
+    """A static tiny cluster where a pair of small GPUs only helps as a TP2 unit: the exact model's
+    units come back as valid groups, and the result is at least the best single-GPU plan."""
+    body = TINY_MODEL.format(layers=4) + """
+[cluster]
+model = tiny
+coordinator = a
+[gpu small]
+max_layers = 2
+throughput = 500, 240
+[host a]
+gpus = small * 2
+gpu_link = 50 GB/s, 0.01 ms
+[host b]
+gpus = small * 2
+gpu_link = 50 GB/s, 0.01 ms
+[network]
+a -- b = 10 Gbit/s, 1 ms
+"""
+    problem = PlacementProblem(load_cluster(_write(tmp_path, body)))
+    outcome = solve_max_flow(problem, time_limit=30)
+    flat = brute_force(problem)
+    assert outcome.objective >= flat * (1 - 1e-9)
+    for group in outcome.placement.tp_groups:
+        problem.group_members("+".join(group))  # raises unless one host, one type
+    assert max_flow(problem, outcome.placement).value == pytest.approx(outcome.objective, rel=1e-9)

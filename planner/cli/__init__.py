@@ -8,7 +8,7 @@ import click
 
 from planner import __version__
 from planner.cli import compare_cmd, show_cmd, simulate_cmd, solve_cmd
-from planner.cli import export_cmd, host_cmd, mesh_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, worker_cmd
+from planner.cli import export_cmd, host_cmd, mesh_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, sp_pp_cmd, worker_cmd
 from planner.errors import InputError, SolveError
 
 
@@ -32,6 +32,7 @@ cli.add_command(run_cmd.run_cmd)
 cli.add_command(make_checkpoint_cmd.make_checkpoint_cmd)
 cli.add_command(profile_cmd.profile_cmd)
 cli.add_command(mesh_cmd.mesh_cmd)
+cli.add_command(sp_pp_cmd.sp_pp_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import pulp
 
 from planner.errors import SolveError
 from planner.flow import max_flow
-from planner.problem import Placement, PlacementProblem
+from planner.problem import TP_SIZES, Placement, PlacementProblem, group_name
 from planner.serving import estimate
 from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
@@ -44,11 +44,19 @@ DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programm
 
 @dataclass(frozen=True)
 class Group:
-    """Interchangeable GPUs of one type at one flow endpoint (a host, or a pooled zone)."""
+    """Interchangeable GPUs of one type at one flow endpoint (a host, or a pooled zone), used as
+    pipeline units of `tp` GPUs each (tp > 1: tensor-parallel groups inside one host). The variants of
+    one (endpoint, GPU type) share its GPUs."""
 
     endpoint: str
     gpu: str
     nodes: tuple[str, ...]
+    tp: int = 1
+
+    @property
+    def unit(self) -> str:
+        """The name capacities are asked for: a GPU, or the group of the first `tp` GPUs."""
+        return self.nodes[0] if self.tp == 1 else group_name(self.nodes[:self.tp])
 
 
 @dataclass(frozen=True)
@@ -104,24 +112,22 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
     how many GPUs of each type there are, so it is small; it settles memory-tight clusters, where the
     flow MILP's LP bound is loose. False when the relaxation is feasible or the time ran out."""
     layers = problem.layers
-    types: dict[str, list[str]] = {}
-    for node in problem.nodes:
-        types.setdefault(node.gpu, []).append(node.name)
     lp = pulp.LpProblem("covering", pulp.LpMinimize)
     held: list[list] = [[] for _ in range(layers)]
-    for ti, names in enumerate(types.values()):
-        node, chosen = names[0], []
-        for s in range(layers):
-            for e in range(s + 1, min(s + problem.cost(node).max_layers(), layers) + 1):
-                if not problem.fits(node, s, e):
-                    continue
-                weight = min(problem.capacity(node, s, e) / target, 1.0)
-                if weight > 1e-9:
-                    x = lp.add_variable(f"c_{ti}_{s}_{e}", 0, len(names), cat="Integer")
-                    chosen.append(x)
-                    for layer in range(s, e):
-                        held[layer].append(weight * x)
-        lp += pulp.lpSum(chosen) <= len(names)
+    for ti, (gpu, count, units) in enumerate(problem.unit_kinds()):
+        used = []
+        for tp, names in units.items():
+            longest = max(problem.cost(n).max_layers() for n in names)
+            for s in range(layers):
+                for e in range(s + 1, min(s + longest, layers) + 1):
+                    rates = [problem.capacity(n, s, e) for n in names if problem.fits(n, s, e)]
+                    weight = min(max(rates, default=0.0) / target, 1.0)
+                    if weight > 1e-9:
+                        x = lp.add_variable(f"c_{ti}_{tp}_{s}_{e}", 0, count // tp, cat="Integer")
+                        used.append(tp * x)
+                        for layer in range(s, e):
+                            held[layer].append(weight * x)
+        lp += pulp.lpSum(used) <= count
     for terms in held:
         lp += pulp.lpSum(terms) >= 1
     lp += pulp.lpSum(lp.variables())
@@ -152,6 +158,9 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     for node in problem.nodes:
         found.setdefault((endpoint_of[node.name], node.gpu), []).append(node.name)
     groups = [Group(ep, gpu, tuple(nodes)) for (ep, gpu), nodes in found.items()]
+    if not pooled:  # exact model: a host's GPUs of one type may also form tensor-parallel units
+        groups += [Group(g.endpoint, g.gpu, g.nodes, tp) for g in list(groups)
+                   for tp in TP_SIZES if tp <= len(g.nodes)]
 
     lp = pulp.LpProblem("placement", pulp.LpMaximize)
     count, flow = {}, {}
@@ -159,7 +168,7 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     end_counts, start_counts = {}, {}  # (endpoint, boundary) -> count variables
     bounds = sorted(set(range(0, layers, step)) | {layers})
     for gi, group in enumerate(groups):
-        node = group.nodes[0]
+        node = group.unit
         for s in bounds:
             for e in bounds:
                 if e <= s or not problem.fits(node, s, e):
@@ -167,7 +176,8 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
                 cap = problem.capacity(node, s, e)
                 if cap <= 0:
                     continue
-                count[gi, s, e] = x = lp.add_variable(f"x_{gi}_{s}_{e}", 0, len(group.nodes), cat="Integer")
+                count[gi, s, e] = x = lp.add_variable(f"x_{gi}_{s}_{e}", 0, len(group.nodes) // group.tp,
+                                                      cat="Integer")
                 flow[gi, s, e] = y = lp.add_variable(f"y_{gi}_{s}_{e}", 0)
                 lp += y <= cap * x
                 ends.setdefault((group.endpoint, e), []).append(y)
@@ -176,8 +186,11 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
                 start_counts.setdefault((group.endpoint, s), []).append(x)
     if not count:
         raise SolveError("no GPU can hold even one layer with KV room: the model does not fit")
-    for gi, group in enumerate(groups):
-        lp += pulp.lpSum(v for (g, _, _), v in count.items() if g == gi) <= len(group.nodes)
+    budget: dict[tuple[str, str], list] = {}  # GPUs each (endpoint, type) gives to its units
+    for (gi, _, _), x in count.items():
+        budget.setdefault((groups[gi].endpoint, groups[gi].gpu), []).append(groups[gi].tp * x)
+    for (endpoint, gpu), used in budget.items():
+        lp += pulp.lpSum(used) <= len(found[endpoint, gpu])
     # Every layer is held by at least one GPU (valid for any placement that serves at all). Redundant for
     # integer solutions, but it stops the LP relaxation from spreading fractions of GPUs over one-layer
     # intervals: with N GPUs and L layers the average interval must be L/N long, which tightens the bound.
@@ -325,7 +338,7 @@ def _neighbourhood_search(lp: pulp.LpProblem, groups: list[Group], count: dict, 
         for gi, variables in by_group.items():
             for var in variables:
                 if gi in free:
-                    highs.changeColBounds(var.index, 0, len(groups[gi].nodes))
+                    highs.changeColBounds(var.index, 0, len(groups[gi].nodes) // groups[gi].tp)
                 else:
                     highs.changeColBounds(var.index, solution.get(var.name, 0.0), solution.get(var.name, 0.0))
         start = highspy.HighsSolution()
@@ -348,25 +361,35 @@ def _neighbourhood_search(lp: pulp.LpProblem, groups: list[Group], count: dict, 
 
 def _warm_values(groups: list[Group], warm: Placement, count: dict) -> dict[str, float]:
     values: dict[str, float] = {}
-    group_of = {n: gi for gi, g in enumerate(groups) for n in g.nodes}
-    for name, (s, e) in warm.used().items():
-        key = (group_of[name], s, e)
+    group_of = {(n, g.tp): gi for gi, g in enumerate(groups) for n in g.nodes}
+    for unit, (s, e) in warm.units().items():
+        members = warm.members(unit)
+        key = (group_of.get((members[0], len(members)), -1), s, e)
         if key in count:
             values[count[key].name] = values.get(count[key].name, 0.0) + 1
     return values
 
 
 def _placement_of(problem: PlacementProblem, groups: list[Group], solution: dict[str, float]) -> Placement:
-    """Give each group's interval counts to its GPUs in index order."""
+    """Give each group's interval counts to its GPUs in index order, widest units first, so that a
+    tensor-parallel unit takes consecutive GPUs of its host."""
     ranges = dict.fromkeys((n.name for n in problem.nodes), (0, 0))
     chosen: dict[int, list[tuple[int, int]]] = {}
     for name, value in solution.items():
         _, gi, s, e = name.split("_")
         chosen.setdefault(int(gi), []).extend([(int(s), int(e))] * int(round(value)))
-    for gi, spans in chosen.items():
-        for node, span in zip(groups[gi].nodes, sorted(spans)):
-            ranges[node] = span
-    return Placement(ranges)
+    free = {(g.endpoint, g.gpu): list(g.nodes) for g in groups}
+    tp_groups = []
+    for gi in sorted(chosen, key=lambda gi: (-groups[gi].tp, gi)):
+        group = groups[gi]
+        pool = free[group.endpoint, group.gpu]
+        for span in sorted(chosen[gi]):
+            members, pool[:group.tp] = pool[:group.tp], []
+            for node in members:
+                ranges[node] = span
+            if group.tp > 1:
+                tp_groups.append(tuple(members))
+    return Placement(ranges, tuple(tp_groups))
 
 
 def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int = 0,
@@ -389,6 +412,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
                            gap=max(gap, 0.0), bound=outcome.bound)
     scored: dict[tuple, float] = {}
     best = None
+    best_by_kind: dict[bool, tuple] = {}  # with / without tensor-parallel groups: for the note on TP
     rtt, status = 0.0, "optimal"
 
     def consider(placement: Placement) -> None:
@@ -399,6 +423,9 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
         scored[key] = served.throughput
         rank = (served.throughput, -(served.tpot_s or 0.0))
+        kind = bool(placement.tp_groups)
+        if kind not in best_by_kind or rank > best_by_kind[kind][0]:
+            best_by_kind[kind] = (rank, placement, served)
         if best is None or rank > best[0]:
             best = (rank, placement, served)
 
@@ -437,7 +464,36 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     note = (f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
             "with their own round trips; status refers to the max-flow MILP of each round")
     return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None,
-                       bound=served.max_flow, notes=(note,))
+                       bound=served.max_flow, notes=(note,) + _tp_notes(problem, placement, best_by_kind))
+
+
+def _tp_notes(problem: PlacementProblem, chosen: Placement, best_by_kind: dict[bool, tuple]) -> tuple[str, ...]:
+    """Why the plan does or does not group GPUs for tensor parallelism, with the best alternative."""
+    def figures(entry: tuple) -> str:
+        served = entry[2]
+        return f"{served.throughput:,.0f} tokens/s at TPOT {(served.tpot_s or 0) * 1e3:.0f} ms"
+
+    with_tp = bool(chosen.tp_groups)
+    notes = []
+    if with_tp:
+        for group in chosen.tp_groups:
+            unit = group_name(group)
+            span = chosen.units()[unit]
+            first, last = span[0] == 0, span[1] == problem.layers
+            grouped, single = problem.cost_of(unit), problem.cost_of(group[0])
+            k = span[1] - span[0]
+            sequences = grouped.max_batch(k, first, last)
+            notes.append(f"tensor parallelism: {unit} hold layers [{span[0]}, {span[1]}) as one unit: their memory "
+                         f"pools into KV room for {sequences} sequences (one {problem.by_name[group[0]].gpu} "
+                         f"holds at most {single.max_layers(first, last)} of these layers), for two all-reduces "
+                         f"per layer, {2 * k * grouped.all_reduce_s(max(sequences, 1)) * 1e3:.1f} ms per decode "
+                         "step at that batch")
+    alternative = best_by_kind.get(not with_tp)
+    if alternative is not None:
+        what = "without tensor-parallel groups" if with_tp else "with tensor-parallel groups"
+        notes.append(f"the best plan {what} serves {figures(alternative)}; this plan "
+                     f"serves {figures(best_by_kind[with_tp])}")
+    return tuple(notes)
 
 
 METHODS = {"milp": optimise}
