@@ -71,8 +71,10 @@ def _classes(problem: PlacementProblem, nodes: list[str], target: float) -> tupl
     return classes, hops
 
 
-def _chain_at(problem: PlacementProblem, nodes: list[str], target: float) -> list[tuple[str, int, int]] | None:
-    """A chain serving `target`, as (GPU, start, end), or None (also when the DP grows too large)."""
+def _chain_at(problem: PlacementProblem, nodes: list[str], target: float,
+              deadline: float = math.inf) -> list[tuple[str, int, int]] | None:
+    """A chain serving `target`, as (GPU, start, end), or None (also when the DP grows too large or
+    the deadline passes)."""
     layers = problem.layers
     classes, hops = _classes(problem, nodes, target)
     for c in classes:
@@ -102,7 +104,7 @@ def _chain_at(problem: PlacementProblem, nodes: list[str], target: float) -> lis
                 if value > seen.get(nxt, (-1, None))[0] and value > grown.get(nxt, (-1, None))[0]:
                     grown[nxt] = (value, state)
         seen.update(grown)
-        if len(seen) > STATE_LIMIT:
+        if len(seen) > STATE_LIMIT or time.perf_counter() > deadline:
             return None
         frontier = grown
     return None
@@ -141,13 +143,13 @@ def _targets(problem: PlacementProblem, nodes: list[str]) -> list[float]:
     return sorted(v for v in values if v > 0 and math.isfinite(v))
 
 
-def _chains_at(problem: PlacementProblem, nodes: list[str], target: float,
-               count: int) -> list[list[tuple[str, int, int]]] | None:
+def _chains_at(problem: PlacementProblem, nodes: list[str], target: float, count: int,
+               deadline: float = math.inf) -> list[list[tuple[str, int, int]]] | None:
     """`count` disjoint chains each serving `target`, taken one after another (each with the fewest
     GPUs the DP finds), or None."""
     left, found = list(nodes), []
     for _ in range(count):
-        spans = _chain_at(problem, left, target)
+        spans = _chain_at(problem, left, target, deadline)
         if spans is None:
             return None
         found.append(spans)
@@ -175,7 +177,7 @@ def best_chain(problem: PlacementProblem, nodes: list[str] | None = None,
     """The chain over `nodes` (default: all GPUs) with the highest bottleneck rate, as (rate, spans).
     Rate 0 and no spans when no chain holds the model (or the deadline passed first)."""
     nodes = nodes if nodes is not None else [n.name for n in problem.nodes]
-    rate, spans = _largest(_targets(problem, nodes), lambda t: _chain_at(problem, nodes, t), deadline)
+    rate, spans = _largest(_targets(problem, nodes), lambda t: _chain_at(problem, nodes, t, deadline), deadline)
     return rate, spans or []
 
 
@@ -188,7 +190,7 @@ def disjoint_chains(problem: PlacementProblem, deadline: float = math.inf) -> li
     for count in range(1, len(nodes) + 1):
         if time.perf_counter() > deadline:
             break
-        rate, chains = _largest(values, lambda t: _chains_at(problem, nodes, t, count), deadline)
+        rate, chains = _largest(values, lambda t: _chains_at(problem, nodes, t, count, deadline), deadline)
         if not chains:
             break
         ranges = dict.fromkeys(nodes, (0, 0))
