@@ -59,7 +59,7 @@ def plot_comparison(rows: list[dict], title: str, path: str) -> None:
     names = [r["method"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     x = range(len(rows))
-    ax1.bar([i - 0.2 for i in x], [r["max_flow_tokens_per_s"] for r in rows], 0.4, label="static max flow")
+    ax1.bar([i - 0.2 for i in x], [r["max_flow_tokens_per_s"] or 0 for r in rows], 0.4, label="static max flow")
     ax1.bar([i + 0.2 for i in x], [r["throughput_tokens_per_s"] for r in rows], 0.4, label="predicted serving")
     ax1.set_xticks(list(x), names, rotation=30, ha="right")
     ax1.set_ylabel("tokens/s")

@@ -44,7 +44,8 @@ class ServingEstimate:
 def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int], rate: float) -> float:
     """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
     cost, layers = problem.cost(node), span[1] - span[0]
-    ceiling = max(1, cost.max_batch(layers, first=span[0] == 0, last=span[1] == problem.layers))
+    ceiling = max(1.0, min(cost.max_batch(layers, first=span[0] == 0, last=span[1] == problem.layers),
+                           cost.step_batch))
     if rate <= 0:
         return 1.0
     low, high = 1e-6, float(ceiling)

@@ -59,3 +59,16 @@ def test_unreachable_latency_limit_is_an_error_not_an_empty_plan(run_cli):
     code, out, err = run_cli("solve", HETERO, "--max-tpot", "5", "--time-limit", "5")
     assert code == 1
     assert "--max-tpot 5 ms" in err and "raise the limit" in err and "Traceback" not in err
+
+
+def test_sp_pp_strategy_row(run_cli):
+    rows = {r["method"]: r for r in _rows(run_cli, PROFILES / "sp-pp.ini", "--methods", "milp,sp-pp",
+                                          "--no-match-tpot", "--time-limit", "10")}
+    row = rows["sp-pp (1 request)"]
+    assert row["status"] == "model" and row["max_flow_tokens_per_s"] is None
+    assert 0 < row["throughput_tokens_per_s"] < rows["milp"]["throughput_tokens_per_s"]  # one request at a time
+    assert row["ttft_s"] > 0 and row["tpot_s"] > 0
+    # Qwen3-14B does not fit whole on an 11 GiB RTX 2080 Ti: the row says so instead of a figure
+    rows = {r["method"]: r for r in _rows(run_cli, HETERO, "--methods", "even,sp-pp", "--no-match-tpot",
+                                          "--no-simulate")}
+    assert "does not fit" in rows["sp-pp (1 request)"]["error"]

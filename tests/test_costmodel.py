@@ -164,7 +164,8 @@ def test_capacity_non_increasing_in_rtt(ti, ada):
 def test_capacity_formula(ti):
     k = 10
     batch = ti.max_batch(k)
-    per_token = ti.decode_s(k, batch) / batch + ti.prefill_s(k, 1024) / 256
+    step = min(batch, 256 * 256 / 1280)  # an iteration's token budget, shared with prefill
+    per_token = ti.decode_s(k, step) / step + ti.prefill_s(k, 1024) / 256
     assert ti.capacity(k) == pytest.approx(1 / per_token)
     assert ti.capacity(k, 0.5) == pytest.approx(min(1 / per_token, batch / 0.5))
 

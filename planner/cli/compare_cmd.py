@@ -8,8 +8,9 @@ import click
 from planner.cli.console import make_console
 from rich.table import Table
 
+from planner import sp_pp
 from planner.cluster import Cluster, load_cluster
-from planner.errors import SolveError
+from planner.errors import InputError, SolveError
 from planner.plan import Plan, solve as solve_plan
 from planner.plot import plot_comparison
 from planner.report import plan_layout
@@ -17,6 +18,7 @@ from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from simulator import SimConfig, simulate
 from simulator.workload import Poisson
 
+SP_PP = "sp-pp"  # seed 002's strategy: a closed-form model (planner.sp_pp), not a placement method
 SIM_WARMUP_S, SIM_DURATION_S = 30.0, 120.0  # long enough for steady state, short to run
 LATENCY_LOAD = 0.8  # latencies are simulated at this share of the planner's predicted throughput
 
@@ -34,6 +36,23 @@ def _simulated(plan: Plan, seed: int) -> dict:
             "sim_ttft_s": loaded.ttft.get("mean") if loaded else None}
 
 
+def _sp_pp_row(cluster: Cluster) -> dict:
+    """Seed 002's strategy on every GPU: one request at a time, SP+PP with a pairwise KV sync."""
+    name = f"{SP_PP} (1 request)"
+    devices = sp_pp.split_layers(cluster, sp_pp.select_devices(cluster))
+    try:
+        sp_pp.whole_model_fits(cluster, devices)
+        workload = cluster.workload
+        result = sp_pp.estimate(cluster, devices, workload.prompt_tokens, workload.output_tokens, "pairwise")
+    except InputError as exc:
+        return {"method": name, "error": exc.problem}
+    if not result.fits:
+        return {"method": name, "error": "a prompt of the workload's length does not fit beside the whole model"}
+    return {"method": name, "max_flow_tokens_per_s": None, "throughput_tokens_per_s": result.throughput_tokens_per_s,
+            "tpot_s": result.tpot_s, "ttft_s": result.ttft_s, "gpus_used": len(devices), "seconds": 0.0,
+            "status": "model", "note": result.reason}
+
+
 def _default_at(cluster: Cluster, tpot_s: float, time_limit: float, seed: int) -> float | None:
     """What the default method serves when held to `tpot_s` per output token."""
     try:
@@ -44,8 +63,8 @@ def _default_at(cluster: Cluster, tpot_s: float, time_limit: float, seed: int) -
 
 @click.command()
 @click.argument("cluster_file", type=click.Path())
-@click.option("--methods", "names", default=",".join(METHODS), show_default=True,
-              help="Comma-separated methods to compare.")
+@click.option("--methods", "names", default=",".join([*METHODS, SP_PP]), show_default=True,
+              help=f"Comma-separated methods to compare ({SP_PP}: seed 002's SP+PP on every GPU).")
 @click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-tpot", type=click.FloatRange(min=0, min_open=True), default=None, help="ms")
@@ -65,9 +84,12 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
     console = make_console(stderr=as_json)
     latency = cluster.has_latency
     rows = []
-    for name in [n.strip() for n in names.split(",") if n.strip()]:
-        if name not in METHODS:
-            raise click.BadParameter(f"unknown method '{name}' (use {', '.join(METHODS)})", param_hint="--methods")
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for name in chosen:
+        if name not in METHODS and name != SP_PP:
+            raise click.BadParameter(f"unknown method '{name}' (use {', '.join([*METHODS, SP_PP])})",
+                                     param_hint="--methods")
+    for name in (n for n in chosen if n != SP_PP):
         with console.status(f"{name} ..."):
             try:
                 plan = solve_plan(cluster, name, time_limit=time_limit, seed=seed,
@@ -83,9 +105,11 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             if latency and with_sim:
                 row.update(_simulated(plan, seed))
             rows.append(row)
+    if SP_PP in chosen and latency and len(cluster.nodes()) > 1:
+        rows.append(_sp_pp_row(cluster))
     if latency and match_tpot:
         for row in rows:
-            if "error" in row or row["method"] == DEFAULT_METHOD or not row["tpot_s"]:
+            if "error" in row or row["method"] == DEFAULT_METHOD or not row["tpot_s"] or row["status"] == "model":
                 continue
             limit = row["tpot_s"] if max_tpot is None else min(row["tpot_s"], max_tpot / 1e3)
             with console.status(f"{DEFAULT_METHOD} at {row['method']}'s TPOT ..."):
@@ -113,16 +137,21 @@ def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, ma
         if "error" in row:
             table.add_row(row["method"], f"[red]{row['error']}[/]", *[""] * (len(columns) - 2))
             continue
-        cells = [row["method"], f"{row['max_flow_tokens_per_s']:,.0f}", f"{row['throughput_tokens_per_s']:,.0f}",
+        flow = row["max_flow_tokens_per_s"]
+        cells = [row["method"], f"{flow:,.0f}" if flow is not None else "-", f"{row['throughput_tokens_per_s']:,.0f}",
                  ms(row["tpot_s"]), ms(row["ttft_s"])]
         if with_sim:
-            cells += [f"{row['sim_throughput_tokens_per_s']:,.0f}", ms(row["sim_tpot_s"]), ms(row["sim_ttft_s"])]
+            sim = row.get("sim_throughput_tokens_per_s")
+            cells += [f"{sim:,.0f}" if sim is not None else "-", ms(row.get("sim_tpot_s")), ms(row.get("sim_ttft_s"))]
         if match_tpot:
             matched = row.get("default_at_this_tpot_tokens_per_s")
             cells += [f"{matched:,.0f}" if matched is not None else "-"]
         cells += [str(row["gpus_used"]), f"{row['seconds']:.2f}"]
         table.add_row(*cells)
     console.print(table)
+    if any(row.get("status") == "model" for row in rows):
+        console.print("sp-pp (1 request): seed 002's SP+PP on every GPU from its closed-form model (planner sp-pp), "
+                      "one request at a time, not simulated.")
     if with_sim:
         console.print(f"sim: the simulator, offline load for tok/s; Poisson arrivals at {LATENCY_LOAD:.0%} of the "
                       "planner's tok/s for TPOT and TTFT.")

@@ -59,13 +59,14 @@ def show(cluster_file: str) -> None:
         table.add_column("layers", justify="right")
         table.add_column("tokens/s", justify="right")
         if cost.has_latency:
-            for col in ("KV tokens/layer", "batch", "decode step", "prefill"):
+            for col in ("KV tokens/layer", "in flight", "step batch", "decode step", "prefill"):
                 table.add_column(col, justify="right")
         for k, cap in enumerate(cost.capacity_table(), start=1):
             row = [str(k), f"{cap:,.0f}"]
             if cost.has_latency:
                 batch = cost.max_batch(k)
-                row += [f"{cost.kv_tokens(k):,}", str(batch), format_time(cost.decode_s(k, max(batch, 1))),
+                step = min(batch, cost.step_batch)
+                row += [f"{cost.kv_tokens(k):,}", str(batch), f"{step:.0f}", format_time(cost.decode_s(k, max(step, 1))),
                         format_time(cost.prefill_s(k, cluster.workload.prompt_tokens))]
             table.add_row(*row)
         console.print(table)
