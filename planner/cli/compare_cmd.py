@@ -134,8 +134,8 @@ def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, ma
         table.add_column(col, justify="left" if col == "method" else "right")
     ms = lambda v: f"{v * 1e3:.1f}" if v is not None else "-"  # noqa: E731
     for row in rows:
-        if "error" in row:
-            table.add_row(row["method"], f"[red]{row['error']}[/]", *[""] * (len(columns) - 2))
+        if "error" in row:  # the reason goes under the table: a long line in a narrow cell reads badly
+            table.add_row(row["method"], "[red]failed[/]", *[""] * (len(columns) - 2))
             continue
         flow = row["max_flow_tokens_per_s"]
         cells = [row["method"], f"{flow:,.0f}" if flow is not None else "-", f"{row['throughput_tokens_per_s']:,.0f}",
@@ -149,6 +149,9 @@ def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, ma
         cells += [str(row["gpus_used"]), f"{row['seconds']:.2f}"]
         table.add_row(*cells)
     console.print(table)
+    for row in rows:
+        if "error" in row:
+            console.print(f"[red]{row['method']} failed[/]: {row['error']}")
     if any(row.get("status") == "model" for row in rows):
         console.print("sp-pp (1 request): seed 002's SP+PP on every GPU from its closed-form model (planner sp-pp), "
                       "one request at a time, not simulated.")
