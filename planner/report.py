@@ -124,8 +124,12 @@ def versus_text(plan: Plan, baseline: Plan) -> str:
         reason = (f"  why: in the {baseline.result.method} split {name} ({cost.gpu.id}) holds {end - start} layers"
                   f"{extras} and caps the flow at {theirs.node_capacity.get(name, 0):,.0f} tokens/s")
         if not baseline.problem.static:
-            reason += (f": KV room for {cost.max_batch(end - start, first, last)} sequences, "
-                       f"decode step {format_time(cost.decode_s(end - start, max(cost.max_batch(end - start, first, last), 1)))}")
+            in_flight = cost.max_batch(end - start, first, last)
+            step = max(min(in_flight, cost.step_batch), 1)
+            reason += (f": KV room for {in_flight} sequences, decode step {format_time(cost.decode_s(end - start, step))}"
+                       f" at {step:.0f} per step")
+        if theirs.load < 1:
+            reason += f"; the latency limits then keep {theirs.load:.0%} of that flow"
         lines.append(reason)
     for name in theirs.flow.cut:
         if name not in baseline.placement.ranges:

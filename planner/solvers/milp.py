@@ -114,7 +114,7 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
     layers = problem.layers
     lp = pulp.LpProblem("covering", pulp.LpMinimize)
     held: list[list] = [[] for _ in range(layers)]
-    for ti, (gpu, count, units) in enumerate(problem.unit_kinds()):
+    for ti, (_, count, units) in enumerate(problem.unit_kinds()):
         used = []
         for tp, names in units.items():
             longest = max(problem.cost(n).max_layers() for n in names)
@@ -414,13 +414,16 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     best = None
     best_by_kind: dict[bool, tuple] = {}  # with / without tensor-parallel groups: for the note on TP
     rtt, status = 0.0, "optimal"
+    slowest = 0.0  # longest scoring so far: new work starts only if one more scoring still fits
 
     def consider(placement: Placement) -> None:
-        nonlocal best
+        nonlocal best, slowest
         key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
         if key in scored or not placement.used():
             return
+        scoring = time.perf_counter()
         served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        slowest = max(slowest, time.perf_counter() - scoring)
         scored[key] = served.throughput
         rank = (served.throughput, -(served.tpot_s or 0.0))
         kind = bool(placement.tp_groups)
@@ -434,7 +437,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         starts.append(placement)
         consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
-        left = deadline - time.perf_counter()
+        left = deadline - slowest - time.perf_counter()
         if left <= 0.05:
             status = "time_limit"
             break
@@ -442,11 +445,11 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         chains_found = disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
         chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
         for placement in chains_found:
-            if time.perf_counter() > deadline - left / 2:
+            if time.perf_counter() + slowest > deadline - left / 2:
                 break  # keep most of the round for the MILP
             consider(placement)
         say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
-        left = deadline - time.perf_counter()
+        left = deadline - slowest - time.perf_counter()
         pool = ([best[1]] if best else []) + chains_found + starts
         outcome = solve_max_flow(quoted, time_limit=max(left / (FIXED_POINT_ROUNDS - round_no), 0.1),
                                  warm_starts=pool, seed=seed)
