@@ -244,6 +244,9 @@ def swarm(problem: PlacementProblem, *, time_limit: float = 0, seed: int = 0,
     best: tuple[float, int] | None = None
     best_placement = None
     for depth in range(1, min(len(order), problem.layers) + 1):
+        if best_placement is not None and 0 < time_limit < time.perf_counter() - began:
+            report("swarm: time limit reached; deeper stage counts not tried")
+            break
         stages = split_evenly(problem.layers, depth)
         members = _assign_stages(problem, stages, order)
         if members is None:
@@ -416,6 +419,9 @@ def tp_pp(problem: PlacementProblem, *, time_limit: float = 0, seed: int = 0,
     best: tuple[float, int] | None = None
     best_placement, best_config = None, None
     for tp, depth, replicas, placement in tp_pp_placements(problem):
+        if best_placement is not None and 0 < time_limit < time.perf_counter() - began:
+            report("tp-pp: time limit reached; further (T, P) not tried")
+            break
         flow = _flow(problem, placement)
         report(f"tp-pp: TP{tp} x PP{depth} x {replicas}, max flow {flow:,.0f} tokens/s")
         if _better(flow, depth, best):

@@ -295,7 +295,9 @@ def baseline_placements(problem: PlacementProblem, seed: int = 0,
         if time.perf_counter() > deadline:
             return
         try:
-            yield method(problem, time_limit=1.0, seed=seed, progress=lambda m: None).placement
+            # each gets half of what is left before the deadline (slow ones stop at their best so far)
+            limit = max(1.0, (deadline - time.perf_counter()) / 2) if math.isfinite(deadline) else 0
+            yield method(problem, time_limit=limit, seed=seed, progress=lambda m: None).placement
         except SolveError:
             pass
     # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
@@ -435,6 +437,8 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     starts = []
     for placement in baseline_placements(problem, seed, starts_deadline):  # what people do today
         starts.append(placement)
+        if time.perf_counter() + slowest > starts_deadline:
+            break  # scoring another would eat into the MILP rounds
         consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
         left = deadline - slowest - time.perf_counter()
