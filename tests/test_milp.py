@@ -44,9 +44,8 @@ def brute_force(problem: PlacementProblem) -> float:
     return best
 
 
-STATIC_CASES = [
-    # three GPU kinds with static tables, one slow cross-host link
-    """
+# a cluster head with two GPU kinds of static tables, shared by cases below
+FAST_AND_SLOW = """
 [cluster]
 model = tiny
 coordinator = a
@@ -56,7 +55,11 @@ throughput = 1000, 480, 300, 200
 [gpu slow]
 max_layers = 2
 throughput = 400, 190
-[gpu mid]
+"""
+
+STATIC_CASES = [
+    # three GPU kinds with static tables, one slow cross-host link
+    FAST_AND_SLOW + """[gpu mid]
 max_layers = 3
 throughput = 600, 290, 180
 [host a]
@@ -133,17 +136,7 @@ def _best_ordered_chain(problem: PlacementProblem) -> float:
                for size in range(1, len(names) + 1) for order in itertools.permutations(names, size))
 
 
-CHAIN_CASE = """
-[cluster]
-model = tiny
-coordinator = a
-[gpu fast]
-max_layers = 4
-throughput = 1000, 480, 300, 200
-[gpu slow]
-max_layers = 2
-throughput = 400, 190
-[host a]
+CHAIN_CASE = FAST_AND_SLOW + """[host a]
 gpus = fast, slow
 [host b]
 gpus = slow, slow
