@@ -19,7 +19,7 @@ import click
 
 from planner.cluster import load_cluster
 from planner.errors import SolveError
-from planner.plan import solve
+from planner.plan import served_at_tpot, solve
 from planner.solvers.registry import METHODS
 from planner.synthetic import write_cluster
 
@@ -45,11 +45,8 @@ def _matched(cluster, plan, limit: float) -> str:
     """What the default method serves held to `plan`'s TPOT: at equal or better per-token latency."""
     if plan.serving.tpot_s is None:
         return ""
-    try:
-        held = solve(cluster, "milp", time_limit=limit, seed=0, max_tpot_s=plan.serving.tpot_s)
-    except SolveError:
-        return "none"
-    return f"{held.serving.throughput:,.0f}"
+    held = served_at_tpot(cluster, plan.serving.tpot_s, time_limit=limit)
+    return "none" if held is None else f"{held:,.0f}"
 
 
 @click.command()

@@ -133,12 +133,12 @@ class GpuCost:
         fits = int(self.kv_tokens(layers, first, last) // self.workload.request_tokens)
         return max(0, min(self.params.max_batch, fits))
 
-    @property
-    def step_batch(self) -> float:
-        """Most sequences one iteration decodes while prefill keeps up: an iteration takes at most
-        prefill_chunk_tokens tokens, decode first, and every decoded token brings prompt / output prompt
-        tokens along. More sequences than this may be in flight (KV), but not in one step."""
-        return max(1.0, self.params.prefill_chunk_tokens * self.workload.output_tokens / self.workload.request_tokens)
+    def step_batch(self, layers: int, first: bool = False, last: bool = False) -> float:
+        """Most sequences one iteration decodes: those in flight (max_batch), but no more than prefill
+        keeps up with: an iteration takes at most prefill_chunk_tokens tokens, decode first, and every
+        decoded token brings prompt / output prompt tokens along."""
+        share = max(1.0, self.params.prefill_chunk_tokens * self.workload.output_tokens / self.workload.request_tokens)
+        return min(self.max_batch(layers, first, last), share)
 
     # ---- time ---------------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class GpuCost:
         if batch == 0:
             return 0.0
         # Batch and per-token work both grow with the batch, so the largest batch a step runs is best:
-        compute_bound = 1.0 / self.seconds_per_output_token(layers, min(batch, self.step_batch))
+        compute_bound = 1.0 / self.seconds_per_output_token(layers, self.step_batch(layers, first, last))
         # each sequence yields one token per round trip, so B sequences give at most B / rtt tokens/s
         trip_bound = batch / rtt_s if rtt_s > 0 else math.inf
         return min(compute_bound, trip_bound)

@@ -10,7 +10,7 @@ from planner.flow import max_flow
 from planner.problem import Placement, PlacementProblem
 from planner.serving import ServingEstimate, estimate, round_trip_max_flow
 from planner.solvers.base import Progress, SolveResult, no_progress
-from planner.solvers.registry import METHODS
+from planner.solvers.registry import DEFAULT_METHOD, METHODS
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | No
     if problem.static and result.bound is not None:  # a method's own proven bound on static max flow
         upper = max(min(upper, result.bound), serving.max_flow)
     return Plan(problem.cluster, problem, result, serving, upper, round_trip_max_flow(problem, result.placement))
+
+
+def served_at_tpot(cluster: Cluster, tpot_s: float, *, time_limit: float = 60.0, seed: int = 0) -> float | None:
+    """What the default method serves when held to `tpot_s` per output token (None: it cannot)."""
+    try:
+        return solve(cluster, DEFAULT_METHOD, time_limit=time_limit, seed=seed, max_tpot_s=tpot_s).serving.throughput
+    except SolveError:
+        return None
 
 
 def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int = 0,

@@ -125,7 +125,7 @@ def versus_text(plan: Plan, baseline: Plan) -> str:
                   f"{extras} and caps the flow at {theirs.node_capacity.get(name, 0):,.0f} tokens/s")
         if not baseline.problem.static:
             in_flight = cost.max_batch(end - start, first, last)
-            step = max(min(in_flight, cost.step_batch), 1)
+            step = max(cost.step_batch(end - start, first, last), 1)
             reason += (f": KV room for {in_flight} sequences, decode step {format_time(cost.decode_s(end - start, step))}"
                        f" at {step:.0f} per step")
         if theirs.load < 1:

@@ -17,6 +17,9 @@ from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
 TOLERANCE = 1e-3
+# Steps a decode token waits per stage: half a step at a busy stage, none at an idle one; the simulator
+# finds stages about half busy (calibration, docs/planner.md#serving-estimator)
+STAGE_WAIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,7 @@ class ServingEstimate:
 def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int], rate: float) -> float:
     """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
     cost, layers = problem.cost(node), span[1] - span[0]
-    ceiling = max(1.0, min(cost.max_batch(layers, first=span[0] == 0, last=span[1] == problem.layers),
-                           cost.step_batch))
+    ceiling = max(1.0, cost.step_batch(layers, first=span[0] == 0, last=span[1] == problem.layers))
     if rate <= 0:
         return 1.0
     low, high = 1e-6, float(ceiling)
@@ -140,16 +142,14 @@ def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow
     ranges = placement.units()
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
-    waits = _link_waits(problem, paths, batch, load)
-    if not waiting:
-        waits = dict.fromkeys(waits, 0.0)
-    stage_factor = 1.25 if waiting else 1.0
+    waits = _link_waits(problem, paths, batch, load) if waiting else {}
+    stage_factor = 1.0 + STAGE_WAIT if waiting else 1.0
     prompt = problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
-        queued = sum(waits[_link_key(problem, a, b)] for a, b in hops)
-        # at each stage a decode token waits on average half the step in progress, then rides the next
+        queued = sum(waits.get(_link_key(problem, a, b), 0.0) for a, b in hops)
+        # at each stage a decode token waits part of the step in progress (STAGE_WAIT), then rides the next
         tpot = sum(stage_factor * step[n] for n in nodes) + queued \
             + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
         ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \

@@ -63,7 +63,7 @@ def test_cost_model_worked_example_is_current(gpu, limits, row, rtt_bound):
     cost = load_cluster(HETERO).cost(gpu)
     assert (cost.max_layers(), cost.max_layers(first=True), cost.max_layers(last=True)) == limits
     batch = cost.max_batch(10)
-    step = min(batch, cost.step_batch)
+    step = cost.step_batch(10)
     shown = (f"{cost.capacity(10):,.0f}", f"{cost.kv_tokens(10):,}", str(batch),
              format_time(cost.decode_s(10, step)), format_time(cost.prefill_s(10, 1024)))
     assert shown == row

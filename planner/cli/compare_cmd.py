@@ -11,7 +11,7 @@ from rich.table import Table
 from planner import sp_pp
 from planner.cluster import Cluster, load_cluster
 from planner.errors import InputError, SolveError
-from planner.plan import Plan, solve as solve_plan
+from planner.plan import Plan, served_at_tpot, solve as solve_plan
 from planner.plot import plot_comparison
 from planner.report import plan_layout
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
@@ -51,14 +51,6 @@ def _sp_pp_row(cluster: Cluster) -> dict:
     return {"method": name, "max_flow_tokens_per_s": None, "throughput_tokens_per_s": result.throughput_tokens_per_s,
             "tpot_s": result.tpot_s, "ttft_s": result.ttft_s, "gpus_used": len(devices), "seconds": 0.0,
             "status": "model", "note": result.reason}
-
-
-def _default_at(cluster: Cluster, tpot_s: float, time_limit: float, seed: int) -> float | None:
-    """What the default method serves when held to `tpot_s` per output token."""
-    try:
-        return solve_plan(cluster, DEFAULT_METHOD, time_limit=time_limit, seed=seed, max_tpot_s=tpot_s).serving.throughput
-    except SolveError:
-        return None
 
 
 @click.command()
@@ -113,7 +105,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
                 continue
             limit = row["tpot_s"] if max_tpot is None else min(row["tpot_s"], max_tpot / 1e3)
             with console.status(f"{DEFAULT_METHOD} at {row['method']}'s TPOT ..."):
-                row["default_at_this_tpot_tokens_per_s"] = _default_at(cluster, limit, time_limit / 2, seed)
+                row["default_at_this_tpot_tokens_per_s"] = served_at_tpot(cluster, limit, time_limit=time_limit / 2, seed=seed)
     if plot:
         plot_comparison(rows, f"{cluster.model.id} on {cluster.name}", plot)
     if as_json:

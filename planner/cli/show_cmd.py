@@ -65,7 +65,7 @@ def show(cluster_file: str) -> None:
             row = [str(k), f"{cap:,.0f}"]
             if cost.has_latency:
                 batch = cost.max_batch(k)
-                step = min(batch, cost.step_batch)
+                step = cost.step_batch(k)
                 row += [f"{cost.kv_tokens(k):,}", str(batch), f"{step:.0f}", format_time(cost.decode_s(k, max(step, 1))),
                         format_time(cost.prefill_s(k, cluster.workload.prompt_tokens))]
             table.add_row(*row)
