@@ -10,14 +10,20 @@ that name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
 
 from planner.problem import Placement, PlacementProblem
 
 SOURCE, SINK = "coordinator:in", "coordinator:out"
 COORDINATOR = "coordinator"
+
+# balanced_flow's queueing cost u / (1 - u) of a link, linear between these utilisations
+UTILISATION_BREAKS = tuple(i / 20 for i in range(20)) + (0.99, 1.0)
 
 
 @dataclass(frozen=True)
@@ -112,24 +118,105 @@ def _path_flows(flow: dict, graph: nx.DiGraph, used: dict[str, tuple[int, int]])
     return edges
 
 
+def _min_cut(graph: nx.DiGraph, flow: dict[str, dict[str, float]]) -> tuple[str, ...]:
+    """What binds a max flow: the capacitated edges of the minimum cut nearest the sink (the same for
+    every max flow): nodes that reach the sink through edges with room left or flow to push back."""
+    residual = nx.DiGraph()
+    residual.add_node(SINK)
+    for u, v, data in graph.edges(data=True):
+        sent = flow[u].get(v, 0.0)
+        if "capacity" not in data or data["capacity"] - sent > 1e-6 * max(data["capacity"], 1.0):
+            residual.add_edge(u, v)
+        if sent > 1e-9:
+            residual.add_edge(v, u)
+    sink_side = nx.ancestors(residual, SINK) | {SINK}
+    binding = []
+    for u, v, data in graph.edges(data=True):
+        if u not in sink_side and v in sink_side and "capacity" in data:
+            if data["kind"] == "node":
+                binding.append(data["node"])
+            else:
+                a, b, boundary = data["link"]
+                binding.append(f"{a}->{b} link at layer {boundary}")
+    return tuple(sorted(binding))
+
+
 def max_flow(problem: PlacementProblem, placement: Placement,
              node_capacity: dict[str, float] | None = None) -> FlowResult:
     """Static max flow of a placement, with node-to-node flows and the binding cut."""
     used = placement.units()
     graph = build_graph(problem, placement, node_capacity)
     # Edmonds-Karp: preflow-push trips over float capacities (networkx index errors)
-    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.edmonds_karp)
+    residual = nx.algorithms.flow.edmonds_karp(graph, SOURCE, SINK)
+    value = residual.graph["flow_value"]
+    flow = {u: {v: max(data["flow"], 0.0) for v, data in residual[u].items() if graph.has_edge(u, v)}
+            for u in graph}
     node_flow = {name: flow[f"{name}:in"].get(f"{name}:out", 0.0) for name in used}
-    cut: tuple[str, ...] = ()
-    if value > 0:
-        _, (reach, _rest) = nx.minimum_cut(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.edmonds_karp)
-        binding = []
-        for u, v, data in graph.edges(data=True):
-            if u in reach and v not in reach and "capacity" in data:
-                if data["kind"] == "node":
-                    binding.append(data["node"])
-                else:
-                    a, b, boundary = data["link"]
-                    binding.append(f"{a}->{b} link at layer {boundary}")
-        cut = tuple(sorted(binding))
+    cut = _min_cut(graph, flow) if value > 0 else ()
     return FlowResult(value=value, node_flow=node_flow, edge_flows=_path_flows(flow, graph, used), cut=cut)
+
+
+def _congestion(u: float) -> float:
+    """Tokens queued or in service at an M/M/1 server at utilisation u, finite (steep) beyond 0.99."""
+    return u / (1 - u) if u <= 0.99 else 99.0 + (u - 0.99) * 1e4
+
+
+def _latency(problem: PlacementProblem, link: tuple[str, str, int]) -> float:
+    """Seconds a link of the flow graph (from, to, boundary; 'coordinator' at the ends) takes to cross."""
+    a, b, _ = link
+    if COORDINATOR in (a, b):
+        return problem.cluster.coordinator_link(b if a == COORDINATOR else a).latency_s
+    return problem.cluster.link(a, b).latency_s
+
+
+def balanced_flow(problem: PlacementProblem, placement: Placement,
+                  node_capacity: dict[str, float] | None = None) -> FlowResult:
+    """A max flow that spreads its traffic over the links: the same value and cut as `max_flow`, but
+    among all flows of that value the one that keeps the fewest tokens on the links, queued (u / (1 - u)
+    at utilisation u, an M/M/1 queue) or in flight (latency x tokens/s).
+
+    Augmenting paths may push everything through one of two parallel links and leave the other idle;
+    requests routed by such a flow queue on the busy link while holding KV cache everywhere. GPUs carry
+    no cost: a GPU's capacity is mostly its KV cache turned over once per round trip, and sending flow
+    around a full one along a longer path holds more KV, not less (docs/planner.md#serving-estimator).
+    Two LPs (HiGHS): the max flow value, then the least cost at that value, u / (1 - u) piecewise linear.
+    Falls back to `max_flow` if either LP fails.
+    """
+    graph = build_graph(problem, placement, node_capacity)
+    edges = list(graph.edges(data=True))
+    columns: list[tuple[int, float | None, float]] = []  # (edge, upper bound, cost per token/s): a GPU or a
+    for i, (_, _, data) in enumerate(edges):            # free edge is one column, a link one per segment
+        capacity = data.get("capacity")
+        if capacity is None or data["kind"] == "node":
+            columns.append((i, capacity, 0.0))
+            continue
+        delay = _latency(problem, data["link"])
+        for low, high in zip(UTILISATION_BREAKS, UTILISATION_BREAKS[1:]):
+            slope = (_congestion(high) - _congestion(low)) / (high - low)
+            columns.append((i, capacity * (high - low), delay + (slope / capacity if capacity > 0 else 0.0)))
+    inner = {node: row for row, node in enumerate(n for n in graph.nodes if n not in (SOURCE, SINK))}
+    entries = []   # (row, column, coefficient): inflow - outflow = 0 at every inner node
+    for column, (i, _, _) in enumerate(columns):
+        u, v, _ = edges[i]
+        entries += [(inner[node], column, sign) for node, sign in ((u, -1.0), (v, 1.0)) if node in inner]
+    rows, cols, signs = zip(*entries) if entries else ((), (), ())
+    conservation = coo_matrix((signs, (rows, cols)), shape=(len(inner), len(columns))).tocsr()
+    bounds = [(0.0, upper) for _, upper, _ in columns]
+    leaving = np.array([1.0 if edges[i][0] == SOURCE else 0.0 for i, _, _ in columns])
+    biggest = linprog(-leaving, A_eq=conservation, b_eq=np.zeros(len(inner)), bounds=bounds, method="highs")
+    if biggest.status != 0:
+        return max_flow(problem, placement, node_capacity)
+    value = float(-biggest.fun)
+    if value <= 1e-9:
+        return FlowResult(0.0, {name: 0.0 for name in placement.units()}, {}, ())
+    balanced = linprog(np.array([c for _, _, c in columns]), A_ub=-leaving[None, :], b_ub=[-value * (1 - 1e-9)],
+                       A_eq=conservation, b_eq=np.zeros(len(inner)), bounds=bounds, method="highs")
+    if balanced.status != 0:
+        return max_flow(problem, placement, node_capacity)
+    flow: dict[str, dict[str, float]] = {node: {} for node in graph.nodes}
+    for column, (i, _, _) in enumerate(columns):
+        u, v, _ = edges[i]
+        flow[u][v] = flow[u].get(v, 0.0) + float(balanced.x[column])
+    used = placement.units()
+    node_flow = {name: flow[f"{name}:in"].get(f"{name}:out", 0.0) for name in used}
+    return FlowResult(value, node_flow, _path_flows(flow, graph, used), _min_cut(graph, flow))

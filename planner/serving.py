@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cluster import Link
-from planner.flow import COORDINATOR, FlowResult, max_flow
+from planner.flow import COORDINATOR, FlowResult, balanced_flow, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
@@ -169,18 +169,26 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
     ranges = placement.units()
     capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
     flow = static
+    weight, trend, steady = 0.5, 0.0, 0
     for _ in range(ITERATIONS):
         paths = decompose_paths(flow)
         estimates, _ = _latencies(problem, placement, paths, flow.node_flow, 1.0, waiting)
         trip = {n: _mean([(p.tpot_s, p.tokens_per_s) for p in estimates if n in p.nodes]) for n in ranges}
         updated = {n: problem.capacity(n, *ranges[n], rtt_s=trip[n]) if trip[n] > 0 else capacity[n]
                    for n in ranges}
-        # damped update: capacities and round trips feed each other
-        changed = max(abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
-        capacity = {n: 0.5 * (capacity[n] + updated[n]) for n in ranges}
-        flow = max_flow(problem, placement, node_capacity=capacity)
-        if changed < TOLERANCE:
+        # damped: capacities and round trips feed each other; the balanced flow can swing between paths
+        # as capacities move, so the step halves whenever the flow's value turns back
+        changed = max(weight * abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
+        capacity = {n: capacity[n] + weight * (updated[n] - capacity[n]) for n in ranges}
+        previous, flow = flow, balanced_flow(problem, placement, node_capacity=capacity)
+        # settled: capacities stopped moving, or the value held still twice running (a GPU that
+        # carries almost nothing can keep nudging its capacity without changing the flow)
+        steady = steady + 1 if abs(flow.value - previous.value) <= TOLERANCE * max(previous.value, 1e-9) else 0
+        if changed < TOLERANCE or steady >= 2:
             break
+        if trend * (flow.value - previous.value) < 0:
+            weight /= 2
+        trend = flow.value - previous.value
     return flow, capacity
 
 
