@@ -143,14 +143,18 @@ def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
     waits = _link_waits(problem, paths, batch, load) if waiting else {}
-    stage_factor = 1.0 + STAGE_WAIT if waiting else 1.0
+    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / problem.capacity(n, *ranges[n], rtt_s=0.0))
+            for n in ranges} if waiting else {}
     prompt = problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
         queued = sum(waits.get(_link_key(problem, a, b), 0.0) for a, b in hops)
-        # at each stage a decode token waits part of the step in progress (STAGE_WAIT), then rides the next
-        tpot = sum(stage_factor * step[n] for n in nodes) + queued \
+        # at each stage a decode token waits part of the step in progress (STAGE_WAIT); and at least,
+        # coming back to a busy stage it left, for the iteration that started while it was away
+        stage_wait = max(STAGE_WAIT * sum(step[n] for n in nodes), max(busy[n] * step[n] for n in nodes)) \
+            if waiting else 0.0
+        tpot = sum(step[n] for n in nodes) + stage_wait + queued \
             + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
         ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \
             + queued + sum(_hop_s(problem, a, b, prompt) for a, b in hops)

@@ -30,7 +30,7 @@ from planner.solvers.chains import chain_candidates
 from planner.solvers.pipeline_dp import disjoint_chains
 
 FIXED_POINT_ROUNDS = 4
-EXPLORE_STRETCH = (1.5, 2.25)  # after the rounds, pipelines quoted at these multiples of the last round trip
+EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
 START_SHARE = 0.4            # share of the time limit for scoring heuristic starting points
 # cheapest first, so that a tight time limit still sees them (swarm scores many stage counts)
 BASELINE_ORDER = ("even", "separate", "replicas", "tp-pp", "greedy", "swarm")
@@ -449,6 +449,10 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         quoted = problem.with_rtt(rtt)
         chains_found = disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
         chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
+        # a round quotes one round trip for every GPU; longer ones favour placements with more KV room
+        # per GPU, which the rounds can converge without seeing: their best pipelines are cheap to find
+        for stretch in EXPLORE_STRETCH if rtt > 0 else ():
+            chains_found += disjoint_chains(problem.with_rtt(rtt * stretch), time.perf_counter() + left * DP_SHARE)
         for placement in chains_found:
             if time.perf_counter() + slowest > deadline - left / 2:
                 break  # keep most of the round for the MILP
@@ -466,14 +470,6 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         if served.tpot_s is None or abs(served.tpot_s - rtt) <= 0.02 * max(rtt, 1e-9):
             break
         rtt = served.tpot_s
-    # The rounds quote one round trip for every GPU; quoting longer ones favours placements with more KV
-    # room per GPU, which the converged rounds can miss. Pipelines for them are cheap to find and score.
-    for stretch in EXPLORE_STRETCH:
-        quoted = problem.with_rtt(max(rtt, 1e-3) * stretch)
-        for placement in disjoint_chains(quoted, min(deadline, time.perf_counter() + time_limit * DP_SHARE)):
-            if time.perf_counter() + slowest > deadline:
-                break
-            consider(placement)
     if best is None:
         raise SolveError("time limit too short to find any placement; raise --time-limit")
     _, placement, served = best
