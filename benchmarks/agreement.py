@@ -107,7 +107,7 @@ def routing(layouts: list[tuple[str, Layout]], plot: str | None) -> None:
             for i, policy in enumerate(names):
                 xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(chosen))]
                 ax.bar(xs, [value(r[policy]) for _, r in chosen], width, label=policy)
-            ax.set_xticks(range(len(chosen)), [name for name, _ in chosen], fontsize=7)
+            ax.set_xticks(range(len(chosen)), [name for name, _ in chosen], fontsize=7, rotation=25, ha="right")
             ax.set_ylabel(label)
             ax.grid(axis="y", alpha=0.3)
         axes[2].set_yscale("log")
