@@ -17,6 +17,7 @@ from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
 TOLERANCE = 1e-3
+SETTLED = 1e-2  # capacities moving less than this may stop once the flow's value holds still
 # Steps a decode token waits per stage: half a step at a busy stage, none at an idle one; the simulator
 # finds stages about half busy (calibration, docs/planner.md#serving-estimator)
 STAGE_WAIT = 0.25
@@ -143,7 +144,7 @@ def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow
     batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
     waits = _link_waits(problem, paths, batch, load) if waiting else {}
-    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / problem.capacity(n, *ranges[n], rtt_s=0.0))
+    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / max(problem.capacity(n, *ranges[n], rtt_s=0.0), 1e-9))
             for n in ranges} if waiting else {}
     prompt = problem.cluster.workload.prompt_tokens
     estimates = []
@@ -185,9 +186,11 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
         changed = max(weight * abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
         capacity = {n: capacity[n] + weight * (updated[n] - capacity[n]) for n in ranges}
         previous, flow = flow, balanced_flow(problem, placement, node_capacity=capacity)
-        # settled: capacities stopped moving, or the value held still twice running (a GPU that
-        # carries almost nothing can keep nudging its capacity without changing the flow)
-        steady = steady + 1 if abs(flow.value - previous.value) <= TOLERANCE * max(previous.value, 1e-9) else 0
+        # settled: capacities stopped moving, or nearly so with the value held still twice running (a
+        # GPU that carries almost nothing can keep nudging its capacity without changing the flow; a
+        # saturated link holds the value still while capacities are still falling)
+        still = abs(flow.value - previous.value) <= TOLERANCE * max(previous.value, 1e-9)
+        steady = steady + 1 if still and changed < SETTLED else 0
         if changed < TOLERANCE or steady >= 2:
             break
         if trend * (flow.value - previous.value) < 0:
