@@ -6,6 +6,9 @@ two hosts at one boundary shares that link's capacity (a hub node per host pair 
 GPU is split into in/out nodes carrying its capacity. A tensor-parallel group (Placement.tp_groups) is
 one graph node named by its members joined with '+' ('head:0+head:1'); node_flow and edge_flows use
 that name.
+
+`max_flow` finds a max flow (solvers score placements by its value); `balanced_flow` finds the one of
+the same value that spreads traffic over the links (the serving estimator and routing use its split).
 """
 
 from __future__ import annotations
