@@ -172,6 +172,66 @@ def _latency(problem: PlacementProblem, link: tuple[str, str, int]) -> float:
     return problem.cluster.link(a, b).latency_s
 
 
+class BalancedFlow:
+    """`balanced_flow` of one placement at changing GPU capacities: the LPs are built once, and only the
+    GPUs' bounds change between calls (the serving estimator's fixed point calls it every step)."""
+
+    def __init__(self, problem: PlacementProblem, placement: Placement) -> None:
+        self.problem, self.placement = problem, placement
+        self.graph = graph = build_graph(problem, placement)
+        self.edges = edges = list(graph.edges(data=True))
+        columns: list[tuple[int, float | None, float]] = []  # (edge, upper bound, cost per token/s): a GPU
+        self.node_column: dict[str, int] = {}              # or free edge is one column, a link one per segment
+        for i, (_, _, data) in enumerate(edges):
+            capacity = data.get("capacity")
+            if capacity is None or data["kind"] == "node":
+                if capacity is not None:
+                    self.node_column[data["node"]] = len(columns)
+                columns.append((i, capacity, 0.0))
+                continue
+            delay = _latency(problem, data["link"])
+            for low, high in zip(UTILISATION_BREAKS, UTILISATION_BREAKS[1:]):
+                slope = (_congestion(high) - _congestion(low)) / (high - low)
+                columns.append((i, capacity * (high - low), delay + (slope / capacity if capacity > 0 else 0.0)))
+        inner = {node: row for row, node in enumerate(n for n in graph.nodes if n not in (SOURCE, SINK))}
+        entries = []   # (row, column, coefficient): inflow - outflow = 0 at every inner node
+        for column, (i, _, _) in enumerate(columns):
+            u, v, _ = edges[i]
+            entries += [(inner[node], column, sign) for node, sign in ((u, -1.0), (v, 1.0)) if node in inner]
+        rows, cols, signs = zip(*entries) if entries else ((), (), ())
+        self.conservation = coo_matrix((signs, (rows, cols)), shape=(len(inner), len(columns))).tocsr()
+        self.balance = np.zeros(len(inner))
+        self.columns = columns
+        self.cost = np.array([c for _, _, c in columns])
+        self.leaving = np.array([1.0 if edges[i][0] == SOURCE else 0.0 for i, _, _ in columns])
+
+    def __call__(self, node_capacity: dict[str, float] | None = None) -> FlowResult:
+        """The balanced max flow with these GPU capacities (by unit name; the problem's when None)."""
+        bounds = [(0.0, upper) for _, upper, _ in self.columns]
+        graph = self.graph
+        for name, column in self.node_column.items():
+            capacity = node_capacity[name] if node_capacity else self.columns[column][1]
+            bounds[column] = (0.0, capacity)
+            graph[f"{name}:in"][f"{name}:out"]["capacity"] = capacity  # what _min_cut reads
+        shared = dict(A_eq=self.conservation, b_eq=self.balance, bounds=bounds, method="highs")
+        biggest = linprog(-self.leaving, **shared)
+        if biggest.status != 0:
+            return max_flow(self.problem, self.placement, node_capacity)
+        value = float(-biggest.fun)
+        if value <= 1e-9:
+            return FlowResult(0.0, {name: 0.0 for name in self.placement.units()}, {}, ())
+        balanced = linprog(self.cost, A_ub=-self.leaving[None, :], b_ub=[-value * (1 - 1e-9)], **shared)
+        if balanced.status != 0:
+            return max_flow(self.problem, self.placement, node_capacity)
+        flow: dict[str, dict[str, float]] = {node: {} for node in graph.nodes}
+        for column, (i, _, _) in enumerate(self.columns):
+            u, v, _ = self.edges[i]
+            flow[u][v] = flow[u].get(v, 0.0) + float(balanced.x[column])
+        used = self.placement.units()
+        node_flow = {name: flow[f"{name}:in"].get(f"{name}:out", 0.0) for name in used}
+        return FlowResult(value, node_flow, _path_flows(flow, graph, used), _min_cut(graph, flow))
+
+
 def balanced_flow(problem: PlacementProblem, placement: Placement,
                   node_capacity: dict[str, float] | None = None) -> FlowResult:
     """A max flow that spreads its traffic over the links: the same value and cut as `max_flow`, but
@@ -185,41 +245,4 @@ def balanced_flow(problem: PlacementProblem, placement: Placement,
     Two LPs (HiGHS): the max flow value, then the least cost at that value, u / (1 - u) piecewise linear.
     Falls back to `max_flow` if either LP fails.
     """
-    graph = build_graph(problem, placement, node_capacity)
-    edges = list(graph.edges(data=True))
-    columns: list[tuple[int, float | None, float]] = []  # (edge, upper bound, cost per token/s): a GPU or a
-    for i, (_, _, data) in enumerate(edges):            # free edge is one column, a link one per segment
-        capacity = data.get("capacity")
-        if capacity is None or data["kind"] == "node":
-            columns.append((i, capacity, 0.0))
-            continue
-        delay = _latency(problem, data["link"])
-        for low, high in zip(UTILISATION_BREAKS, UTILISATION_BREAKS[1:]):
-            slope = (_congestion(high) - _congestion(low)) / (high - low)
-            columns.append((i, capacity * (high - low), delay + (slope / capacity if capacity > 0 else 0.0)))
-    inner = {node: row for row, node in enumerate(n for n in graph.nodes if n not in (SOURCE, SINK))}
-    entries = []   # (row, column, coefficient): inflow - outflow = 0 at every inner node
-    for column, (i, _, _) in enumerate(columns):
-        u, v, _ = edges[i]
-        entries += [(inner[node], column, sign) for node, sign in ((u, -1.0), (v, 1.0)) if node in inner]
-    rows, cols, signs = zip(*entries) if entries else ((), (), ())
-    conservation = coo_matrix((signs, (rows, cols)), shape=(len(inner), len(columns))).tocsr()
-    bounds = [(0.0, upper) for _, upper, _ in columns]
-    leaving = np.array([1.0 if edges[i][0] == SOURCE else 0.0 for i, _, _ in columns])
-    biggest = linprog(-leaving, A_eq=conservation, b_eq=np.zeros(len(inner)), bounds=bounds, method="highs")
-    if biggest.status != 0:
-        return max_flow(problem, placement, node_capacity)
-    value = float(-biggest.fun)
-    if value <= 1e-9:
-        return FlowResult(0.0, {name: 0.0 for name in placement.units()}, {}, ())
-    balanced = linprog(np.array([c for _, _, c in columns]), A_ub=-leaving[None, :], b_ub=[-value * (1 - 1e-9)],
-                       A_eq=conservation, b_eq=np.zeros(len(inner)), bounds=bounds, method="highs")
-    if balanced.status != 0:
-        return max_flow(problem, placement, node_capacity)
-    flow: dict[str, dict[str, float]] = {node: {} for node in graph.nodes}
-    for column, (i, _, _) in enumerate(columns):
-        u, v, _ = edges[i]
-        flow[u][v] = flow[u].get(v, 0.0) + float(balanced.x[column])
-    used = placement.units()
-    node_flow = {name: flow[f"{name}:in"].get(f"{name}:out", 0.0) for name in used}
-    return FlowResult(value, node_flow, _path_flows(flow, graph, used), _min_cut(graph, flow))
+    return BalancedFlow(problem, placement)(node_capacity)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cluster import Link
-from planner.flow import COORDINATOR, FlowResult, balanced_flow, max_flow
+from planner.flow import COORDINATOR, BalancedFlow, FlowResult, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
@@ -174,6 +174,7 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
     ranges = placement.units()
     capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
     flow = static
+    balanced_flow = BalancedFlow(problem, placement)
     weight, trend, steady = 0.5, 0.0, 0
     for _ in range(ITERATIONS):
         paths = decompose_paths(flow)
@@ -185,7 +186,7 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
         # as capacities move, so the step halves whenever the flow's value turns back
         changed = max(weight * abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
         capacity = {n: capacity[n] + weight * (updated[n] - capacity[n]) for n in ranges}
-        previous, flow = flow, balanced_flow(problem, placement, node_capacity=capacity)
+        previous, flow = flow, balanced_flow(capacity)
         # settled: capacities stopped moving, or nearly so with the value held still twice running (a
         # GPU that carries almost nothing can keep nudging its capacity without changing the flow; a
         # saturated link holds the value still while capacities are still falling)

@@ -3,7 +3,7 @@
 import pytest
 
 from planner.cluster import load_cluster
-from planner.flow import COORDINATOR, balanced_flow, max_flow
+from planner.flow import COORDINATOR, BalancedFlow, balanced_flow, max_flow
 from planner.problem import Placement, PlacementProblem
 
 # One GPU holds the first half of Qwen3-14B and may hand off to either of two identical hosts, each
@@ -67,3 +67,15 @@ def test_balanced_flow_of_a_placement_without_flow_is_empty(write_ini):
     stranded = Placement({"left:0": (20, 40), "right:0": (20, 40)})  # nothing holds layer 0
     flow = balanced_flow(problem, stranded)
     assert flow.value == 0.0 and flow.edge_flows == {} and flow.cut == ()
+
+
+def test_one_balanced_flow_solver_at_changing_capacities_matches_fresh_solves(write_ini):
+    problem, placement = fork(write_ini)
+    solver = BalancedFlow(problem, placement)
+    for capacity in ({"front:0": 300.0, "left:0": 500.0, "right:0": 100.0},
+                     {"front:0": 800.0, "left:0": 200.0, "right:0": 200.0}):  # the GPUs bind: a cut of two
+        again, fresh = solver(capacity), balanced_flow(problem, placement, capacity)
+        assert again.value == pytest.approx(fresh.value, rel=1e-9)
+        assert again.edge_flows == pytest.approx(fresh.edge_flows, rel=1e-6)
+        assert again.cut == fresh.cut
+    assert again.value == pytest.approx(400.0, rel=1e-6) and again.cut == ("left:0", "right:0")
