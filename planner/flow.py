@@ -20,6 +20,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
+from planner.cluster import Link
 from planner.problem import Placement, PlacementProblem
 
 SOURCE, SINK = "coordinator:in", "coordinator:out"
@@ -164,12 +165,11 @@ def _congestion(u: float) -> float:
     return u / (1 - u) if u <= 0.99 else 99.0 + (u - 0.99) * 1e4
 
 
-def _latency(problem: PlacementProblem, link: tuple[str, str, int]) -> float:
-    """Seconds a link of the flow graph (from, to, boundary; 'coordinator' at the ends) takes to cross."""
-    a, b, _ = link
+def hop_link(problem: PlacementProblem, a: str, b: str) -> Link | None:
+    """The link between two hosts, or between the coordinator and a host ('coordinator' at either end)."""
     if COORDINATOR in (a, b):
-        return problem.cluster.coordinator_link(b if a == COORDINATOR else a).latency_s
-    return problem.cluster.link(a, b).latency_s
+        return problem.cluster.coordinator_link(b if a == COORDINATOR else a)
+    return problem.link(a, b)
 
 
 class BalancedFlow:
@@ -189,7 +189,7 @@ class BalancedFlow:
                     self.node_column[data["node"]] = len(columns)
                 columns.append((i, capacity, 0.0))
                 continue
-            delay = _latency(problem, data["link"])
+            delay = hop_link(problem, *data["link"][:2]).latency_s
             for low, high in zip(UTILISATION_BREAKS, UTILISATION_BREAKS[1:]):
                 slope = (_congestion(high) - _congestion(low)) / (high - low)
                 columns.append((i, capacity * (high - low), delay + (slope / capacity if capacity > 0 else 0.0)))

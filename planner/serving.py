@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cluster import Link
-from planner.flow import COORDINATOR, BalancedFlow, FlowResult, max_flow
+from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
@@ -96,9 +96,8 @@ def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
 
 def _hop(problem: PlacementProblem, a: str, b: str) -> tuple[Link, float]:
     """The link a hop uses and the bytes one token puts on it (token ids at the coordinator ends)."""
-    if COORDINATOR in (a, b):
-        return problem.cluster.coordinator_link(problem.host_of(b if a == COORDINATOR else a)), TOKEN_ID_BYTES
-    return problem.link(problem.host_of(a), problem.host_of(b)), problem.cluster.activation_bytes_per_token()
+    size = TOKEN_ID_BYTES if COORDINATOR in (a, b) else problem.cluster.activation_bytes_per_token()
+    return hop_link(problem, *_link_key(problem, a, b)), size
 
 
 def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
@@ -174,7 +173,7 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
     ranges = placement.units()
     capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
     flow = static
-    balanced_flow = BalancedFlow(problem, placement)
+    balance = BalancedFlow(problem, placement)
     weight, trend, steady = 0.5, 0.0, 0
     for _ in range(ITERATIONS):
         paths = decompose_paths(flow)
@@ -186,7 +185,7 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
         # as capacities move, so the step halves whenever the flow's value turns back
         changed = max(weight * abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
         capacity = {n: capacity[n] + weight * (updated[n] - capacity[n]) for n in ranges}
-        previous, flow = flow, balanced_flow(capacity)
+        previous, flow = flow, balance(capacity)
         # settled: capacities stopped moving, or nearly so with the value held still twice running (a
         # GPU that carries almost nothing can keep nudging its capacity without changing the flow; a
         # saturated link holds the value still while capacities are still falling)
