@@ -31,7 +31,7 @@ class Recorder:
     def __init__(self, warmup_s: float, end_s: float, bin_s: float) -> None:
         self.low, self.high = warmup_s, end_s
         self.bin_s = bin_s
-        self.bins = [0] * (int(math.ceil(end_s / bin_s)) + 1)   # output tokens per bin, whole run
+        self.bins: list[int] = []   # output tokens per bin, whole run (grows: the end may be decided late)
         self.output_tokens = 0
         self.prompt_tokens = 0
         self.completed = 0
@@ -42,7 +42,10 @@ class Recorder:
         self.queue_wait: list[float] = []
 
     def tokens(self, now: float, count: int) -> None:
-        self.bins[int(now / self.bin_s)] += count
+        index = int(now / self.bin_s)
+        if index >= len(self.bins):
+            self.bins += [0] * (index + 1 - len(self.bins))
+        self.bins[index] += count
         if self.low <= now <= self.high:
             self.output_tokens += count
 

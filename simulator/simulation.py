@@ -36,6 +36,11 @@ TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
 PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
 MIN_TOKEN_BUDGET = 32     # a decode batch larger than the budget defers prompt chunks, never decodes
 LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
+# Automatic warm-up: until the requests admitted at the start have been replaced once (as many have
+# completed), so the start-up wave of prefills is over; at least this long, and at most (a cluster
+# whose requests never finish still reports)
+AUTO_WARMUP_MIN_S = 60.0
+AUTO_WARMUP_MAX_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class SimConfig:
     lengths: str = "fixed"          # fixed | uniform | lognormal (means: the cluster's [workload])
     scheduler: str = DEFAULT_ROUTER # a name in planner.routing.ROUTERS
     duration_s: float = 600.0       # measured
-    warmup_s: float = 60.0          # simulated first, excluded from the metrics
+    warmup_s: float | None = None   # simulated first, excluded from the metrics; None: automatic
     seed: int = 0
     token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
     microbatches: int = 1           # decode micro-batches per path (lanes), filled evenly
@@ -88,9 +93,16 @@ class Simulation:
         problem = PlacementProblem(cluster)
         units = layout.placement.units()
         _check(layout, config)
-        self.warmup_s, self.end_s = config.warmup_s, config.warmup_s + config.duration_s
+        # the metrics window [warmup_s, end_s]; with an automatic warm-up it opens once the run says when
+        self.auto_warmup = config.warmup_s is None
+        self.warmup_s = math.inf if self.auto_warmup else config.warmup_s
+        self.end_s = self.warmup_s + config.duration_s
+        self.window_open = False
+        self.first_wave = 1            # requests to complete before an automatic warm-up may end
+        self.completed_total = 0
         self.loop = EventLoop()
-        self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, self.end_s / 1000))
+        span = (AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s) + config.duration_s
+        self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, span / 1000))
         seeds = np.random.SeedSequence(config.seed).spawn(3)
         self.length_rng, self.arrival_rng = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
 
@@ -243,6 +255,9 @@ class Simulation:
         for stage in request.path:
             stage.release(request.kv_tokens)
         self.recorder.done(request, now)
+        self.completed_total += 1
+        if self.warmup_s == math.inf and self.completed_total >= self.first_wave:
+            self._set_window(max(AUTO_WARMUP_MIN_S, float(math.ceil(now))))
         if self.closed:
             self.queue.append(self._new_request(now))
 
@@ -296,6 +311,22 @@ class Simulation:
 
     # ---- running ----------------------------------------------------------------------------------
 
+    def _set_window(self, warmup_s: float) -> None:
+        """Fix the metrics window once an automatic warm-up has run its course."""
+        self.warmup_s, self.end_s = warmup_s, warmup_s + self.config.duration_s
+        window = (self.warmup_s, self.end_s)
+        self.recorder.low, self.recorder.high = window
+        for stage in self.stages.values():
+            stage.window = window
+        for link in self.links.values():
+            link.window = window
+
+    def _open_window(self) -> None:
+        """The window opens: KV already reserved then counts toward each stage's peak."""
+        self.window_open = True
+        for stage in self.stages.values():
+            stage.kv_peak = max(stage.kv_peak, stage.kv_used)
+
     def run(self, progress: Progress | None = None) -> SimResult:
         began = perf_counter()
         loop = self.loop
@@ -304,16 +335,24 @@ class Simulation:
                 self.queue.append(self._new_request(0.0))
             events: list = []
             self.admit(0.0, events)
+            self.first_wave = max(1, self.in_flight - len(self.queue))   # admitted at the start
             loop.schedule_all(events)
         else:
             self._arrivals = self.config.workload.arrivals(self.arrival_rng, self.lengths)
             first = next(self._arrivals, None)
-            if first is not None and first[0] <= self.end_s:
+            if first is not None:
                 loop.schedule(first[0], self.arrive, first)
-        for step in range(1, PROGRESS_STEPS + 1):
-            loop.run(self.end_s * step / PROGRESS_STEPS)
+        step = ((AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s) + self.config.duration_s) / PROGRESS_STEPS
+        while loop.now < self.end_s:
+            if self.warmup_s == math.inf and loop.now >= AUTO_WARMUP_MAX_S:
+                self._set_window(loop.now)
+            until = min(loop.now + step, self.end_s if self.window_open else self.warmup_s)
+            loop.run(until)
+            if not self.window_open and loop.now >= self.warmup_s:
+                self._open_window()
             if progress is not None:
-                progress(loop.now, self.end_s)
+                progress(loop.now, max(self.end_s, loop.now) if self.end_s < math.inf
+                         else max(loop.now, AUTO_WARMUP_MIN_S) + self.config.duration_s)
         return self._result(perf_counter() - began)
 
     def _result(self, wall_s: float) -> SimResult:
@@ -347,8 +386,10 @@ class Simulation:
                     "lengths": config.lengths, "prompt_tokens_mean": self.lengths.prompt_mean,
                     "output_tokens_mean": self.lengths.output_mean, "scheduler": config.scheduler,
                     "seed": config.seed, "token_budget": config.token_budget,
-                    "warmup_s": config.warmup_s, "duration_s": config.duration_s}
-        series = tuple(count / rec.bin_s for count in rec.bins[: int(math.ceil(self.end_s / rec.bin_s))])
+                    "warmup_s": self.warmup_s, "warmup_auto": self.auto_warmup,
+                    "duration_s": config.duration_s}
+        bins = int(math.ceil(self.end_s / rec.bin_s))
+        series = tuple(count / rec.bin_s for count in (rec.bins + [0] * bins)[:bins])
         return SimResult(
             decode_throughput=rec.output_tokens / measured,
             total_throughput=(rec.output_tokens + rec.prompt_tokens) / measured,

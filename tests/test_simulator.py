@@ -3,6 +3,7 @@ latency at low load, determinism, workloads, refusals and the CLI contract. Spee
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from simulator.workload import Lengths, Offline, Poisson, Trace
 
 from conftest import BASE_CLUSTER, HETERO
 
+BUNDLED = Path(__file__).resolve().parent.parent / "layouts"
 CHAIN = {"host1:0": (0, 10), "host1:1": (10, 20), "host2:0": (20, 30), "host2:1": (30, 40)}
 
 # 8 GPUs in two regions (a lab with RTX 4090s, a cloud region with A10s), Qwen3-14B.
@@ -253,6 +255,35 @@ def test_offline_in_flight_is_honoured(hetero_layout):
     assert result.settings["in_flight"] == 4
     assert result.requests_waiting == 0
     assert max(s.peak_kv * s.kv_tokens for s in result.stages) <= 4 * 1280
+
+
+def test_kv_reserved_before_the_window_counts_toward_the_peak(hetero_layout):
+    """Four requests admitted at t = 0 are still decoding throughout a short window: the KV they hold
+    is the peak, although no reservation happens inside the window."""
+    result = simulate(hetero_layout, SimConfig(workload=Offline(4), duration_s=5, warmup_s=10))
+    assert result.requests_completed == 0
+    assert max(s.peak_kv * s.kv_tokens for s in result.stages) == pytest.approx(4 * 1280, abs=1)
+
+
+def test_explicit_warmup_is_kept(hetero_layout):
+    result = simulate(hetero_layout, SimConfig(workload=Offline(4), duration_s=20, warmup_s=10))
+    assert (result.settings["warmup_s"], result.settings["warmup_auto"]) == (10, False)
+    assert result.simulated_seconds == 30
+
+
+def test_automatic_warmup_waits_out_the_start_up_wave():
+    """l20x4 (100 Mbit/s between hosts): the requests admitted at t = 0 take ~140 s to finish, so the
+    automatic warm-up runs past its 60 s minimum and past that first completion, and measures what a
+    40-minute run after a 20-minute warm-up measures (identical requests run like clockwork, so a
+    10-minute window lands within a few percent of the long-run mean, depending on its phase)."""
+    layout = read_layout(BUNDLED / "l20x4.ini")
+    auto = simulate(layout, SimConfig(duration_s=600))
+    first_done = min(simulate(layout, SimConfig(duration_s=600, warmup_s=0)).samples["e2e_s"])
+    assert auto.settings["warmup_auto"] and auto.settings["warmup_s"] >= max(60.0, first_done) > 100
+    assert auto.simulated_seconds == auto.settings["warmup_s"] + 600
+    long_run = simulate(layout, SimConfig(duration_s=2400, warmup_s=1200))
+    assert auto.decode_throughput == pytest.approx(long_run.decode_throughput, rel=0.08)
+    assert len(auto.throughput_series) * auto.bin_seconds >= auto.simulated_seconds - auto.bin_seconds
 
 
 @pytest.mark.parametrize("kind", ["fixed", "uniform", "lognormal"])

@@ -13,6 +13,7 @@ from planner.layout import read_layout
 from planner.routing import ROUTERS
 from planner.units import format_time
 from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
+from simulator.simulation import AUTO_WARMUP_MIN_S
 from simulator.workload import WORKLOAD_HELP
 
 PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar is worth drawing
@@ -22,8 +23,9 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 @click.argument("layout_file", type=click.Path())
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=SimConfig.duration_s, show_default=True,
               help="Simulated seconds measured, after the warm-up.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=SimConfig.warmup_s, show_default=True,
-              help="Simulated seconds run first and left out of the metrics.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=None, show_default="auto",
+              help="Simulated seconds run first and left out of the metrics; auto: until as many requests "
+                   f"have finished as were admitted at the start, at least {AUTO_WARMUP_MIN_S:g} s.")
 @click.option("--workload", default="offline", show_default=True, help=WORKLOAD_HELP + " (docs/simulator.md).")
 @click.option("--lengths", type=click.Choice(LENGTH_KINDS), default=SimConfig.lengths, show_default=True,
               help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
@@ -38,7 +40,7 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
-def simulate_cmd(layout_file: str, duration: float, warmup: float, workload: str, lengths: str, scheduler: str,
+def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
                  microbatches: int, token_budget: int, seed: int, plot: str | None, as_json: bool) -> None:
     """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node
     utilisation and KV use, the busiest link. Deterministic for a seed."""
@@ -48,11 +50,12 @@ def simulate_cmd(layout_file: str, duration: float, warmup: float, workload: str
                        microbatches=microbatches)
     console = make_console(stderr=as_json)
     err = make_console(stderr=True)
-    if not as_json and err.is_terminal and duration + warmup >= PROGRESS_AFTER_S:
+    if not as_json and err.is_terminal and duration + (warmup or AUTO_WARMUP_MIN_S) >= PROGRESS_AFTER_S:
         with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                       TimeElapsedColumn(), console=err, transient=True) as bar:
-            task = bar.add_task("run", total=duration + warmup)
-            result = simulate(layout, config, progress=lambda done, total: bar.update(task, completed=done))
+            task = bar.add_task("run", total=duration + (warmup or AUTO_WARMUP_MIN_S))
+            result = simulate(layout, config,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         result = simulate(layout, config)
     if plot:
@@ -78,7 +81,8 @@ def print_result(console, result, layout_file: str) -> None:
                   + (f" ({s['in_flight']} in flight)" if s["in_flight"] else "")
                   + f", {s['lengths']} lengths (means {s['prompt_tokens_mean']} + {s['output_tokens_mean']} tokens), "
                   f"{s['scheduler']} routing, seed {s['seed']}")
-    console.print(f"simulated {s['warmup_s']:g} s warm-up + {s['duration_s']:g} s measured in "
+    warmup = f"{s['warmup_s']:g} s warm-up" + (" (auto)" if s["warmup_auto"] else "")
+    console.print(f"simulated {warmup} + {s['duration_s']:g} s measured in "
                   f"{result.wall_seconds:.2f} s ({result.simulated_seconds / max(result.wall_seconds, 1e-9):,.0f}x "
                   f"real time, {result.events:,} events)")
     line = (f"throughput [bold]{result.decode_throughput:,.1f}[/] output tokens/s "
