@@ -4,9 +4,12 @@
     python benchmarks/agreement.py --only agreement     # planner vs simulator, bundled + generated layouts
     python benchmarks/agreement.py --only routing --plot docs/simulator-routing.png
     python benchmarks/agreement.py --only methods
+    python benchmarks/agreement.py --only default       # the default method on varied generated clusters
 
 Bundled layouts are layouts/*.ini (as `planner solve` wrote them); generated 24-GPU clusters come from
-benchmarks/simulate.py and are placed with `chains`. Every run: offline load, 60 s warm-up + 600 s.
+benchmarks/simulate.py and are placed with `chains`, or (`default`) from planner.synthetic, mixes of
+three or four GPU types in three regions, placed by the default method with a 20 s limit. Every run:
+offline load, the automatic warm-up, 600 s measured.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from planner.layout import Layout, read_layout
 from planner.plan import solve
 from planner.report import plan_layout
 from planner.routing import ROUTERS
-from planner.solvers.registry import METHODS
+from planner.solvers.registry import DEFAULT_METHOD, METHODS
+from planner.synthetic import cluster_text
 from simulator import SimConfig, simulate
 from simulator.workload import Offline, Poisson
 
@@ -32,8 +36,17 @@ _spec = importlib.util.spec_from_file_location("bench_simulate", ROOT / "benchma
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-DURATION, WARMUP = 600.0, 60.0
+DURATION, WARMUP = 600.0, None   # None: the simulator's automatic warm-up
 GENERATED = (("llama-2-70b", 24, 3), ("qwen2.5-72b", 24, 3), ("qwen3-32b", 24, 3))
+# (GPU mix, model, seed) of the `default` table: 24 GPUs each, three regions
+VARIED = (({"a100-40gb": 4, "l4": 8, "t4": 12}, "llama-2-70b", 24),
+          ({"a100-40gb": 4, "l4": 8, "t4": 12}, "qwen3-32b", 1),
+          ({"rtx4090": 8, "rtx2080ti": 8, "a10": 8}, "qwen3-14b", 2),
+          ({"l20": 8, "a10": 8, "t4": 8}, "qwen2.5-72b", 3),
+          ({"rtx4090": 12, "l4": 12}, "qwen3-8b", 4),
+          ({"a100-80gb": 4, "l20": 8, "rtx2080ti": 12}, "qwen3-32b", 5),
+          ({"h100": 2, "a10": 10, "t4": 12}, "qwen2.5-72b", 6),
+          ({"rtx4090": 6, "rtx2080ti": 6, "l4": 6, "a10": 6}, "qwen3-4b", 7))
 
 
 def run(layout: Layout, lengths: str = "lognormal", scheduler: str = "maxflow"):
@@ -51,6 +64,17 @@ def generated(folder: Path) -> list[tuple[str, Layout]]:
         path = folder / f"gen-{model}-{gpus}.ini"
         path.write_text(bench.cluster_text(gpus, regions, model))
         layouts.append((f"{gpus} GPUs, 3 regions, {model}", plan_layout(solve(load_cluster(path), "chains"))))
+    return layouts
+
+
+def varied(folder: Path) -> list[tuple[str, Layout]]:
+    layouts = []
+    for gpus, model, seed in VARIED:
+        path = folder / f"varied-{model}-{seed}.ini"
+        path.write_text(cluster_text(gpus, model=model, regions=3, seed=seed))
+        mix = " + ".join(f"{n} {gpu}" for gpu, n in gpus.items())
+        layouts.append((f"{mix}, {model} (seed {seed})",
+                        plan_layout(solve(load_cluster(path), DEFAULT_METHOD, time_limit=20.0))))
     return layouts
 
 
@@ -112,7 +136,7 @@ def routing(layouts: list[tuple[str, Layout]], plot: str | None) -> None:
             ax.grid(axis="y", alpha=0.3)
         axes[2].set_yscale("log")
         axes[0].legend(fontsize=8)
-        fig.suptitle("Routing policies (lognormal lengths, 60 s warm-up + 600 s; Poisson at half the offline rate)")
+        fig.suptitle("Routing policies (lognormal lengths, automatic warm-up + 600 s; Poisson at half the offline rate)")
         fig.tight_layout()
         fig.savefig(plot, dpi=110)
         print(f"\nplot written to {plot}")
@@ -168,7 +192,7 @@ def methods(clusters: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("agreement", "routing", "methods"))
+    parser.add_argument("--only", choices=("agreement", "routing", "methods", "default"))
     parser.add_argument("--plot", default=None, help="PNG for the routing comparison")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             gen = Path(tmp) / "gen-24.ini"
             gen.write_text(bench.cluster_text(24, 3, "qwen3-32b"))
             methods([ROOT / "profiles" / "hetero.ini", ROOT / "profiles" / "mixed-campus.ini", gen])
+        if args.only in (None, "default"):
+            agreement(varied(Path(tmp)))
 
 
 if __name__ == "__main__":

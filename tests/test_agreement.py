@@ -17,7 +17,7 @@ from simulator import SimConfig, simulate
 from simulator.workload import Offline
 
 LAYOUTS = Path(__file__).resolve().parent.parent / "layouts"
-OFFLINE = SimConfig(workload=Offline(), lengths="fixed", duration_s=300, warmup_s=60)
+OFFLINE = SimConfig(workload=Offline(), lengths="fixed", duration_s=300)   # automatic warm-up
 TOLERANCE = 0.15
 
 
