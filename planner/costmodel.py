@@ -185,11 +185,15 @@ class GpuCost:
             + self.params.layer_overhead_s
 
     def seconds_per_output_token(self, layers: int, batch: float) -> float:
-        """Node time one output token costs: its share of a decode step plus its request's prefill,
-        amortised over the request's output tokens."""
-        decode = self.decode_s(layers, batch) / batch
-        prefill = self.prefill_s(layers, self.workload.prompt_tokens) / self.workload.output_tokens
-        return decode + prefill
+        """Node time one output token costs: its share of a decode step of `batch` sequences plus its
+        request's prefill, amortised over the request's output tokens. The prompt goes through in chunks
+        of what an iteration's token budget leaves after the decode batch (chunked prefill, decode first,
+        as vLLM and the simulator schedule it), each chunk a pass of its own that reads the weights."""
+        prompt = self.workload.prompt_tokens
+        chunk = min(prompt, max(1.0, self.params.prefill_chunk_tokens - batch))
+        # chunk j attends over the j chunks before it: the passes' causal attention sums to prompt^2 / 2
+        prefill = prompt / chunk * self.prefill_s(layers, chunk, (prompt - chunk) / 2)
+        return self.decode_s(layers, batch) / batch + prefill / self.workload.output_tokens
 
     # ---- capacity -----------------------------------------------------------------------------
 

@@ -131,6 +131,24 @@ def test_prefill_2048_is_compute_bound(ti, gpus):
     assert ti.prefill_s(1, 2048) == pytest.approx(compute + p.layer_overhead_s)
 
 
+def test_prefill_in_chunks_costs_a_weight_read_per_chunk(ti, gpus):
+    """Per output token, a prompt costs its chunks' passes: the same attention FLOPs as one pass over the
+    whole prompt, plus one weight read per chunk where a chunk is too small to be compute-bound."""
+    k, prompt = 10, 1024
+    whole = ti.prefill_s(k, prompt)
+    for batch in (1, 20, 51.2):
+        chunk = 256 - batch
+        chunked = prompt / chunk * ti.prefill_s(k, chunk, (prompt - chunk) / 2)
+        assert chunked >= whole * (1 - 1e-9)
+        assert ti.seconds_per_output_token(k, batch) == pytest.approx(ti.decode_s(k, batch) / batch + chunked / 256)
+    # attention adds up: the chunks' causal attention over the prompt is the whole pass's
+    free = CostParams(layer_overhead_s=0.0)
+    flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", params=free)
+    chunk = 128
+    assert prompt / chunk * flops_bound.prefill_s(1, chunk, (prompt - chunk) / 2) == pytest.approx(
+        flops_bound.prefill_s(1, prompt), rel=1e-3)
+
+
 def test_rtx4090_beats_rtx2080ti(ti, ada):
     for batch in (1, 16, 256):
         assert ada.decode_s(1, batch) < ti.decode_s(1, batch)
@@ -165,7 +183,8 @@ def test_capacity_formula(ti):
     k = 10
     batch = ti.max_batch(k)
     step = min(batch, 256 * 256 / 1280)  # an iteration's token budget, shared with prefill
-    per_token = ti.decode_s(k, step) / step + ti.prefill_s(k, 1024) / 256
+    chunk = 256 - step                      # what the budget leaves after the decode batch: 204.8 tokens
+    per_token = ti.decode_s(k, step) / step + 1024 / chunk * ti.prefill_s(k, chunk, (1024 - chunk) / 2) / 256
     assert ti.capacity(k) == pytest.approx(1 / per_token)
     assert ti.capacity(k, 0.5) == pytest.approx(min(1 / per_token, batch / 0.5))
 
