@@ -2,7 +2,7 @@
 
     python benchmarks/agreement.py                      # all tables (a few minutes)
     python benchmarks/agreement.py --only agreement     # planner vs simulator, bundled + generated layouts
-    python benchmarks/agreement.py --only routing --plot docs/simulator-routing.png
+    python benchmarks/agreement.py --only routing --plot docs/img/simulator-routing.png
     python benchmarks/agreement.py --only methods
     python benchmarks/agreement.py --only default       # the default method on varied generated clusters
 
