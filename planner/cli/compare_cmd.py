@@ -19,7 +19,7 @@ from simulator import SimConfig, simulate
 from simulator.workload import Poisson
 
 SP_PP = "sp-pp"  # seed 002's strategy: a closed-form model (planner.sp_pp), not a placement method
-SIM_WARMUP_S, SIM_DURATION_S = 30.0, 120.0  # long enough for steady state, short to run
+SIM_DURATION_S = 120.0  # measured after the simulator's automatic warm-up: steady state, short to run
 LATENCY_LOAD = 0.8  # latencies are simulated at this share of the planner's predicted throughput
 
 
@@ -27,10 +27,10 @@ def _simulated(plan: Plan, seed: int) -> dict:
     """The plan in the simulator: throughput under offline load (saturated), TTFT and TPOT under Poisson
     arrivals at 80% of the predicted throughput (under saturation TTFT is mostly admission queueing)."""
     layout = plan_layout(plan)
-    offline = simulate(layout, SimConfig(warmup_s=SIM_WARMUP_S, duration_s=SIM_DURATION_S, seed=seed))
+    offline = simulate(layout, SimConfig(duration_s=SIM_DURATION_S, seed=seed))
     rate = LATENCY_LOAD * plan.serving.throughput / plan.cluster.workload.output_tokens
-    loaded = simulate(layout, SimConfig(workload=Poisson(rate), warmup_s=SIM_WARMUP_S, duration_s=SIM_DURATION_S,
-                                        seed=seed)) if rate > 0 else None
+    loaded = simulate(layout, SimConfig(workload=Poisson(rate), duration_s=SIM_DURATION_S, seed=seed)) \
+        if rate > 0 else None
     return {"sim_throughput_tokens_per_s": offline.decode_throughput,
             "sim_tpot_s": loaded.tpot.get("mean") if loaded else None,
             "sim_ttft_s": loaded.ttft.get("mean") if loaded else None}
