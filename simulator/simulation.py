@@ -36,11 +36,10 @@ TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
 PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
 MIN_TOKEN_BUDGET = 32     # a decode batch larger than the budget defers prompt chunks, never decodes
 LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
-# Automatic warm-up: until the requests admitted at the start have been replaced once (as many have
-# completed), so the start-up wave of prefills is over; at least this long, and at most (a cluster
-# whose requests never finish still reports)
-AUTO_WARMUP_MIN_S = 60.0
-AUTO_WARMUP_MAX_S = 3600.0
+# Automatic warm-up: it lasts until as many requests have finished as were admitted at the start, so
+# the start-up wave of prefills is over (docs/simulator.md#warm-up), and
+AUTO_WARMUP_MIN_S = 60.0    # at least this long
+AUTO_WARMUP_MAX_S = 3600.0  # at most this long: a cluster whose requests never finish still reports
 
 
 @dataclass(frozen=True)
@@ -351,7 +350,7 @@ class Simulation:
             if not self.window_open and loop.now >= self.warmup_s:
                 self._open_window()
             if progress is not None:
-                progress(loop.now, max(self.end_s, loop.now) if self.end_s < math.inf
+                progress(loop.now, self.end_s if self.end_s < math.inf
                          else max(loop.now, AUTO_WARMUP_MIN_S) + self.config.duration_s)
         return self._result(perf_counter() - began)
 
