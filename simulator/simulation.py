@@ -100,8 +100,7 @@ class Simulation:
         self.first_wave = 1            # requests to complete before an automatic warm-up may end
         self.completed_total = 0
         self.loop = EventLoop()
-        span = (AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s) + config.duration_s
-        self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, span / 1000))
+        self.recorder = Recorder(self.warmup_s, self.end_s, bin_s=max(1.0, self.expected_end(0.0) / 1000))
         seeds = np.random.SeedSequence(config.seed).spawn(3)
         self.length_rng, self.arrival_rng = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
 
@@ -310,6 +309,12 @@ class Simulation:
 
     # ---- running ----------------------------------------------------------------------------------
 
+    def expected_end(self, now: float) -> float:
+        """When the run will end: known once the warm-up is; until then, as if it ended at its minimum."""
+        if self.end_s < math.inf:
+            return self.end_s
+        return max(now, AUTO_WARMUP_MIN_S) + self.config.duration_s
+
     def _set_window(self, warmup_s: float) -> None:
         """Fix the metrics window once an automatic warm-up has run its course."""
         self.warmup_s, self.end_s = warmup_s, warmup_s + self.config.duration_s
@@ -341,7 +346,7 @@ class Simulation:
             first = next(self._arrivals, None)
             if first is not None:
                 loop.schedule(first[0], self.arrive, first)
-        step = ((AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s) + self.config.duration_s) / PROGRESS_STEPS
+        step = self.expected_end(0.0) / PROGRESS_STEPS
         while loop.now < self.end_s:
             if self.warmup_s == math.inf and loop.now >= AUTO_WARMUP_MAX_S:
                 self._set_window(loop.now)
@@ -350,8 +355,7 @@ class Simulation:
             if not self.window_open and loop.now >= self.warmup_s:
                 self._open_window()
             if progress is not None:
-                progress(loop.now, self.end_s if self.end_s < math.inf
-                         else max(loop.now, AUTO_WARMUP_MIN_S) + self.config.duration_s)
+                progress(loop.now, self.expected_end(loop.now))
         return self._result(perf_counter() - began)
 
     def _result(self, wall_s: float) -> SimResult:

@@ -50,10 +50,11 @@ def simulate_cmd(layout_file: str, duration: float, warmup: float | None, worklo
                        microbatches=microbatches)
     console = make_console(stderr=as_json)
     err = make_console(stderr=True)
-    if not as_json and err.is_terminal and duration + (warmup or AUTO_WARMUP_MIN_S) >= PROGRESS_AFTER_S:
+    expected_s = duration + (AUTO_WARMUP_MIN_S if warmup is None else warmup)  # at least, when automatic
+    if not as_json and err.is_terminal and expected_s >= PROGRESS_AFTER_S:
         with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                       TimeElapsedColumn(), console=err, transient=True) as bar:
-            task = bar.add_task("run", total=duration + (warmup or AUTO_WARMUP_MIN_S))
+            task = bar.add_task("run", total=expected_s)
             result = simulate(layout, config,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
