@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 
 from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, SectionReader, load_gpu_catalog,
                              load_model_catalog, parse_gpu, parse_model)
@@ -236,16 +235,23 @@ def _parse_workload(path: Path, ini) -> Workload:
 
 
 def _check_reachable(cluster: Cluster) -> None:
-    graph = nx.Graph()
-    graph.add_nodes_from(h.name for h in cluster.hosts)
+    # A walk over a handful of hosts; networkx would cost 0.3 s of import on every command that loads a
+    # cluster (`planner show` must start in well under a second).
     names = [h.name for h in cluster.hosts]
+    neighbours: dict[str, set[str]] = {name: set() for name in names}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if cluster.link(a, b) is not None:
-                graph.add_edge(a, b)
+                neighbours[a].add(b)
+                neighbours[b].add(a)
     for host in cluster.coordinator_links:  # 'coordinator -- HOST' reaches HOST directly
-        graph.add_edge(cluster.coordinator_host, host)
-    reachable = nx.node_connected_component(graph, cluster.coordinator_host)
+        neighbours[cluster.coordinator_host].add(host)
+        neighbours[host].add(cluster.coordinator_host)
+    reachable, frontier = {cluster.coordinator_host}, [cluster.coordinator_host]
+    while frontier:
+        for other in neighbours[frontier.pop()] - reachable:
+            reachable.add(other)
+            frontier.append(other)
     for host in cluster.hosts:
         if host.gpus and host.name not in reachable:
             raise InputError(f"host '{host.name}' cannot be reached from the coordinator ({cluster.coordinator_host})",

@@ -1,6 +1,9 @@
-"""The CLI contract of DESIGN.md: --version, --help, show, solve --json (shape only, not numbers)."""
+"""The CLI contract (docs/formats.md): --version, --help, show, solve --json (shape only, not numbers)."""
 
+import importlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +28,29 @@ def test_help(run_cli, args):
 def test_help_lists_commands(run_cli):
     _, out, _ = run_cli("--help")
     assert "show" in out and "solve" in out
+
+
+def test_help_summaries_are_the_commands_own():
+    """`planner --help` lists commands without importing them; each summary must open its command's help."""
+    from planner.cli import COMMANDS, cli
+
+    assert set(COMMANDS) == set(cli.list_commands(None))
+    for name, (module, attribute, summary) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.name == name
+        assert " ".join(command.help.split()).startswith(summary), (name, summary)
+
+
+HEAVY = ("pulp", "highspy", "matplotlib", "scipy", "networkx", "torch")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["show", str(HETERO)]])
+def test_quick_commands_load_no_solver_or_plotting_library(args):
+    """What makes `planner --help` and `planner show` start fast (timed in benchmarks/startup.py)."""
+    program = (f"import sys\nfrom planner.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+               f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
 
 
 def test_unknown_command_is_a_usage_error(run_cli):

@@ -1,38 +1,63 @@
-"""`planner` command line: one module per command; errors become one line and an exit status."""
+"""`planner` command line: one module per command; errors become one line and an exit status.
+
+Each command's module is imported only when that command runs: the solver, simulator, plotting and
+torch stacks take seconds to import, and `planner --help` or `planner show` need none of them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from planner import __version__
-from planner.cli import compare_cmd, show_cmd, simulate_cmd, solve_cmd
-from planner.cli import export_cmd, host_cmd, mesh_cmd, make_checkpoint_cmd, profile_cmd, run_cmd, sp_pp_cmd, worker_cmd
 from planner.errors import InputError, SolveError
 
+# name -> (module, attribute, summary for `planner --help`: a test holds each to its command's docstring)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "show": ("planner.cli.show_cmd", "show", "Print a cluster: hosts, GPUs, links"),
+    "solve": ("planner.cli.solve_cmd", "solve", "Decide which layers each GPU holds and how requests flow"),
+    "compare": ("planner.cli.compare_cmd", "compare", "Solve with every method and print one table"),
+    "simulate": ("planner.cli.simulate_cmd", "simulate_cmd", "Simulate serving a layout, event by event"),
+    "export": ("planner.cli.export_cmd", "export_cmd", "Write the files that run a layout"),
+    "run": ("planner.cli.run_cmd", "run_cmd", "Serve a layout on this machine and generate"),
+    "host": ("planner.cli.host_cmd", "host_cmd", "Coordinate the workers and serve POST /v1/completions"),
+    "worker": ("planner.cli.worker_cmd", "worker_cmd", "Serve one pipeline stage"),
+    "make-checkpoint": ("planner.cli.make_checkpoint_cmd", "make_checkpoint_cmd",
+                        "Write a random-weight Hugging Face-style checkpoint"),
+    "profile": ("planner.cli.profile_cmd", "profile_cmd", "Time the runtime's layers"),
+    "mesh": ("planner.cli.mesh_cmd", "mesh_cmd", "Group every GPU into TP groups on each host's fastest links"),
+    "sp-pp": ("planner.cli.sp_pp_cmd", "sp_pp_cmd", "Model seed 002's SP+PP"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS, without importing every command's module."""
+        rows = [(name, short_help) for name, (_, _, short_help) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="planner")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Plan where each layer of an LLM lives on a heterogeneous GPU cluster, and what it will serve."""
     ctx.obj = {"debug": debug}
-
-
-cli.add_command(show_cmd.show)
-cli.add_command(solve_cmd.solve)
-cli.add_command(compare_cmd.compare)
-cli.add_command(simulate_cmd.simulate_cmd)
-cli.add_command(export_cmd.export_cmd)
-cli.add_command(worker_cmd.worker_cmd)
-cli.add_command(host_cmd.host_cmd)
-cli.add_command(run_cmd.run_cmd)
-cli.add_command(make_checkpoint_cmd.make_checkpoint_cmd)
-cli.add_command(profile_cmd.profile_cmd)
-cli.add_command(mesh_cmd.mesh_cmd)
-cli.add_command(sp_pp_cmd.sp_pp_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

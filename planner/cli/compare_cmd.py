@@ -12,7 +12,6 @@ from planner import sp_pp
 from planner.cluster import Cluster, load_cluster
 from planner.errors import InputError, SolveError
 from planner.plan import Plan, served_at_tpot, solve as solve_plan
-from planner.plot import plot_comparison
 from planner.report import plan_layout
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from simulator import SimConfig, simulate
@@ -107,6 +106,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             with console.status(f"{DEFAULT_METHOD} at {row['method']}'s TPOT ..."):
                 row["default_at_this_tpot_tokens_per_s"] = served_at_tpot(cluster, limit, time_limit=time_limit / 2, seed=seed)
     if plot:
+        from planner.plot import plot_comparison  # matplotlib only when a plot is asked for
         plot_comparison(rows, f"{cluster.model.id} on {cluster.name}", plot)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -10,7 +10,6 @@ from planner.cli.console import make_console
 from planner.cluster import load_cluster
 from planner.layout import write_layout
 from planner.plan import solve as solve_plan
-from planner.plot import plot_layout
 from planner.errors import SolveError
 from planner.report import chain_text, plan_json, plan_layout, print_plan, versus_text
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
@@ -43,6 +42,7 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
     if out:
         write_layout(out, plan_layout(plan))
     if plot:
+        from planner.plot import plot_layout  # matplotlib only when a plot is asked for
         plot_layout(plan, plot)
     if as_json:
         click.echo(json.dumps(plan_json(plan), indent=2))

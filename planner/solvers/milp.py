@@ -28,6 +28,7 @@ from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 from planner.solvers.pipeline_dp import disjoint_chains
+from planner.solvers.quiet import solver_stdout_silenced
 
 FIXED_POINT_ROUNDS = 4
 EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
@@ -133,7 +134,8 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
         lp += pulp.lpSum(terms) >= 1
     lp += pulp.lpSum(lp.variables())
     # the thread count must match every other HiGHS run in the process: HiGHS's scheduler is global
-    lp.solve(pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.1), threads=threads))
+    with solver_stdout_silenced():
+        lp.solve(pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.1), threads=threads))
     return pulp.LpStatus[lp.status] == "Infeasible"
 
 
@@ -267,7 +269,8 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     # a full solve first (it proves small cases); larger ones then improve by neighbourhood search
     first_limit = left if not pooled else left * FULL_SOLVE_SHARE
     solver = _WarmHighs(start, msg=False, timeLimit=max(first_limit, 0.1), threads=threads, gapRel=PROOF_TOLERANCE)
-    lp.solve(solver)
+    with solver_stdout_silenced():
+        lp.solve(solver)
     solution = _solution_of(lp, count) if lp.objective.value() is not None else start
     if pooled and solution is not None:
         solution = _neighbourhood_search(lp, groups, count, solution, deadline=began + time_limit, seed=seed)
@@ -349,7 +352,8 @@ def _neighbourhood_search(lp: pulp.LpProblem, groups: list[Group], count: dict, 
         start.value_valid = True
         highs.setSolution(start)
         highs.setOptionValue("time_limit", max(0.1, min(NEIGHBOURHOOD_SECONDS, deadline - time.perf_counter())))
-        highs.run()
+        with solver_stdout_silenced():
+            highs.run()
         info = highs.getInfo()
         if info.primal_solution_status:
             value = -info.objective_function_value

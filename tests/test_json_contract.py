@@ -1,0 +1,109 @@
+"""What a user's pipe sees: the installed `planner` console script, run as a subprocess.
+
+click's CliRunner and capsys see only what Python writes; C libraries (HiGHS prints a banner from C
+since highspy 1.16) write to file descriptor 1 directly. Every `--json` command must print exactly one
+JSON document on stdout, and a program that imports the planner must get a clean stdout too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import HETERO, PROFILES, ROOT
+
+LAYOUTS = ROOT / "layouts"
+
+
+def planner_script() -> str:
+    """The console script pip installed beside this interpreter (what a user's shell runs)."""
+    script = Path(sys.executable).parent / ("planner.exe" if os.name == "nt" else "planner")
+    assert script.exists(), f"{script} missing: install the project (pip install -e .) before testing"
+    return str(script)
+
+
+def run_planner(*args: object, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([planner_script(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def strict_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return json.loads(result.stdout)  # the whole of stdout: not one stray byte before or after
+
+
+def test_solve_json_is_one_document():
+    data = strict_json(run_planner("solve", HETERO, "--json", "--time-limit", "3"))  # the MILP: HiGHS runs
+    assert data["method"] == "milp" and data["throughput_tokens_per_s"] > 0
+
+
+def test_compare_json_is_one_document():
+    rows = strict_json(run_planner("compare", HETERO, "--json", "--methods", "milp,even", "--time-limit", "2",
+                                   "--no-match-tpot"))
+    assert [row["method"] for row in rows] == ["milp", "even"]
+
+
+def test_simulate_json_is_one_document():
+    data = strict_json(run_planner("simulate", LAYOUTS / "hetero.ini", "--json", "--duration", "30"))
+    assert data["requests_completed"] > 0
+
+
+def test_sp_pp_json_is_one_document():
+    data = strict_json(run_planner("sp-pp", PROFILES / "sp-pp.ini", "--json", "--prompt", "512"))
+    assert data
+
+
+def test_profile_json_is_one_document(tmp_path):
+    pytest.importorskip("torch")
+    from runtime.checkpoint import make_checkpoint
+    from runtime.demo import TINY_MODELS
+
+    make_checkpoint(tmp_path / "ck", TINY_MODELS["tiny-qwen3"])
+    data = strict_json(run_planner("profile", "--checkpoint", tmp_path / "ck", "--device", "cpu", "--layers", "1",
+                                   "--decode-batches", "1,2", "--prefill-tokens", "8", "--context", "16",
+                                   "--threads", "1", "--json"))
+    assert data
+
+
+def test_run_local_json_is_one_document(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("zmq")
+    data = strict_json(run_planner("run", "--local", "--json", "--max-new-tokens", "3", "--requests", "2",
+                                   cwd=tmp_path))
+    assert data["completed"] == 2 and data["errors"] == []
+
+
+def test_a_program_that_imports_the_planner_gets_a_clean_stdout():
+    program = textwrap.dedent(f"""
+        from planner.cluster import load_cluster
+        from planner.plan import solve
+        plan = solve(load_cluster({str(HETERO)!r}), "milp", time_limit=2)
+        print("throughput", round(plan.serving.throughput))
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("throughput ") and result.stdout.count("\n") == 1, result.stdout
+
+
+def test_silencing_drops_c_writes_and_keeps_python_prints():
+    program = textwrap.dedent("""
+        import os
+        from planner.solvers.quiet import solver_stdout_silenced
+        print("before")
+        with solver_stdout_silenced():
+            os.write(1, b"from C\\n")          # what a C library does
+            with solver_stdout_silenced():     # nested solves share one redirection
+                os.write(1, b"nested C\\n")
+            print("python inside")
+        os.write(1, b"after\\n")
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["before", "python inside", "after"]
