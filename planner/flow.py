@@ -22,6 +22,7 @@ from scipy.sparse import coo_matrix
 
 from planner.cluster import Link
 from planner.problem import Placement, PlacementProblem
+from planner.quiet import solver_stdout_silenced
 
 SOURCE, SINK = "coordinator:in", "coordinator:out"
 COORDINATOR = "coordinator"
@@ -214,13 +215,15 @@ class BalancedFlow:
             bounds[column] = (0.0, capacity)
             graph[f"{name}:in"][f"{name}:out"]["capacity"] = capacity  # what _min_cut reads
         shared = dict(A_eq=self.conservation, b_eq=self.balance, bounds=bounds, method="highs")
-        biggest = linprog(-self.leaving, **shared)
+        with solver_stdout_silenced():  # scipy's linprog runs its own copy of HiGHS
+            biggest = linprog(-self.leaving, **shared)
         if biggest.status != 0:
             return max_flow(self.problem, self.placement, node_capacity)
         value = float(-biggest.fun)
         if value <= 1e-9:
             return FlowResult(0.0, {name: 0.0 for name in self.placement.units()}, {}, ())
-        balanced = linprog(self.cost, A_ub=-self.leaving[None, :], b_ub=[-value * (1 - 1e-9)], **shared)
+        with solver_stdout_silenced():
+            balanced = linprog(self.cost, A_ub=-self.leaving[None, :], b_ub=[-value * (1 - 1e-9)], **shared)
         if balanced.status != 0:
             return max_flow(self.problem, self.placement, node_capacity)
         flow: dict[str, dict[str, float]] = {node: {} for node in graph.nodes}

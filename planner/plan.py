@@ -10,7 +10,6 @@ from planner.flow import max_flow
 from planner.problem import Placement, PlacementProblem
 from planner.serving import ServingEstimate, estimate, round_trip_max_flow
 from planner.solvers.base import Progress, SolveResult, no_progress
-from planner.solvers.quiet import solver_stdout_silenced
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 
 
@@ -70,6 +69,5 @@ def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int 
     if method not in METHODS:
         raise InputError(f"unknown method '{method}'", field="--method", fix=f"use one of {', '.join(METHODS)}")
     problem = PlacementProblem(cluster, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
-    with solver_stdout_silenced():  # whatever a method calls, nothing of it reaches a caller's stdout
-        result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
+    result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
     return score(problem, result, max_tpot_s, max_ttft_s)

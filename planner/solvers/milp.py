@@ -28,7 +28,7 @@ from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 from planner.solvers.pipeline_dp import disjoint_chains
-from planner.solvers.quiet import solver_stdout_silenced
+from planner.quiet import solver_stdout_silenced
 
 FIXED_POINT_ROUNDS = 4
 EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip

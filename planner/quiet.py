@@ -5,7 +5,9 @@ solver object is made in a process, before any option such as `output_flag` can 
 option silences it. A program that prints JSON on stdout (`planner solve --json`, or any script that
 imports the planner) would then print something that is not JSON. Every HiGHS call in the planner runs
 inside `solver_stdout_silenced()`: file descriptor 1 points at the null device meanwhile, and Python's
-own `sys.stdout` keeps writing to the real stdout through a duplicate of it.
+own `sys.stdout` keeps writing to the real stdout through a duplicate of it. The window is each solver
+call alone, not a whole method: progress callbacks run outside it, so a caller that prints to a stdout
+object it saved earlier loses nothing.
 """
 
 from __future__ import annotations
