@@ -95,7 +95,7 @@ def test_a_program_that_imports_the_planner_gets_a_clean_stdout():
 def test_silencing_drops_c_writes_and_keeps_python_prints():
     program = textwrap.dedent("""
         import os
-        from planner.solvers.quiet import solver_stdout_silenced
+        from planner.quiet import solver_stdout_silenced
         print("before")
         with solver_stdout_silenced():
             os.write(1, b"from C\\n")          # what a C library does

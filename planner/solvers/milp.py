@@ -23,12 +23,12 @@ import pulp
 from planner.errors import SolveError
 from planner.flow import max_flow
 from planner.problem import TP_SIZES, Placement, PlacementProblem, group_name
+from planner.quiet import solver_stdout_silenced
 from planner.serving import estimate
 from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 from planner.solvers.pipeline_dp import disjoint_chains
-from planner.quiet import solver_stdout_silenced
 
 FIXED_POINT_ROUNDS = 4
 EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
