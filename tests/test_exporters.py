@@ -275,7 +275,7 @@ def test_helix_export(run_cli, tmp_path, method):
     out = tmp_path / "out"
     code, _, err = run_cli("export", layout_path, "--to", "helix", out)
     assert code == 0, err
-    nodes = layout.cluster.nodes()
+    nodes = [n for n in layout.cluster.nodes() if layout.placement.ranges[n.name][1] > layout.placement.ranges[n.name][0]]
 
     solution = helix_ini(out / "solution.ini")
     assert solution["Settings"]["offset"] == "2"
@@ -322,6 +322,27 @@ def test_helix_export(run_cli, tmp_path, method):
         assert (int(block["start_layer"]), int(block["end_layer"])) == layout.placement.ranges[node.name]
     first = [b["machine_id"] for b in blocks[1:] if b["start_layer"] == "0"]
     assert blocks[0]["out_nodes"].split() == first
+
+
+def test_helix_export_leaves_idle_gpus_out(run_cli, tmp_path):
+    """Helix's verifier needs every compute node to hold a layer: a GPU the plan leaves idle is no node."""
+    layout_path = tmp_path / "idle.ini"
+    layout_path.write_text(f"[layout]\ncluster = {HETERO}\nmodel = qwen3-14b\ndtype = fp16\n\n[nodes]\n"
+                           "host1:0 = 0, 4\nhost1:1 = 0, 0\nhost2:0 = 4, 22\nhost2:1 = 22, 40\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli("export", layout_path, "--to", "helix", out)
+    assert code == 0, err
+    solution = helix_ini(out / "solution.ini")
+    held = {name: ast.literal_eval(ids) for name, ids in solution["Solution"].items()}
+    assert list(held) == ["compute_node_2", "compute_node_3", "compute_node_4"]
+    assert [ids[0] for ids in held.values()] == [0, 4, 22] and all(held.values())
+    assert "host1:1" in (out / "solution.ini").read_text().splitlines()[0]
+    topo = helix_ini(out / "cluster.ini")
+    assert topo["NodeNames"]["total_compute_nodes"] == "3" and "ComputeNode-3" not in topo
+    sim = helix_ini(out / "simulator_cluster.ini")
+    assert ast.literal_eval(sim["ComputeNodes"]["names"]) == list(held)
+    machines = (out / "real_sys_config.txt").read_text().strip().split("\n\n")
+    assert len(machines) == 4  # the coordinator and three GPUs
 
 
 def test_helix_export_needs_addresses(run_cli, tmp_path):

@@ -5,7 +5,9 @@ Writes the four files a Helix user has, in Helix's own formats (docs/formats.md,
   cluster.ini              the simulator's topology (NodeNames, SourceNode, SinkNode, ComputeNode-i, Link-a-b)
   simulator_cluster.ini    the simulator's machines and the directed links valid for the placement
   real_sys_config.txt      the real system's machines with IP addresses, in/out nodes and layer ranges
-Compute node i is the i-th GPU of the cluster file (host order, then device index), used or not.
+Compute node i is the i-th GPU that holds layers (cluster-file order: host, then device index). GPUs the
+plan leaves idle are left out of every file (and named in a comment): Helix's verifier requires every
+compute node to hold at least one layer, so a plan with idle GPUs written with them would be refused.
 Helix's bandwidth units are byte-based: its `mbps` is 1e6 and divides sizes in bytes, so a link of
 B bytes/s is written `B/1e6 * mbps` (10 Gbit/s = 1.25 GB/s -> `1250.0 * mbps`), never divided by 8 again.
 """
@@ -31,14 +33,24 @@ def _lat(link: Link) -> str:
     return f"{link.latency_s * 1e3:g} * MilliSec"
 
 
+def compute_nodes(layout: Layout) -> list:
+    """The GPUs that hold layers, in cluster-file order: Helix's compute nodes 0, 1, ..."""
+    return [n for n in layout.cluster.nodes() if layout.placement.ranges[n.name][1] > layout.placement.ranges[n.name][0]]
+
+
+def _idle_note(layout: Layout) -> list[str]:
+    idle = [n.name for n in layout.cluster.nodes() if n not in compute_nodes(layout)]
+    return [f"# Idle in this plan, so not compute nodes here: {', '.join(idle)}."] if idle else []
+
+
 def helix_links(layout: Layout) -> list[tuple[str | int, str | int]]:
     """Directed links valid for the placement, as Helix's planner writes them: source -> i iff i starts
     at layer 0, i -> sink iff i ends at the last layer, i -> j iff i ends where j starts (and the hosts are
     linked); then one pass dropping links into nodes with no way out and out of nodes with no way in."""
     cluster, layers = layout.cluster, layout.cluster.model.layers
-    nodes = cluster.nodes()
+    nodes = compute_nodes(layout)
     spans = {i: layout.placement.ranges[n.name] for i, n in enumerate(nodes)}
-    used = [i for i, (s, e) in spans.items() if e > s]
+    used = list(spans)
     links: list[tuple[str | int, str | int]] = []
     for i in used:
         if spans[i][0] == 0 and cluster.coordinator_link(nodes[i].host):
@@ -58,13 +70,13 @@ def helix_links(layout: Layout) -> list[tuple[str | int, str | int]]:
 
 
 def _link(layout: Layout, i: int, j: int) -> Link | None:
-    nodes = layout.cluster.nodes()
+    nodes = compute_nodes(layout)
     a, b = nodes[i].host, nodes[j].host
     return layout.cluster.host(a).gpu_link if a == b else layout.cluster.link(a, b)
 
 
 def _link_of(layout: Layout, a: str | int, b: str | int) -> Link:
-    nodes = layout.cluster.nodes()
+    nodes = compute_nodes(layout)
     if a == "source":
         return layout.cluster.coordinator_link(nodes[b].host)
     if b == "sink":
@@ -77,8 +89,8 @@ def _name(x: str | int) -> str:
 
 
 def solution_text(layout: Layout) -> str:
-    lines = ["[Settings]", f"offset={OFFSET}", "", "[Solution]"]
-    for i, node in enumerate(layout.cluster.nodes()):
+    lines = [*_idle_note(layout), "[Settings]", f"offset={OFFSET}", "", "[Solution]"]
+    for i, node in enumerate(compute_nodes(layout)):
         start, end = layout.placement.ranges[node.name]
         lines.append(f"compute_node_{i + OFFSET}=[{', '.join(str(x) for x in range(start, end))}]")
     return "\n".join(lines) + "\n"
@@ -87,12 +99,13 @@ def solution_text(layout: Layout) -> str:
 def topology_text(layout: Layout) -> str:
     """Helix's cluster file: every linked pair once (a < b), source/sink links for hosts the coordinator reaches."""
     cluster = layout.cluster
-    nodes = cluster.nodes()
+    nodes = compute_nodes(layout)
     n = len(nodes)
     reach = [i for i, node in enumerate(nodes) if cluster.coordinator_link(node.host)]
     neighbours = {i: [j for j in range(n) if j != i and _link(layout, i, j)] for i in range(n)}
     lines = [f"# Written by `planner export --to helix` from {cluster.path.name} (model {cluster.model.id}).",
-             "# Bandwidths in Helix's byte-based units (mbps = 1e6 bytes/s), latencies in MilliSec.", "",
+             "# Bandwidths in Helix's byte-based units (mbps = 1e6 bytes/s), latencies in MilliSec.",
+             *_idle_note(layout), "",
              "[NodeNames]", f"total_compute_nodes={n}", "",
              "[SourceNode]", f"connected_nodes={reach}", "", "[SinkNode]", f"connected_nodes={reach}", ""]
     for i, node in enumerate(nodes):
@@ -124,7 +137,7 @@ def simulator_text(layout: Layout) -> str:
     cluster = layout.cluster
     layers = cluster.model.layers
     problem = PlacementProblem(cluster)
-    nodes = cluster.nodes()
+    nodes = compute_nodes(layout)
     coord_links = [cluster.coordinator_link(h.name) for h in cluster.hosts if h.gpus]
     coord = _bw(max((l for l in coord_links if l), key=lambda l: l.bandwidth_bytes_per_s))
     links = helix_links(layout)
@@ -151,7 +164,7 @@ def simulator_text(layout: Layout) -> str:
 
 def real_sys_text(layout: Layout, layout_path: str = "") -> str:
     cluster = layout.cluster
-    nodes = cluster.nodes()
+    nodes = compute_nodes(layout)
     links = helix_links(layout)
 
     def ip(host: str) -> str:
@@ -170,8 +183,6 @@ def real_sys_text(layout: Layout, layout_path: str = "") -> str:
                "start_layer: -1", "end_layer: -1"]]
     for i, node in enumerate(nodes):
         start, end = layout.placement.ranges[node.name]
-        if end <= start:
-            continue
         blocks.append([f"machine_id: {i + 1}", f"ip_address: {ip(node.host)}",
                        f"in_nodes: {' '.join(str(mid(a)) for a, b in links if b == i)}",
                        f"out_nodes: {' '.join(str(mid(b)) for a, b in links if a == i)}",
