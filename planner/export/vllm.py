@@ -216,14 +216,15 @@ def vllm_chains(layout: Layout, layout_path: str = "") -> list[list[Unit]]:
             raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} leaves a host and comes "
                           f"back; Ray numbers a host's GPUs together, so vLLM's stage order would not match",
                           "re-plan so each host's stages are consecutive")
-    for chain in chains:  # vLLM's Ray executor ranks the driver's host first, the others by (GPUs, IP)
+    for chain in chains:
+        # vLLM's Ray executor (0.33) ranks the driver's node first and the others by Ray node id, which
+        # `ray start` draws at random: over three or more hosts the plan's stage order cannot be pinned
         hosts = list(dict.fromkeys(u.host for u in chain))
-        count = {h: sum(u.tp for u in chain if u.host == h) for h in hosts}
-        rest = sorted(hosts[1:], key=lambda h: (count[h], _address(layout, h)))
-        if hosts[1:] != rest:
-            raise _refuse(layout_path, f"the chain visits hosts {' -> '.join(hosts)}, but vLLM's Ray executor "
-                          f"ranks the hosts after {hosts[0]} by GPU count, then IP ({' -> '.join(rest)}), so its "
-                          f"stage order would not match the plan", "re-plan, or reorder/readdress the hosts")
+        if len(hosts) > 2:
+            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} spans {len(hosts)} hosts; "
+                          f"vLLM's Ray executor ranks the hosts after the driver's ({hosts[0]}) by Ray node id, "
+                          "which is random per `ray start`, so its stage order would not follow the plan",
+                          "export with `--to runtime`, or re-plan so that each chain spans at most two hosts")
     heads = layout.cluster.model.attention_heads
     for chain in chains:
         if heads % chain[0].tp:
@@ -266,7 +267,9 @@ def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", c
                          "# Start the head first, then the workers; then run serve-" + name + ".sh on " + head + ".",
                          "set -euo pipefail",
                          f"export VLLM_HOST_IP={_address(layout, host)}",
-                         f"CUDA_VISIBLE_DEVICES={devices} ray start {role} --num-gpus={devices.count(',') + 1}"]
+                         # the address named, so a host with several network cards joins on the planned one
+                         f"CUDA_VISIBLE_DEVICES={devices} ray start {role} "
+                         f"--node-ip-address={_address(layout, host)} --num-gpus={devices.count(',') + 1}"]
                 written.append(_write(out_dir / f"ray-{name}-{host}.sh", _script(lines), executable=True))
         port = serve_port[head] = serve_port.get(head, SERVE_PORT - 1) + 1
         seqs = max_num_seqs or min(_max_num_seqs(layout, u, max_model_len) for u in chain)
