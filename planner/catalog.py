@@ -7,11 +7,13 @@ may add or override types with `[gpu NAME]` and `[model NAME]` sections parsed b
 from __future__ import annotations
 
 import configparser
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import InputError
+from planner.errors import InputError, InputWarning
 from planner.ini import read_ini
 from planner.units import parse_bandwidth, parse_memory
 
@@ -125,6 +127,20 @@ def _fail(file: str | Path, section: str, key: str, problem: str, fix: str) -> I
     return InputError(problem, file=file, field=f"[{section}] {key}", fix=fix)
 
 
+def _warn_if_rising(reader: "SectionReader", key: str, points: list[tuple[float, float]], what: str) -> None:
+    """One warning for a table whose values rise with more layers held (`points`: (layers, value)).
+    Published and measured tables carry noise (Helix's profiled L4 table for LLaMA-30B reads higher at
+    10 layers than at 9); they are planned with as given, as Helix plans with them."""
+    rises = [(a, b) for a, b in zip(points, points[1:]) if b[1] > a[1] * (1 + 1e-9)]
+    if not rises:
+        return
+    (k0, v0), (k1, v1) = rises[0]
+    more = f" (and {len(rises) - 1} more)" if len(rises) > 1 else ""
+    warnings.warn(InputWarning(f"{reader.file}: [{reader.section}] {key}: entry {k1:g} ({v1:g}) is higher than "
+                               f"entry {k0:g} ({v0:g}){more}: {what} usually falls with more layers held; "
+                               "planning with the numbers as given"), stacklevel=2)
+
+
 class SectionReader:
     """Typed access to one INI section; every error names file, section and key."""
 
@@ -199,6 +215,8 @@ def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[
             x, y = float(parts[0]), float(parts[1])
         except ValueError:
             raise reader.fail(key, f"entry '{item.strip()}' is not numeric", "write numbers like '8: 7.0'") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise reader.fail(key, f"entry '{item.strip()}' is not a finite number", "write numbers like '8: 7.0'")
         if x <= 0 or y < 0:
             raise reader.fail(key, f"entry '{item.strip()}' is negative or zero", "sizes must be >= 1 and times >= 0")
         if integer_values and (x != int(x) or y != int(y)):
@@ -232,13 +250,12 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
             table = tuple(float(x) for x in r.text("throughput").split(","))
         except ValueError:
             raise r.fail("throughput", "not a list of numbers", "write tokens/s for 1, 2, ... layers: '2400, 1190'") from None
-        if any(x <= 0 for x in table):
-            raise r.fail("throughput", "entries must be positive", "give tokens/s > 0 for each layer count")
+        if not all(math.isfinite(x) and x > 0 for x in table):
+            raise r.fail("throughput", "entries must be positive finite numbers", "give tokens/s > 0 for each layer count")
         if len(table) > max_layers:
             raise r.fail("throughput", f"has {len(table)} entries but max_layers = {max_layers}",
                          "give at most one entry per layer count up to max_layers, or raise max_layers")
-        if any(b > a * (1 + 1e-9) for a, b in zip(table, table[1:])):
-            raise r.fail("throughput", "rises with more layers held", "entry k is tokens/s holding k layers: it cannot grow with k")
+        _warn_if_rising(r, "throughput", list(enumerate(table, 1)), "tokens/s")
         return GpuSpec(throughput=table, **common)
     if r.has("decode_ms") or r.has("prefill_ms"):
         decode = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "decode_ms", False)))
@@ -246,9 +263,7 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))
-            if any(b[1] > a[1] for a, b in zip(kv, kv[1:])):
-                raise r.fail("kv_tokens", "rises with more layers held",
-                             "more layers leave less memory for KV: tokens per layer cannot grow")
+            _warn_if_rising(r, "kv_tokens", kv, "KV room per layer")
             if max_layers is not None and kv[-1][0] > max_layers:
                 raise r.fail("kv_tokens", f"has an entry for {kv[-1][0]} layers but max_layers = {max_layers}",
                              "drop entries above max_layers or raise max_layers")

@@ -22,5 +22,10 @@ class InputError(Exception):
         return f"{text} ({self.fix})" if self.fix else text
 
 
+class InputWarning(UserWarning):
+    """Input that is used as given but looks odd (e.g. a measured table that is not monotone). The
+    library raises it with `warnings.warn`; the CLI prints it as one line on stderr."""
+
+
 class SolveError(Exception):
     """A solve that could not produce a layout (infeasible problem, solver failure). Exit status 1."""

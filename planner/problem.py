@@ -215,8 +215,10 @@ class PlacementProblem:
                                     for k, rate in enumerate(rates, 1)), default=0.0)
                        for count, tables in options) / target
 
-        low, high = 0.0, max((rates[0] for _, tables in options for _, rates in tables if rates),
-                             default=0.0) * layers
+        # covered(T) <= (sum of each GPU's best k x rate) / T, so no T above that sum / layers is reached
+        # (whatever the shape of the tables: published ones need not fall with k)
+        low, high = 0.0, sum(count * max((k * rate / tp for tp, rates in tables for k, rate in enumerate(rates, 1)),
+                                         default=0.0) for count, tables in options) / max(layers, 1)
         for _ in range(100):
             mid = (low + high) / 2
             if mid > 0 and covered(mid) >= layers * (1 - 1e-9):  # tolerance: k T / T may round down

@@ -1,7 +1,10 @@
-"""Shared helpers: cluster INI files in tmp_path and running the CLI in-process."""
+"""Shared helpers: cluster INI files in tmp_path, running the CLI in-process and as the installed script."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +16,21 @@ from planner.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "profiles"
 HETERO = PROFILES / "hetero.ini"
+
+
+
+def planner_script() -> str:
+    """The console script pip installed beside this interpreter (what a user's shell runs)."""
+    script = Path(sys.executable).parent / ("planner.exe" if os.name == "nt" else "planner")
+    assert script.exists(), f"{script} missing: install the project (pip install -e .) before testing"
+    return str(script)
+
+
+def run_planner(*args: object, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed `planner` in a subprocess: sees what C libraries write to stdout, as a pipe would."""
+    return subprocess.run([planner_script(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
 
 # The seed cluster of profiles/hetero.ini, as text to vary in tests.
 BASE_CLUSTER = """\

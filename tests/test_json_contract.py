@@ -8,29 +8,14 @@ JSON document on stdout, and a program that imports the planner must get a clean
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
 import pytest
 
-from conftest import HETERO, PROFILES, ROOT
+from conftest import HETERO, PROFILES, ROOT, run_planner
 
 LAYOUTS = ROOT / "layouts"
-
-
-def planner_script() -> str:
-    """The console script pip installed beside this interpreter (what a user's shell runs)."""
-    script = Path(sys.executable).parent / ("planner.exe" if os.name == "nt" else "planner")
-    assert script.exists(), f"{script} missing: install the project (pip install -e .) before testing"
-    return str(script)
-
-
-def run_planner(*args: object, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([planner_script(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def strict_json(result: subprocess.CompletedProcess):

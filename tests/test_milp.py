@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from planner.cluster import load_cluster
+from planner.errors import InputWarning
 from planner.flow import max_flow
 from planner.plan import solve
 from planner.problem import Placement, PlacementProblem
@@ -98,6 +99,35 @@ def test_milp_matches_brute_force(tmp_path: Path, case: int) -> None:
     assert max_flow(problem, outcome.placement).value == pytest.approx(outcome.objective, rel=1e-9)
     assert outcome.bound >= outcome.objective * (1 - 1e-9)
     assert problem.upper_bound() >= outcome.objective * (1 - 1e-9)
+
+
+def test_a_table_that_rises_is_planned_as_given(tmp_path: Path) -> None:
+    """A published table may rise at one entry (noise): the optimum may use that entry, and the default
+    method must find it. Here 'noisy' serves 320 tokens/s holding 3 layers but 300 holding 2: the best
+    placement (brute force) puts 3 layers on it and 1 on 'one'."""
+    body = TINY_MODEL.format(layers=4) + """
+[cluster]
+model = tiny
+coordinator = a
+[gpu noisy]
+max_layers = 4
+throughput = 1000, 300, 320, 200
+[gpu one]
+max_layers = 1
+throughput = 330
+[host a]
+gpus = noisy, one
+"""
+    with pytest.warns(InputWarning, match=r"\[gpu noisy\] throughput: entry 3 \(320\)"):
+        cluster = load_cluster(_write(tmp_path, body))
+    problem = PlacementProblem(cluster)
+    best = brute_force(problem)
+    assert best == pytest.approx(320.0)
+    plan = solve(cluster, "milp", time_limit=30)
+    assert plan.serving.max_flow == pytest.approx(best, rel=1e-6)
+    assert plan.result.status == "optimal"
+    assert max_flow(problem, plan.placement).value == pytest.approx(plan.serving.max_flow, rel=1e-9)
+    assert problem.upper_bound() >= best * (1 - 1e-9)
 
 
 def test_milp_roofline_matches_brute_force(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
 from planner import __version__
-from planner.errors import InputError, SolveError
+from planner.errors import InputError, InputWarning, SolveError
 
 # name -> (module, attribute, summary for `planner --help`: a test holds each to its command's docstring)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -60,10 +61,25 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _one_line_warnings(show=warnings.showwarning):
+    """warnings.showwarning that prints an InputWarning as `warning: ...` on stderr (no source line)."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, InputWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="planner", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", InputWarning)  # each distinct warning once
+            warnings.showwarning = _one_line_warnings()
+            cli.main(args=argv, prog_name="planner", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -35,12 +35,16 @@ class _Class:
 
 
 def _kmax(problem: PlacementProblem, node: str, target: float, first: bool, last: bool) -> int:
+    """Most layers k such that the GPU serves `target` holding any of 1 .. k layers. The programme takes
+    a chain's last GPU short of its kmax, so every shorter span must serve too: with a table that rises
+    somewhere (published tables do), a k past a dip is left to the MILP, which reads each span exactly."""
     layers = problem.layers
     cost = problem.cost(node)
     best = 0
     for k in range(1, min(cost.max_layers(first=first, last=last), layers) + 1):
-        if cost.capacity(k, problem.rtt_s, first=first, last=last) >= target:
-            best = k
+        if cost.capacity(k, problem.rtt_s, first=first, last=last) < target:
+            break
+        best = k
     return best
 
 
