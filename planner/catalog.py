@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError, InputWarning
-from planner.ini import read_ini
+from planner.ini import SectionReader, read_ini
 from planner.units import parse_bandwidth, parse_memory
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -123,11 +123,7 @@ class ModelSpec:
         return self.vocab_size * self.hidden_size + self.hidden_size
 
 
-def _fail(file: str | Path, section: str, key: str, problem: str, fix: str) -> InputError:
-    return InputError(problem, file=file, field=f"[{section}] {key}", fix=fix)
-
-
-def _warn_if_rising(reader: "SectionReader", key: str, points: list[tuple[float, float]], what: str) -> None:
+def _warn_if_rising(reader: SectionReader, key: str, points: list[tuple[float, float]], what: str) -> None:
     """One warning for a table whose values rise with more layers held (`points`: (layers, value)).
     Published and measured tables carry noise (Helix's profiled L4 table for LLaMA-30B reads higher at
     10 layers than at 9); they are planned with as given, as Helix plans with them."""
@@ -139,68 +135,6 @@ def _warn_if_rising(reader: "SectionReader", key: str, points: list[tuple[float,
     warnings.warn(InputWarning(f"{reader.file}: [{reader.section}] {key}: entry {k1:g} ({v1:g}) is higher than "
                                f"entry {k0:g} ({v0:g}){more}: {what} usually falls with more layers held; "
                                "planning with the numbers as given"), stacklevel=2)
-
-
-class SectionReader:
-    """Typed access to one INI section; every error names file, section and key."""
-
-    def __init__(self, file: str | Path, section: str, values: configparser.SectionProxy) -> None:
-        self.file, self.section, self.values = file, section, values
-        self.used: set[str] = set()
-
-    def fail(self, key: str, problem: str, fix: str) -> InputError:
-        return _fail(self.file, self.section, key, problem, fix)
-
-    def has(self, key: str) -> bool:
-        return key in self.values and self.values[key].strip() != ""
-
-    def text(self, key: str, default: str | None = None) -> str:
-        self.used.add(key)
-        if not self.has(key):
-            if default is None:
-                raise self.fail(key, "missing", f"add '{key} = ...' to [{self.section}]")
-            return default
-        return self.values[key].strip()
-
-    def positive_int(self, key: str, default: int | None = None) -> int:
-        raw = self.text(key, None if default is None else str(default))
-        try:
-            value = int(raw)
-        except ValueError:
-            raise self.fail(key, f"'{raw}' is not a whole number", "write an integer such as 40") from None
-        if value <= 0:
-            raise self.fail(key, f"must be at least 1, got {value}", "give a positive count")
-        return value
-
-    def positive_float(self, key: str, default: float | None = None) -> float:
-        raw = self.text(key, None if default is None else repr(default))
-        try:
-            value = float(raw)
-        except ValueError:
-            raise self.fail(key, f"'{raw}' is not a number", "write a number such as 165.2") from None
-        if not value > 0:
-            raise self.fail(key, f"must be positive, got {raw}", "give a positive number")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        raw = self.text(key, "yes" if default else "no").lower()
-        if raw in ("yes", "true", "1", "on"):
-            return True
-        if raw in ("no", "false", "0", "off"):
-            return False
-        raise self.fail(key, f"'{raw}' is not yes/no", "write yes or no")
-
-    def quantity(self, key: str, parse, default: str | None = None) -> float:
-        raw = self.text(key, default)
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            raise self.fail(key, str(exc), "see docs/formats.md#units") from None
-
-    def unknown_keys(self, allowed: set[str]) -> None:
-        for key in self.values:
-            if key not in allowed:
-                raise self.fail(key, "unknown key", f"allowed keys: {', '.join(sorted(allowed))}")
 
 
 def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[float, float]]:

@@ -10,12 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, SectionReader, load_gpu_catalog,
+from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, load_gpu_catalog,
                              load_model_catalog, parse_gpu, parse_model)
 from planner.costmodel import CostParams, GpuCost, Workload
 from planner.errors import InputError
-from planner.ini import read_ini
+from planner.ini import SectionReader, read_ini
 from planner.units import format_bytes, parse_bandwidth, parse_time
 
 COORDINATOR = "coordinator"

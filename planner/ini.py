@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import math
 import re
 from pathlib import Path
 
@@ -54,3 +55,65 @@ def read_ini(path: str | Path, what: str) -> configparser.ConfigParser:
     if not parser.sections():
         raise InputError(f"{what} has no [sections]", file=path, fix="see docs/formats.md")
     return parser
+
+
+class SectionReader:
+    """Typed access to one INI section; every error names file, section and key."""
+
+    def __init__(self, file: str | Path, section: str, values: configparser.SectionProxy) -> None:
+        self.file, self.section, self.values = file, section, values
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str, fix: str) -> InputError:
+        return InputError(problem, file=self.file, field=f"[{self.section}] {key}", fix=fix)
+
+    def has(self, key: str) -> bool:
+        return key in self.values and self.values[key].strip() != ""
+
+    def text(self, key: str, default: str | None = None) -> str:
+        self.used.add(key)
+        if not self.has(key):
+            if default is None:
+                raise self.fail(key, "missing", f"add '{key} = ...' to [{self.section}]")
+            return default
+        return self.values[key].strip()
+
+    def positive_int(self, key: str, default: int | None = None) -> int:
+        raw = self.text(key, None if default is None else str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self.fail(key, f"'{raw}' is not a whole number", "write an integer such as 40") from None
+        if value <= 0:
+            raise self.fail(key, f"must be at least 1, got {value}", "give a positive count")
+        return value
+
+    def positive_float(self, key: str, default: float | None = None) -> float:
+        raw = self.text(key, None if default is None else repr(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.fail(key, f"'{raw}' is not a number", "write a number such as 165.2") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise self.fail(key, f"must be a positive finite number, got {raw}", "give a positive number")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.text(key, "yes" if default else "no").lower()
+        if raw in ("yes", "true", "1", "on"):
+            return True
+        if raw in ("no", "false", "0", "off"):
+            return False
+        raise self.fail(key, f"'{raw}' is not yes/no", "write yes or no")
+
+    def quantity(self, key: str, parse, default: str | None = None) -> float:
+        raw = self.text(key, default)
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise self.fail(key, str(exc), "see docs/formats.md#units") from None
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        for key in self.values:
+            if key not in allowed:
+                raise self.fail(key, "unknown key", f"allowed keys: {', '.join(sorted(allowed))}")

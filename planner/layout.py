@@ -9,10 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.catalog import SectionReader
 from planner.cluster import Cluster, load_cluster
 from planner.errors import InputError
-from planner.ini import read_ini
+from planner.ini import SectionReader, read_ini
 from planner.problem import Placement, PlacementProblem
 
 
