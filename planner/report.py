@@ -23,6 +23,7 @@ def plan_json(plan: Plan) -> dict:
              for (a, b), v in serving.flow.edge_flows.items()]
     return {
         "model": plan.cluster.model.id,
+        "engine": plan.cluster.engine,
         "method": result.method,
         "throughput_tokens_per_s": round(serving.throughput, 3),
         "max_flow_tokens_per_s": round(serving.max_flow, 3),

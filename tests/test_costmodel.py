@@ -1,11 +1,13 @@
 """Cost model: roofline shape, memory limits checked by hand, measured and static tables."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from planner.catalog import GpuSpec, LatencyTable
-from planner.costmodel import CostParams, GpuCost, NoLatencyModel, Workload
+from planner.costmodel import GpuCost, NoLatencyModel, Workload
+from planner.engines import efficiency
 
 GIB = 1024**3
 
@@ -110,7 +112,7 @@ def test_decode_monotone_in_batch(gpus, qwen14, gpu_id):
 
 
 def test_decode_batch1_is_bandwidth_bound(ti, gpus):
-    p = CostParams()
+    p = efficiency("runtime", "rtx2080ti")
     bandwidth = gpus["rtx2080ti"].memory_bandwidth_bytes_per_s    # 616 GB/s
     expected = LAYER_BYTES / (bandwidth * p.memory_efficiency) + p.layer_overhead_s  # ~1.37 ms
     assert ti.decode_s(1, 1) == pytest.approx(expected, rel=0.01)
@@ -121,7 +123,7 @@ def test_decode_batch1_is_bandwidth_bound(ti, gpus):
 
 
 def test_prefill_2048_is_compute_bound(ti, gpus):
-    p = CostParams()
+    p = efficiency("runtime", "rtx2080ti")
     gpu = gpus["rtx2080ti"]
     linear = LAYER_PARAMS - 2 * HEAD_DIM - 2 * HIDDEN   # weights in matmuls
     flops = 2048 * 2 * linear + 4 * HEADS * HEAD_DIM * 2048 * 1024   # GEMMs + causal attention
@@ -142,8 +144,8 @@ def test_prefill_in_chunks_costs_a_weight_read_per_chunk(ti, gpus):
         assert chunked >= whole * (1 - 1e-9)
         assert ti.seconds_per_output_token(k, batch) == pytest.approx(ti.decode_s(k, batch) / batch + chunked / 256)
     # attention adds up: the chunks' causal attention over the prompt is the whole pass's
-    free = CostParams(layer_overhead_s=0.0)
-    flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", params=free)
+    free = replace(efficiency("runtime", "rtx2080ti"), layer_overhead_s=0.0)
+    flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", efficiency=free)
     chunk = 128
     assert prompt / chunk * flops_bound.prefill_s(1, chunk, (prompt - chunk) / 2) == pytest.approx(
         flops_bound.prefill_s(1, prompt), rel=1e-3)
