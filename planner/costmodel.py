@@ -75,9 +75,9 @@ class GpuCost:
     a group's capacity is tp x the table's, and it holds tp x max_layers layers. `tp_link=None` makes the
     all-reduces free.
 
-    `params.engine` picks the efficiency constants (`efficiency` overrides them). A GPU's measured
-    `decode_ms` / `prefill_ms` tables time the runtime's layers (`planner profile`), so they replace the
-    roofline for the `runtime` engine only; other engines use them only when the GPU has no roofline figures.
+    `params.engine` picks the roofline's efficiency constants (`efficiency` overrides them). A GPU
+    described by measured tables has no roofline figures: its tables are used whatever the engine, as
+    the measurement of the engine that was profiled (`planner profile` times the runtime's layers).
     """
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, dtype: str, workload: Workload = Workload(),
@@ -87,7 +87,6 @@ class GpuCost:
             raise ValueError(f"tensor-parallel degree must be at least 1, got {tp}")
         self.gpu, self.model, self.dtype, self.workload, self.params = gpu, model, dtype, workload, params
         self.efficiency = efficiency or engine_efficiency(params.engine, gpu.id)
-        self.uses_tables = params.engine == "runtime" or gpu.memory_bandwidth_bytes_per_s is None
         self.tp, self.tp_link = tp, tp_link
         self.dtype_bytes = DTYPE_BYTES[dtype]
         self.layer_bytes = model.layer_params() * self.dtype_bytes
@@ -151,7 +150,7 @@ class GpuCost:
         """One decode step of `batch` sequences through `layers` layers, each sequence at `context` tokens."""
         if self.gpu.is_static:
             raise NoLatencyModel(self.gpu.id)
-        if self.gpu.decode_ms is not None and self.uses_tables:
+        if self.gpu.decode_ms is not None:
             return layers * (self.gpu.decode_ms.seconds(batch) / self.tp + 2 * self.all_reduce_s(batch))
         context = self.workload.mean_context if context is None else context
         q_width = self.model.attention_heads * self.model.head_dim
@@ -166,7 +165,7 @@ class GpuCost:
         """A prefill pass of `tokens` new tokens (following `context` cached ones) through `layers` layers."""
         if self.gpu.is_static:
             raise NoLatencyModel(self.gpu.id)
-        if self.gpu.prefill_ms is not None and self.uses_tables:
+        if self.gpu.prefill_ms is not None:
             return layers * (self.gpu.prefill_ms.seconds(tokens) / self.tp + 2 * self.all_reduce_s(tokens))
         q_width = self.model.attention_heads * self.model.head_dim
         moved = self.layer_bytes + tokens * self.kv_bytes_per_token     # weights once, new KV written
