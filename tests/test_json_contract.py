@@ -92,3 +92,38 @@ def test_silencing_drops_c_writes_and_keeps_python_prints():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["before", "python inside", "after"]
+
+
+def _no_nan(token: str):
+    raise AssertionError(f"{token} is not JSON")
+
+
+def test_show_json_is_one_document_with_the_cost_model_s_figures(gpus, models):
+    result = run_planner("show", HETERO, "--json", "--engine", "vllm")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout, parse_constant=_no_nan)  # the whole of stdout, strict numbers
+    assert data["cluster"]["engine"] == "vllm" and data["cluster"]["model"] == "qwen3-14b"
+    assert [h["name"] for h in data["cluster"]["hosts"]] == ["host1", "host2"]
+    ti = data["gpu_types"]["rtx2080ti"]
+    assert ti["memory_bytes"] == 11264 * 1024**2
+    assert ti["max_layers"] == {"plain": 14, "with_embeddings": 11, "with_lm_head": 11}  # docs/cost-model.md
+    assert [row["layers"] for row in ti["capacity"]] == list(range(1, 15))
+    assert set(ti["decode_ms"]) == {"1024", "4096"}
+    assert list(ti["decode_ms"]["4096"]) == [str(2**i) for i in range(9)]
+    assert list(ti["prefill_ms"]) == [str(128 * 2**i) for i in range(7)]
+    # the figures are the vllm engine's cost model, per layer
+    from planner.costmodel import CostParams, GpuCost
+    cost = GpuCost(gpus["rtx2080ti"], models["qwen3-14b"], "fp16", params=CostParams(engine="vllm"))
+    assert ti["decode_ms"]["4096"]["64"] == pytest.approx(cost.decode_s(1, 64, 4096) * 1e3)
+    assert ti["prefill_ms"]["8192"] == pytest.approx(cost.prefill_s(1, 8192) * 1e3)
+    decode = [ti["decode_ms"]["1024"][str(2**i)] for i in range(9)]
+    assert decode == sorted(decode)
+    # the default engine is the runtime, slower per step than vLLM on the same GPU
+    runtime = strict_json(run_planner("show", HETERO, "--json"))
+    assert runtime["cluster"]["engine"] == "runtime"
+    assert runtime["gpu_types"]["rtx2080ti"]["decode_ms"]["1024"]["1"] > 1.3 * ti["decode_ms"]["1024"]["1"]
+
+
+def test_show_rejects_an_unknown_engine():
+    result = run_planner("show", HETERO, "--engine", "tensorrt")
+    assert result.returncode == 2 and "tensorrt" in result.stderr and "Traceback" not in result.stderr
