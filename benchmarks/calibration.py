@@ -36,8 +36,7 @@ def main(show_all: bool) -> None:
     click.echo("| source | phase | batch / tokens | measured ms | predicted ms | error | held? |\n|---|---|---|---|---|---|---|")
     for p in points:
         if show_all or p.held or p.why_not.startswith("TP group"):
-            click.echo(f"| {p.source} | {p.phase} | {p.x} | {p.measured_ms:g} | {p.predicted_ms:.2f} | {p.error:+.1%} | "
-                       f"{'yes' if p.held else p.why_not} |")
+            click.echo(p.markdown_row())
 
 
 if __name__ == "__main__":

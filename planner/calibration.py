@@ -52,6 +52,11 @@ class Point:
     def error(self) -> float:
         return self.predicted_ms / self.measured_ms - 1
 
+    def markdown_row(self) -> str:
+        """The point's row of the table in docs/cost-model.md."""
+        return (f"| {self.source} | {self.phase} | {self.x} | {self.measured_ms:g} | {self.predicted_ms:.2f} | "
+                f"{self.error:+.1%} | {'yes' if self.held else self.why_not} |")
+
 
 def _rows(path: Path) -> list[tuple[int, float, float]]:
     """(x, ms, half the rounding step / ms) of each row, without the 0,0 sentinel."""

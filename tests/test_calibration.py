@@ -1,6 +1,7 @@
 """The vllm engine's cost model against Helix's published per-layer vLLM profiles (profiles/calibration/)."""
 
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,10 @@ def test_runtime_constants_would_miss_the_band(gpus, models):
     runtime = GpuCost(gpus["a100-40gb"], model, "fp16", params=CostParams(engine="runtime"))
     assert abs(vllm.decode_s(1, 2, 1024) * 1e3 / 1.4 - 1) <= BAND
     assert runtime.decode_s(1, 2, 1024) * 1e3 / 1.4 - 1 > 0.4
+
+
+def test_docs_table_is_current(points):
+    """docs/cost-model.md lists every row as benchmarks/calibration.py --all prints it: rerun it if this fails."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cost-model.md").read_text().splitlines()
+    missing = [p.markdown_row() for p in points if p.markdown_row() not in docs]
+    assert not missing, missing[:3]

@@ -127,3 +127,15 @@ def test_show_json_is_one_document_with_the_cost_model_s_figures(gpus, models):
 def test_show_rejects_an_unknown_engine():
     result = run_planner("show", HETERO, "--engine", "tensorrt")
     assert result.returncode == 2 and "tensorrt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_engine_travels_from_solve_to_simulate(tmp_path):
+    """solve --engine vllm costs the plan for vLLM, says so, and writes it into the layout; simulate reads it
+    back and predicts a faster vLLM than runtime for the same layout (CUDA graphs: less per-layer cost)."""
+    layout = tmp_path / "even.ini"
+    plan = strict_json(run_planner("solve", HETERO, "--method", "even", "--engine", "vllm", "--json", "--out", layout))
+    assert plan["engine"] == "vllm"
+    assert "engine = vllm" in layout.read_text().splitlines()
+    vllm = strict_json(run_planner("simulate", layout, "--json", "--duration", "20"))
+    runtime = strict_json(run_planner("simulate", layout, "--json", "--duration", "20", "--engine", "runtime"))
+    assert vllm["tpot_s"]["mean"] < runtime["tpot_s"]["mean"]
