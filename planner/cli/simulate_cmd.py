@@ -39,7 +39,7 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
               help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
                  microbatches: int, token_budget: int, seed: int, plot: str | None, as_json: bool) -> None:
     """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node

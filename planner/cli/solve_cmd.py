@@ -28,7 +28,7 @@ from planner.solvers.registry import DEFAULT_METHOD, METHODS
               help="Latency limit: mean time to first token, in ms.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot: float | None,
           max_ttft: float | None, out: str | None, plot: str | None, as_json: bool) -> None:
     """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
