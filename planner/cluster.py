@@ -1,6 +1,6 @@
 """Cluster files: hosts, GPUs, links and the model to serve, parsed and validated once, at the edge.
 
-Format: docs/formats.md (and ../shared/DESIGN.md). Every error names the file, the section and key,
+Format: docs/formats.md. Every error names the file, the section and key,
 and the fix; nothing downstream re-validates.
 """
 

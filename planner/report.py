@@ -12,7 +12,7 @@ from planner.units import format_time
 
 
 def plan_json(plan: Plan) -> dict:
-    """The JSON contract of DESIGN.md (`planner solve --json`), plus predicted latency."""
+    """The JSON contract of `planner solve --json` (docs/formats.md), plus predicted latency."""
     result, serving = plan.result, plan.serving
     nodes = [{"name": n.name, "host": n.host, "gpu": n.gpu,
               "start_layer": plan.placement.ranges[n.name][0], "end_layer": plan.placement.ranges[n.name][1]}

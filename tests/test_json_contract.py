@@ -57,6 +57,33 @@ def test_profile_json_is_one_document(tmp_path):
     assert data
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_a_profiled_section_loads_into_a_cluster_of_its_dtype_and_solves(tmp_path, dtype):
+    """profile -> cluster file -> solve, as a user does it: the section carries the device's bf16
+    capability, so a bf16 cluster accepts it without hand edits."""
+    pytest.importorskip("torch")
+    from runtime.checkpoint import make_checkpoint
+    from runtime.demo import TINY_MODELS, model_section
+
+    model = TINY_MODELS["tiny-qwen3"]
+    make_checkpoint(tmp_path / "ck", model)
+    cluster = tmp_path / "cluster.ini"
+    cluster.write_text(f"[cluster]\nmodel = {model.id}\ndtype = {dtype}\ncoordinator = local\n\n"
+                       f"{model_section(model)}\n[host local]\ngpus = cpu-measured * 2\n"
+                       "gpu_link = 1 GB/s, 0.05 ms\n")
+    profiled = run_planner("profile", "--checkpoint", tmp_path / "ck", "--device", "cpu", "--dtype", dtype,
+                           "--layers", "1", "--decode-batches", "1,2", "--prefill-tokens", "8", "--context", "16",
+                           "--threads", "1", "--memory", "2 GiB", "--out", cluster)
+    assert profiled.returncode == 0, profiled.stderr
+    assert "[gpu cpu-measured]" in cluster.read_text()
+    data = strict_json(run_planner("solve", cluster, "--method", "even", "--json"))
+    assert "bf16 = yes" in profiled.stdout  # torch runs bf16 on CPUs
+    held = [node for node in data["nodes"] if node["end_layer"] > node["start_layer"]]
+    assert data["throughput_tokens_per_s"] > 0 and held, data
+    assert all(node["gpu"] == "cpu-measured" for node in data["nodes"])
+    assert min(n["start_layer"] for n in held) == 0 and max(n["end_layer"] for n in held) == model.layers
+
+
 def test_run_local_json_is_one_document(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("zmq")

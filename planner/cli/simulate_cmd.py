@@ -41,7 +41,7 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
 @engine_option(default=None, help_extra=" Default: the engine the layout was planned for.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
                  microbatches: int, token_budget: int, seed: int, plot: str | None, engine: str | None,
                  as_json: bool) -> None:

@@ -30,7 +30,7 @@ from planner.solvers.registry import DEFAULT_METHOD, METHODS
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")
 @engine_option()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot: float | None,
           max_ttft: float | None, out: str | None, plot: str | None, engine: str, as_json: bool) -> None:
     """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
