@@ -118,7 +118,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
 
 
 def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, match_tpot: bool) -> None:
-    table = Table(title=f"{cluster.model.id} on {cluster.name}")
+    table = Table(title=f"{cluster.model.id} on {cluster.name}, {cluster.engine} engine")
     columns = ["method", "max flow tok/s", "serving tok/s", "TPOT ms", "TTFT ms"]
     if with_sim:
         columns += ["sim tok/s", f"sim TPOT ms @{LATENCY_LOAD:.0%}", f"sim TTFT ms @{LATENCY_LOAD:.0%}"]

@@ -50,6 +50,7 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
         click.echo(json.dumps(plan_json(plan), indent=2))
         return
     print_plan(console, plan)
+    console.print(f"costed for the {cluster.engine} engine (--engine; docs/cost-model.md#engines-and-calibration)")
     console.print(chain_text(plan))
     if method != "even":  # the hand split people start from (seed 000): say by how much and why
         try:
