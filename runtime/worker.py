@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,7 @@ from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
 
 KV_WAIT_S = 10.0  # how long a prompt waits at a worker for a KV slot before it fails
+FREED_MEMORY = 4096  # ended requests remembered, so that their work still in transit takes no KV slot
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Worker:
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.queue: deque[Item] = deque()
         self.kv_waits: dict[str, float] = {}   # request -> when it first found no free KV slot
+        self.freed: OrderedDict[str, None] = OrderedDict()  # recently ended requests (cancelled mid-prefill)
         self.context = zmq.Context()
         self.outboxes: dict[str, zmq.Socket] = {}
         self.stopping = threading.Event()
@@ -103,7 +105,7 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
-                          "free_slots": len(self.kv.free_slots), "steps": self.steps}
+                          "free_slots": len(self.kv.free_slots), "queued": len(self.queue), "steps": self.steps}
                 try:
                     sock.send_multipart(wire.encode(header), flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -152,6 +154,9 @@ class Worker:
             data, offset = tensors[0], 0
             for head in header["items"]:
                 count = head["n"]
+                if head["rid"] in self.freed:  # ended while this was on its way here
+                    offset += count
+                    continue
                 self.queue.append(Item(head["rid"], head["pos"], count, head["path"], head["hop"],
                                        data[offset:offset + count], head.get("sampling")))
                 offset += count
@@ -159,6 +164,9 @@ class Worker:
             freed = set(header["rids"])
             for rid in freed:
                 self._forget(rid)
+                self.freed[rid] = None
+            while len(self.freed) > FREED_MEMORY:
+                self.freed.popitem(last=False)
             self.queue = deque(i for i in self.queue if i.rid not in freed)
         elif kind == "stop":
             self.stopping.set()
