@@ -61,6 +61,8 @@ class Request:
     finish_reason: str | None = None     # "length" | "stop"
     error: str | None = None
     unavailable: bool = False            # failed for want of a live path or engine
+    logprobs: int | None = None          # top log-probabilities wanted per token (None: none)
+    token_logprobs: list = field(default_factory=list)  # per token: (its logprob, [[id, logprob], ...])
     attempt: int = 0                     # re-admissions so far; the wire id is rid, then rid~1, rid~2 ...
     submitted_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
@@ -163,7 +165,7 @@ class Host:
         return self
 
     def submit(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
-               *, ignore_eos: bool = False, stop_ids: tuple[int, ...] = ()) -> Request:
+               *, ignore_eos: bool = False, stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Request:
         if self.engine_error is not None:
             raise RequestFailed(f"the engine has stopped: {self.engine_error}", unavailable=True)
         if not prompt:
@@ -182,7 +184,7 @@ class Host:
             self.next_id += 1
             rid = f"r{self.next_id}"
         request = Request(rid, list(prompt), max_new_tokens, sampling,
-                          frozenset(stop_ids) | (frozenset() if ignore_eos else self.stop_ids))
+                          frozenset(stop_ids) | (frozenset() if ignore_eos else self.stop_ids), logprobs=logprobs)
         self.submissions.put(request)
         os.write(self.wake_w, b"x")
         return request
@@ -301,6 +303,8 @@ class Host:
             for item in header["items"]:
                 request = self.requests.get(item["rid"])
                 if request is not None:
+                    if request.logprobs is not None:
+                        request.token_logprobs.append((item.get("logprob"), item.get("top", [])))
                     self._on_token(request, int(item["token"]))
         elif kind == "error":
             for rid in header["rids"]:
@@ -449,7 +453,7 @@ class Host:
             # the position it had on the old path
             ids = request.prompt + request.tokens
             item = {"rid": request.wire_id, "pos": 0, "n": len(ids), "path": list(path), "hop": 0,
-                    "sampling": request.sampling.to_wire()}
+                    "sampling": {**request.sampling.to_wire(), "logprobs": request.logprobs}}
             try:
                 sent = self._send(path[0], {"kind": "work", "items": [item]}, (torch.tensor(ids, dtype=torch.long),))
             except Exception as exc:  # noqa: BLE001 - a request that cannot be encoded fails alone

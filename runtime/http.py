@@ -214,7 +214,7 @@ class Api:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
 
     def _submit(self, body, prompts: list[list[int]], max_tokens: int | None, default_max: int | None,
-                loop: asyncio.AbstractEventLoop, wake: asyncio.Event, echo: bool) -> list[Choice]:
+                loop: asyncio.AbstractEventLoop, wake: asyncio.Event, echo: bool, logprobs: int | None) -> list[Choice]:
         base_seed = body.seed if body.seed is not None else time.time_ns() % 2**31
         choices: list[Choice] = []
         try:
@@ -224,7 +224,7 @@ class Api:
                 for i in range(body.n):
                     sampling = SamplingParams(body.temperature, body.top_p, base_seed + i)
                     request = self.host.submit(ids, limit, sampling, ignore_eos=body.ignore_eos,
-                                               stop_ids=tuple(body.stop_token_ids or ()))
+                                               stop_ids=tuple(body.stop_token_ids or ()), logprobs=logprobs)
                     request.on_event = lambda: loop.call_soon_threadsafe(wake.set)
                     choices.append(Choice(p * body.n + i, p, request, Detokenizer(self.tokenizer, body.stop_strings()),
                                           len(ids), self._decode(ids) if echo else ""))
@@ -275,11 +275,31 @@ class Api:
         if failed is not None:
             raise ApiError(503 if failed.unavailable else 500, str(failed))
 
+    def _logprobs(self, c: Choice, start: int, end: int, chat: bool) -> dict | None:
+        """OpenAI's logprobs object for tokens [start, end) of a choice (None when not asked for)."""
+        if c.request.logprobs is None:
+            return None
+        text = self._decode
+        rows = list(zip(c.detok.tokens[start:end], c.request.token_logprobs[start:end]))
+        if chat:
+            def entry(token: int, value: float) -> dict:
+                piece = text([token])
+                return {"token": piece, "logprob": value, "bytes": list(piece.encode())}
+            return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]}
+                                for t, (lp, top) in rows]}
+        offsets, at = [], len(c.prefix) + len(text(c.detok.tokens[:start]))
+        for t, _ in rows:
+            offsets.append(at)
+            at += len(text([t]))
+        return {"tokens": [text([t]) for t, _ in rows], "token_logprobs": [lp for _, (lp, _) in rows],
+                "top_logprobs": [{text([t]): lp, **{text([i]): v for i, v in top}} for t, (lp, top) in rows],
+                "text_offset": offsets}
+
     async def _run(self, raw: HttpRequest, body, prompts: list[list[int]], max_tokens: int | None,
-                   default_max: int | None, chat: bool, echo: bool = False):
+                   default_max: int | None, chat: bool, echo: bool = False, logprobs: int | None = None):
         self._check_model(body.model)
         loop, wake = asyncio.get_running_loop(), asyncio.Event()
-        choices = self._submit(body, prompts, max_tokens, default_max, loop, wake, echo)
+        choices = self._submit(body, prompts, max_tokens, default_max, loop, wake, echo, logprobs)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
@@ -296,11 +316,12 @@ class Api:
         out = []
         for c in sorted(choices, key=lambda c: c.index):
             text = c.prefix + c.detok.delta(final=True)
+            logprobs = self._logprobs(c, 0, len(c.detok.tokens), chat)
             if chat:
                 out.append({"index": c.index, "message": {"role": "assistant", "content": text},
-                            "logprobs": None, "finish_reason": c.finish_reason, "token_ids": c.detok.tokens})
+                            "logprobs": logprobs, "finish_reason": c.finish_reason, "token_ids": c.detok.tokens})
             else:
-                out.append({"index": c.index, "text": text, "logprobs": None, "finish_reason": c.finish_reason,
+                out.append({"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
                             "token_ids": c.detok.tokens})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": self.model_name, "choices": out, "usage": self._usage(choices)}
@@ -314,11 +335,16 @@ class Api:
                        "choices": choice_list, **extra}
             return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
+        sent = {c.index: 0 for c in choices}   # tokens of each choice streamed so far
+
         def piece(c: Choice, text: str, tokens: list[int], finish: str | None, first: bool = False) -> dict:
+            logprobs = self._logprobs(c, sent[c.index], sent[c.index] + len(tokens), chat) if tokens else None
+            sent[c.index] += len(tokens)
             if chat:
                 delta = {"role": "assistant", "content": text} if first else ({"content": text} if text or tokens else {})
-                return {"index": c.index, "delta": delta, "logprobs": None, "finish_reason": finish, "token_ids": tokens}
-            return {"index": c.index, "text": text, "logprobs": None, "finish_reason": finish, "token_ids": tokens}
+                return {"index": c.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
+                        "token_ids": tokens}
+            return {"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": finish, "token_ids": tokens}
 
         reported: set[int] = set()
         try:
@@ -359,7 +385,8 @@ class Api:
     async def completions(self, raw: HttpRequest):
         body: CompletionRequest = await read_body(raw, CompletionRequest)
         prompts = [self._ids(p) for p in body.prompts()]
-        return await self._run(raw, body, prompts, body.max_tokens, 16, chat=False, echo=body.echo)
+        return await self._run(raw, body, prompts, body.max_tokens, 16, chat=False, echo=body.echo,
+                               logprobs=body.logprobs)
 
     async def chat_completions(self, raw: HttpRequest):
         body: ChatCompletionRequest = await read_body(raw, ChatCompletionRequest)
@@ -373,7 +400,8 @@ class Api:
             raise ApiError(400, str(exc), "messages") from None
         # the template writes the special tokens itself (as transformers' apply_chat_template(tokenize=True))
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return await self._run(raw, body, [ids], body.max_completion_tokens or body.max_tokens, None, chat=True)
+        return await self._run(raw, body, [ids], body.max_completion_tokens or body.max_tokens, None, chat=True,
+                               logprobs=(body.top_logprobs or 0) if body.logprobs else None)
 
     def models(self) -> dict:
         return {"object": "list", "data": [self.model_card()]}

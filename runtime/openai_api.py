@@ -16,6 +16,7 @@ TokenId = Annotated[StrictInt, Field(ge=0)]
 Seed = Annotated[StrictInt, Field(ge=-2**63, le=2**63 - 1)]
 MAX_PROMPTS = 256        # prompts of one batch request
 MAX_N = 16               # choices per prompt
+MAX_LOGPROBS = 20        # top log-probabilities per token (vLLM's default max_logprobs)
 
 
 class _Body(BaseModel):
@@ -51,7 +52,7 @@ class CompletionRequest(_Sampling):
     prompt: Union[StrictStr, PromptIds, Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_PROMPTS)],
                   Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_PROMPTS)]]
     echo: StrictBool = False
-    logprobs: Annotated[StrictInt, Field(ge=0, le=0)] | None = None   # see docs/runtime.md: not served yet
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The batch: one entry per prompt (text or ids)."""
@@ -70,4 +71,5 @@ class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     add_generation_prompt: StrictBool = True
-    logprobs: Literal[False] | None = None   # see docs/runtime.md: not served yet
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None

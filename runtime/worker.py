@@ -67,6 +67,7 @@ class Worker:
         self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
         self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
+        self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
         self.queue: deque[Item] = deque()
         self.kv_waits: dict[str, float] = {}   # request -> when it first found no free KV slot
         self.freed: OrderedDict[str, None] = OrderedDict()  # recently ended requests (cancelled mid-prefill)
@@ -175,6 +176,7 @@ class Worker:
         self.kv.release(rid)
         self.kv_waits.pop(rid, None)
         self.sampling.pop(rid, None)
+        self.logprobs.pop(rid, None)
 
     def _take_batch(self) -> list[Item]:
         """Decode items first (one token each), then prompts in arrival order, within the token budget."""
@@ -214,6 +216,8 @@ class Worker:
                 self.kv_waits.pop(item.rid, None)
                 if self.stage.last and item.sampling is not None:
                     self.sampling[item.rid] = SamplingParams.from_wire(item.sampling)
+                    if item.sampling.get("logprobs") is not None:
+                        self.logprobs[item.rid] = int(item.sampling["logprobs"])
                 ready.append(item)
             elif item.rid not in self.kv.slot_of:
                 self._report([item.rid], "decode step for a request this worker holds no KV for")
@@ -238,6 +242,12 @@ class Worker:
             tokens = sample_batch(out, [self.sampling.get(i.rid, SamplingParams()) for i in batch],
                                   [i.pos + i.count for i in batch])
             items = [{"rid": i.rid, "token": t} for i, t in zip(batch, tokens)]
+            for row, (item, head) in enumerate(zip(batch, items)):
+                if item.rid in self.logprobs:  # of the model's distribution, before temperature (as vLLM)
+                    logp = torch.log_softmax(out[row].float(), dim=-1)
+                    top = torch.topk(logp, self.logprobs[item.rid]) if self.logprobs[item.rid] else None
+                    head["logprob"] = float(logp[head["token"]])
+                    head["top"] = [] if top is None else [[int(t), float(v)] for v, t in zip(top.values, top.indices)]
             self._send(COORDINATOR, {"kind": "tokens", "node": self.spec.node, "items": items})
             return
         by_hop: dict[str, list[tuple[Item, torch.Tensor]]] = {}

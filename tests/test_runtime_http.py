@@ -182,10 +182,29 @@ def test_stop_strings_and_stop_token_ids(live):
     assert by_id.choices[0].text == live.tokenizer.decode(reference[:cut - 1])
 
 
-def test_logprobs_are_refused_with_a_clear_400(live):
-    with pytest.raises(openai.BadRequestError) as exc:
-        live.client.completions.create(model=MODEL, prompt=[1, 2], max_tokens=2, logprobs=2)
-    assert exc.value.body["param"] == "logprobs"
+def test_logprobs_match_transformers(live, checkpoint):
+    transformers = pytest.importorskip("transformers")
+    ids = [3, 1, 4, 1, 5]
+    answer = live.client.completions.create(model=MODEL, prompt=ids, max_tokens=5, temperature=0, logprobs=3,
+                                            extra_body={"ignore_eos": True})
+    choice = answer.choices[0]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint / "ck"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids + choice.token_ids])).logits[0].float(), dim=-1)
+    expected = [float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(choice.token_ids)]
+    assert choice.logprobs.token_logprobs == pytest.approx(expected, abs=1e-4)
+    assert all(len(top) >= 1 and max(top.values()) == pytest.approx(lp, abs=1e-6)     # greedy: the top token
+               for top, lp in zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs))
+    assert "".join(choice.logprobs.tokens) == choice.text
+    chunks = list(live.client.completions.create(model=MODEL, prompt=ids, max_tokens=5, temperature=0, logprobs=3,
+                                                 stream=True, extra_body={"ignore_eos": True}))
+    assert [v for c in chunks if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs] == \
+        pytest.approx(expected, abs=1e-4)
+    chat = live.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=3, temperature=0, logprobs=True, top_logprobs=2,
+                                               extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in content)
 
 
 def test_chat_completion_renders_the_template_as_transformers_does(live, checkpoint):
