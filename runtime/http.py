@@ -41,6 +41,8 @@ from runtime.sampling import SamplingParams
 REQUEST_TIMEOUT_S = 600.0     # longest wait for a request's next token
 BODY_TIMEOUT_S = 30.0         # a request body must arrive within this (a Content-Length larger than the body)
 MAX_BODY_BYTES = 4 * 2**20
+DRAIN_BYTES = 64 * 2**20      # a body past the cap is read (and dropped) up to this, so the 413 reaches a
+                              # client still sending (closing on it makes the kernel reset the connection)
 KEEP_ALIVE_S = 5              # idle keep-alive connections close after this
 BACKLOG = 2048                # listen backlog: bursts of connections wait in the kernel, not reset
 DISCONNECT_POLL_S = 0.5       # how often a non-streamed request checks whether its client left
@@ -58,9 +60,9 @@ def load_tokenizer(checkpoint: str | Path | None):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, close: bool = False) -> None:
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.close = status, message, param, close
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
@@ -86,22 +88,28 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 async def read_body(raw: HttpRequest, model: type):
     """The body as `model`: 413 past MAX_BODY_BYTES, 408 when it does not arrive in time, 400 otherwise bad."""
+    too_large = f"the body is larger than {MAX_BODY_BYTES} bytes"
     length = raw.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        raise ApiError(413 if length.isdigit() else 400,
-                       f"the body is larger than {MAX_BODY_BYTES} bytes" if length.isdigit() else "bad Content-Length")
+    if length is not None and int(length) > DRAIN_BYTES:  # uvicorn has refused a malformed Content-Length
+        raise ApiError(413, too_large, close=True)
     body = bytearray()
+    received = 0
 
     async def collect() -> None:
+        nonlocal received
         async for chunk in raw.stream():
-            body.extend(chunk)
-            if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            received += len(chunk)
+            if received > DRAIN_BYTES:
+                raise ApiError(413, too_large, close=True)
+            if received <= MAX_BODY_BYTES:
+                body.extend(chunk)
 
     try:
         await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+        raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", close=True) from None
+    if received > MAX_BODY_BYTES:
+        raise ApiError(413, too_large)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
@@ -418,7 +426,7 @@ def make_app(host: Host, model_name: str, tokenizer=None, chat_template: ChatTem
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
-        return _error_response(exc.status, exc.message, exc.param, close=exc.status in (408, 413))
+        return _error_response(exc.status, exc.message, exc.param, close=exc.close)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(raw: HttpRequest, exc: StarletteHTTPException):
