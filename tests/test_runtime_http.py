@@ -414,3 +414,51 @@ def test_killing_a_middle_worker_during_32_streams_loses_nothing(checkpoint, for
         assert server.host.health()["workers"][victim] == "dead"
     finally:
         server.close()
+
+
+# ---- the installed command ------------------------------------------------------------------------
+
+def test_planner_host_command_serves_the_openai_client(checkpoint, forkserver, tmp_path):
+    """`planner host` as a user starts it (workers from the fork server, as launch scripts would start them)."""
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+
+    from planner.export.runtime import write_runtime_config
+
+    model = TINY_MODELS[MODEL]
+    (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 4))
+    (tmp_path / "layout.ini").write_text(chain_layout("cluster.ini", model, PARALLEL))
+    config = runtime_config(read_layout(tmp_path / "layout.ini"), layout_path=str(tmp_path / "layout.ini"),
+                            local=True, device="cpu", threads=1, kv_slots=4, limits=LIMITS,
+                            checkpoint=str(checkpoint / "ck"))
+    path = write_runtime_config(config, tmp_path / "runtime.json")
+    workers = [forkserver.start(["--config", str(path), "--node", w.node, "--checkpoint", str(checkpoint / "ck")],
+                                tmp_path / f"w{i}.log") for i, w in enumerate(config.workers)]
+    host = subprocess.Popen([shutil.which("planner"), "host", "--config", str(path), "--http-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = host.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = client.completions.create(model=MODEL, prompt="hi", max_tokens=4, temperature=0,
+                                           extra_body={"ignore_eos": True})
+        assert len(answer.choices[0].token_ids) == 4
+        chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                              temperature=0, extra_body={"ignore_eos": True})
+        assert chat.usage.completion_tokens == 3
+        host.send_signal(signal.SIGTERM)
+        assert host.wait(timeout=15) == 0
+        assert "Traceback" not in host.stderr.read()
+    finally:
+        if host.poll() is None:
+            host.kill()
+        for worker in workers:
+            worker.kill()
+        host.stdout.close()
+        host.stderr.close()
