@@ -189,10 +189,11 @@ class Host:
         os.write(self.wake_w, b"x")
         return request
 
-    def cancel(self, request: Request) -> None:
-        """End a request early (its client went away): its KV is freed on every stage of its path."""
+    def cancel(self, request: Request, reason: str = "abort") -> None:
+        """End a request early, its KV freed on every stage of its path: "abort" (its client went away) or
+        "stop" (the caller found a stop string)."""
         if not request.done.is_set() and self.wake_w >= 0:
-            self.cancels.put(request)
+            self.cancels.put((request, reason))
             os.write(self.wake_w, b"x")
 
     def generate(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
@@ -259,7 +260,7 @@ class Host:
                         traceback.print_exc(file=sys.stderr)
                 self._flush_decode()
                 while not self.cancels.empty():
-                    self._cancel(self.cancels.get_nowait())
+                    self._cancel(*self.cancels.get_nowait())
                 while not self.submissions.empty():
                     self.waiting.append(self.submissions.get_nowait())
                 self._check_workers()
@@ -355,15 +356,18 @@ class Host:
             except Exception:  # noqa: BLE001 - metrics must not break serving
                 traceback.print_exc(file=sys.stderr)
 
-    def _cancel(self, request: Request) -> None:
+    def _cancel(self, request: Request, reason: str) -> None:
         if request.done.is_set():
             return
         if request in self.waiting:
             self.waiting.remove(request)
         self._release(request)
-        request.finish_reason, request.finished_s = "abort", time.perf_counter()
-        self.cancelled += 1
-        request.post("done", "abort")
+        request.finish_reason, request.finished_s = reason, time.perf_counter()
+        if reason == "abort":
+            self.cancelled += 1
+        else:
+            self.completed += 1
+        request.post("done", reason)
         self._ended(request)
 
     def _readmit(self, request: Request, reason: str) -> None:

@@ -121,38 +121,51 @@ async def read_body(raw: HttpRequest, model: type):
 
 
 class Detokenizer:
-    """Text of one choice as its tokens arrive: never cuts a multi-byte character (the text is decoded
-    whole and held back while it ends in U+FFFD), holds back what could begin a stop string, and ends the
-    choice at a stop string (excluded from the text, as vLLM does by default)."""
+    """Text of one choice as its tokens arrive. Each token decodes a short window (the tokens since the
+    last complete piece, with the piece before as context for tokenizers that read neighbours), not the
+    whole answer; text whose last character is incomplete (U+FFFD: a multi-byte character split across
+    tokens) waits for the next token. What could begin a stop string is held back; a stop string ends the
+    choice and is excluded from the text, as vLLM does by default."""
 
-    def __init__(self, tokenizer, stops: list[str]) -> None:
-        self.tokenizer, self.stops = tokenizer, stops
+    def __init__(self, tokenizer, stops: list[str], stop_ids: frozenset[int] = frozenset()) -> None:
+        self.tokenizer, self.stops, self.stop_ids = tokenizer, stops, stop_ids
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.tokens: list[int] = []
-        self.text = ""
-        self.sent = 0
+        self.text = ""            # complete text so far
+        self.sent = 0             # characters of it already streamed
+        self.prefix_at = self.read_at = 0
         self.stopped = False
 
+    def _window(self, complete_only: bool) -> None:
+        prefix = self.tokenizer.decode(self.tokens[self.prefix_at:self.read_at])
+        window = self.tokenizer.decode(self.tokens[self.prefix_at:])
+        if len(window) > len(prefix) and not (complete_only and window.endswith("\ufffd")):
+            self.text += window[len(prefix):]
+            self.prefix_at, self.read_at = self.read_at, len(self.tokens)
+
     def push(self, token: int) -> None:
+        if self.tokenizer is not None and token in self.stop_ids:
+            # the request ends here: what the tokens before it hold is the answer; a stop id's text is not
+            if self.read_at < len(self.tokens):
+                self._window(complete_only=False)
+            self.tokens.append(token)
+            self.stopped = True
+            return
         self.tokens.append(token)
         if self.tokenizer is None:
             return
-        self.text = self.tokenizer.decode(self.tokens)
+        before = len(self.text)
+        self._window(complete_only=True)
         for stop in self.stops:
-            at = self.text.find(stop, max(0, self.sent - len(stop)))
+            at = self.text.find(stop, max(0, before - len(stop) + 1))
             if at >= 0:
                 self.text, self.stopped = self.text[:at], True
 
-    def drop_last(self) -> None:
-        """The last token was a stop id: its text is not part of the answer."""
-        if self.tokenizer is not None and not self.stopped:
-            self.text = self.tokenizer.decode(self.tokens[:-1])
-
     def delta(self, final: bool) -> str:
+        if final and not self.stopped and self.tokenizer is not None and self.read_at < len(self.tokens):
+            self._window(complete_only=False)  # the answer ended inside a character: as decoded
         end = len(self.text)
         if not final and not self.stopped:
-            if self.text.endswith("\ufffd"):
-                return ""
             end = max(self.sent, end - self.hold)
         piece, self.sent = self.text[self.sent:end], max(self.sent, end)
         return piece
@@ -181,10 +194,8 @@ class Choice:
                 self.new_tokens.append(value)
                 if self.detok.stopped:
                     self.finish_reason = "stop"
-                    host.cancel(self.request)
+                    host.cancel(self.request, "stop")
             elif kind == "done":
-                if value == "stop":
-                    self.detok.drop_last()
                 self.finish_reason = value
             else:
                 self.error = RequestFailed(value, unavailable=self.request.unavailable)
@@ -234,8 +245,8 @@ class Api:
                     request = self.host.submit(ids, limit, sampling, ignore_eos=body.ignore_eos,
                                                stop_ids=tuple(body.stop_token_ids or ()), logprobs=logprobs)
                     request.on_event = lambda: loop.call_soon_threadsafe(wake.set)
-                    choices.append(Choice(p * body.n + i, p, request, Detokenizer(self.tokenizer, body.stop_strings()),
-                                          len(ids), self._decode(ids) if echo else ""))
+                    detok = Detokenizer(self.tokenizer, body.stop_strings(), request.stop_ids)
+                    choices.append(Choice(p * body.n + i, p, request, detok, len(ids), self._decode(ids) if echo else ""))
         except (ValueError, RequestFailed) as exc:
             for choice in choices:
                 self.host.cancel(choice.request)

@@ -114,6 +114,32 @@ def live(checkpoint, forkserver):
     server.close()
 
 
+def test_incremental_detokenisation_never_splits_a_character(tmp_path):
+    write_tokenizer(tmp_path)
+    tokenizer = http_api.load_tokenizer(tmp_path)
+    text = "héllo wörld, 日本語 🙂!"
+    ids = tokenizer.encode(text).ids
+    assert len(ids) > len(text)                                    # multi-byte characters span tokens
+    detok = http_api.Detokenizer(tokenizer, [])
+    pieces = []
+    for token in ids:
+        detok.push(token)
+        pieces.append(detok.delta(final=False))
+    pieces.append(detok.delta(final=True))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    stop_id = tokenizer.encode("!").ids[0]
+    detok = http_api.Detokenizer(tokenizer, ["wör"], frozenset({stop_id}))
+    for token in ids:
+        detok.push(token)
+        if detok.stopped:
+            break
+    assert detok.delta(final=True) == "héllo "                     # the stop string is not in the answer
+    detok = http_api.Detokenizer(tokenizer, [], frozenset({stop_id}))
+    for token in ids:
+        detok.push(token)
+    assert detok.delta(final=True) == text[:-1]                    # nor is a stop id's text
+
+
 # ---- the openai client ------------------------------------------------------------------------------
 
 def test_models_list_retrieve_and_unknown_model(live):
