@@ -122,6 +122,11 @@ def test_requests_past_max_seq_len_are_refused(chain):
         run.host.submit([1] * 100, 100)
     with pytest.raises(ValueError, match="token ids"):
         run.host.submit([1, 10_000], 4)
+    for seed in (2**64, -2**63 - 1, 99999999999999999999999):   # past msgpack: they killed the engine thread
+        with pytest.raises(ValueError, match="seed"):
+            run.host.submit([1, 2], 4, SamplingParams(temperature=1.0, seed=seed))
+    edge = run.host.generate([1, 2], 4, SamplingParams(temperature=1.0, seed=2**64 - 1), timeout=TIMEOUT_S)
+    assert len(edge) == 4 and run.host.engine_alive()
 
 
 def test_a_worker_killed_mid_request_loses_nothing_and_the_rest_go_on(forkserver, tmp_path_factory):
