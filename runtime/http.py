@@ -59,6 +59,10 @@ def load_tokenizer(checkpoint: str | Path | None):
     return Tokenizer.from_file(str(Path(checkpoint) / "tokenizer.json"))
 
 
+class ClientGone(Exception):
+    """The client of a plain (non-streamed) request closed its connection."""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, close: bool = False) -> None:
         super().__init__(message)
@@ -259,6 +263,7 @@ class Api:
         """Yield each time some choice moved, until all ended; cancel what is left when the client leaves
         (raw is given for non-streamed answers, streamed ones are cancelled by their generator's close)."""
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        checked = time.monotonic()
         while True:
             wake.clear()
             if any([c.drain(self.host) for c in choices]):
@@ -269,13 +274,17 @@ class Api:
             try:
                 await asyncio.wait_for(wake.wait(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
-                if raw is not None and await raw.is_disconnected():
-                    raise asyncio.CancelledError
-                if time.monotonic() > deadline:
-                    for c in choices:
-                        if not c.ended:
-                            c.error = RequestFailed(f"no token for {REQUEST_TIMEOUT_S:g} s")
-                            self.host.cancel(c.request)
+                pass
+            now = time.monotonic()
+            if raw is not None and now - checked >= DISCONNECT_POLL_S:
+                checked = now
+                if await raw.is_disconnected():
+                    raise ClientGone
+            if now > deadline:
+                for c in choices:
+                    if not c.ended:
+                        c.error = RequestFailed(f"no token for {REQUEST_TIMEOUT_S:g} s")
+                        self.host.cancel(c.request)
 
     def _cancel_all(self, choices: list[Choice]) -> None:
         for c in choices:
@@ -328,6 +337,9 @@ class Api:
         try:
             async for _ in self._events(choices, wake, raw):
                 pass
+        except ClientGone:  # nobody to answer: free the KV now rather than generate to max_tokens
+            self._cancel_all(choices)
+            return Response(status_code=499)
         except BaseException:
             self._cancel_all(choices)
             raise

@@ -381,6 +381,13 @@ def test_a_client_leaving_mid_stream_frees_its_kv(live):
         time.sleep(0.05)
     assert sum(live.kv_used().values()) == 0 and not live.host.requests
     assert live.host.cancelled == cancelled + 1 and request.finish_reason == "abort" and len(request.tokens) < 250
+    with pytest.raises(httpx.TimeoutException):  # a plain request whose client gives up is cancelled too
+        httpx.post(live.base + "/v1/completions",  # 16 x 250 tokens through 8 KV slots: seconds of work
+                   json={"prompt": [4, 5], "max_tokens": 250, "n": 16, "ignore_eos": True}, timeout=0.3)
+    deadline = time.monotonic() + 10
+    while (sum(live.kv_used().values()) or live.host.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(live.kv_used().values()) == 0 and live.host.cancelled >= cancelled + 2 and not live.host.waiting
     metrics = httpx.get(live.base + "/metrics").text
     assert 'vllm:request_success_total{finished_reason="abort",model_name="tiny-qwen3"}' in metrics
     assert "vllm:time_to_first_token_seconds_bucket" in metrics and "planner:worker_queue_length{" in metrics
