@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import signal
 import socket
 import threading
@@ -190,7 +191,7 @@ class Choice:
         while self.finish_reason is None and self.error is None:
             try:
                 kind, value = self.request.events.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 return moved
             moved = True
             if kind == "token":
@@ -325,7 +326,6 @@ class Api:
 
     async def _run(self, raw: HttpRequest, body, prompts: list[list[int]], max_tokens: int | None,
                    default_max: int | None, chat: bool, echo: bool = False, logprobs: int | None = None):
-        self._check_model(body.model)
         loop, wake = asyncio.get_running_loop(), asyncio.Event()
         choices = self._submit(body, prompts, max_tokens, default_max, loop, wake, echo, logprobs)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -415,12 +415,14 @@ class Api:
 
     async def completions(self, raw: HttpRequest):
         body: CompletionRequest = await read_body(raw, CompletionRequest)
+        self._check_model(body.model)
         prompts = [self._ids(p) for p in body.prompts()]
         return await self._run(raw, body, prompts, body.max_tokens, 16, chat=False, echo=body.echo,
                                logprobs=body.logprobs)
 
     async def chat_completions(self, raw: HttpRequest):
         body: ChatCompletionRequest = await read_body(raw, ChatCompletionRequest)
+        self._check_model(body.model)
         if self.chat_template is None or self.tokenizer is None:
             raise ApiError(400, "this checkpoint has no chat template (tokenizer_config.json's chat_template) "
                                 "or no tokenizer.json: use /v1/completions", "messages")
