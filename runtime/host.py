@@ -7,17 +7,25 @@ which queues the request and wakes the engine through a pipe. The engine:
   * takes the ids the last stage samples (with the request's parameters), streams each one and sends it
     back to the first worker as the next decode step, until max_new_tokens or a stop id;
   * tells every worker of the path to free the request's KV when it ends, however it ends;
-  * declares a worker dead after dead_after_s without a heartbeat: each request on a path through it
-    fails with an error naming the worker, and routing avoids it from then on (a worker that beats
-    again is taken back).
+  * declares a worker dead after dead_after_s without a heartbeat: each request on a path through it is
+    re-admitted on a live path (its prompt plus the tokens generated so far prefilled again, under a new
+    attempt id so that stale messages of the old path are ignored; sampling is counter-based, so the
+    tokens that follow are those the old path would have drawn). A request is re-admitted at most
+    READMIT_LIMIT times; with no live path left it fails (HTTP 503). Routing avoids a dead worker from
+    then on (a worker that beats again is taken back);
+  * cancels a request on demand (a client went away): it frees its KV on every stage at once.
+The engine is supervised: a message or request that raises is logged and fails alone; should the loop
+itself die, `health()` says "down" and every request fails at once instead of hanging.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -29,13 +37,19 @@ from runtime import wire
 from runtime.sampling import SamplingParams
 
 START_TIMEOUT_S = 300.0  # a worker never heard from by then counts as dead
+READMIT_LIMIT = 3        # re-admissions of one request after worker deaths before it fails
+SEED_RANGE = (-2**63, 2**64)  # what msgpack carries (int64 and uint64) and sampling folds mod 2^64
 
 
 class RequestFailed(RuntimeError):
-    """A request the runtime could not finish (a worker died, no path, bad input)."""
+    """A request the runtime could not finish. `unavailable`: no live path or no engine (HTTP 503)."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests are never "equal"
 class Request:
     rid: str
     prompt: list[int]
@@ -46,19 +60,36 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None     # "length" | "stop"
     error: str | None = None
+    unavailable: bool = False            # failed for want of a live path or engine
+    logprobs: int | None = None          # top log-probabilities wanted per token (None: none)
+    token_logprobs: list = field(default_factory=list)  # per token: (its logprob, [[id, logprob], ...])
+    attempt: int = 0                     # re-admissions so far; the wire id is rid, then rid~1, rid~2 ...
     submitted_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     finished_s: float | None = None
     events: queue.Queue = field(default_factory=queue.Queue)  # ("token", id) ... then ("done", reason) | ("error", text)
     done: threading.Event = field(default_factory=threading.Event)
+    on_event: object = None  # optional callable(), called on the engine thread after each event (wakes a reader)
+
+    def post(self, kind: str, value) -> None:
+        self.events.put((kind, value))
+        if self.on_event is not None:
+            try:
+                self.on_event()
+            except RuntimeError:  # the reader's event loop has closed: nobody is waiting any more
+                pass
 
     def result(self, timeout: float | None = None) -> list[int]:
         """The generated ids; RequestFailed when the request failed or did not end within `timeout`."""
         if not self.done.wait(timeout):
             raise RequestFailed(f"request {self.rid} did not finish within {timeout} s")
         if self.error:
-            raise RequestFailed(self.error)
+            raise RequestFailed(self.error, unavailable=self.unavailable)
         return list(self.tokens)
+
+    @property
+    def wire_id(self) -> str:
+        return self.rid if self.attempt == 0 else f"{self.rid}~{self.attempt}"
 
     def stream(self, timeout: float | None = None):
         """Yield ids as they arrive; raise RequestFailed on failure."""
@@ -70,7 +101,7 @@ class Request:
             if kind == "token":
                 yield value
             elif kind == "error":
-                raise RequestFailed(value)
+                raise RequestFailed(value, unavailable=self.unavailable)
             else:
                 return
 
@@ -102,6 +133,13 @@ class Host:
         self.thread: threading.Thread | None = None
         self.completed = 0
         self.failed = 0
+        self.cancelled = 0
+        self.readmitted = 0
+        self.cancels: queue.Queue = queue.Queue()
+        self.engine_error: str | None = None       # set when the engine loop died
+        self.worker_stats = {w.node: {"free_slots": w.kv_slots, "queued": 0} for w in config.workers}
+        self.on_token = None     # optional callback(request, token) on the engine thread (metrics)
+        self.on_end = None       # optional callback(request) when a request ends, however it ends
 
     # ---- the API other threads use -----------------------------------------------------------------
 
@@ -127,9 +165,13 @@ class Host:
         return self
 
     def submit(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
-               *, ignore_eos: bool = False) -> Request:
+               *, ignore_eos: bool = False, stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Request:
+        if self.engine_error is not None:
+            raise RequestFailed(f"the engine has stopped: {self.engine_error}", unavailable=True)
         if not prompt:
             raise ValueError("the prompt is empty")
+        if not SEED_RANGE[0] <= sampling.seed < SEED_RANGE[1]:
+            raise ValueError(f"seed must be in [-2^63, 2^64), not {sampling.seed}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         vocab = self.config.model.vocab_size
@@ -142,10 +184,17 @@ class Host:
             self.next_id += 1
             rid = f"r{self.next_id}"
         request = Request(rid, list(prompt), max_new_tokens, sampling,
-                          frozenset() if ignore_eos else self.stop_ids)
+                          frozenset(stop_ids) | (frozenset() if ignore_eos else self.stop_ids), logprobs=logprobs)
         self.submissions.put(request)
         os.write(self.wake_w, b"x")
         return request
+
+    def cancel(self, request: Request, reason: str = "abort") -> None:
+        """End a request early, its KV freed on every stage of its path: "abort" (its client went away) or
+        "stop" (the caller found a stop string)."""
+        if not request.done.is_set() and self.wake_w >= 0:
+            self.cancels.put((request, reason))
+            os.write(self.wake_w, b"x")
 
     def generate(self, prompt: list[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
                  timeout: float | None = 60.0, **options) -> list[int]:
@@ -160,10 +209,18 @@ class Host:
     def health(self) -> dict:
         states = dict(self.state)
         open_path = self._path_exists(lambda u: states.get(u) == "alive")
-        status = "starting" if not self.ready.is_set() and "starting" in states.values() else \
+        status = "down" if not self.engine_alive() else \
+            "starting" if not self.ready.is_set() and "starting" in states.values() else \
             "ok" if all(s == "alive" for s in states.values()) else "degraded" if open_path else "down"
-        return {"status": status, "workers": states, "in_flight": sum(self.in_flight.values()),
-                "waiting": len(self.waiting), "completed": self.completed, "failed": self.failed}
+        health = {"status": status, "workers": states, "in_flight": len(self.requests),
+                  "waiting": len(self.waiting), "completed": self.completed, "failed": self.failed,
+                  "cancelled": self.cancelled, "readmitted": self.readmitted}
+        if self.engine_error is not None:
+            health["engine_error"] = self.engine_error
+        return health
+
+    def engine_alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and self.engine_error is None
 
     def close(self, stop_workers: bool = False) -> None:
         if self.wake_w < 0:
@@ -185,6 +242,7 @@ class Host:
         poller.register(inbox, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         tick_ms = max(10, int(self.config.limits.heartbeat_s * 1000 / 2))
+        shutdown = "the host is shutting down"
         try:
             while not self.stopping.is_set():
                 events = dict(poller.poll(tick_ms))
@@ -196,15 +254,26 @@ class Host:
                         frames = inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._handle(*wire.decode(frames))
+                    try:
+                        self._handle(*wire.decode(frames))
+                    except Exception:  # noqa: BLE001 - one bad message must not stop the engine
+                        traceback.print_exc(file=sys.stderr)
                 self._flush_decode()
+                while not self.cancels.empty():
+                    self._cancel(*self.cancels.get_nowait())
                 while not self.submissions.empty():
                     self.waiting.append(self.submissions.get_nowait())
                 self._check_workers()
                 self._admit()
+        except BaseException as exc:  # the loop itself broke: say so everywhere rather than hang
+            traceback.print_exc(file=sys.stderr)
+            self.engine_error = shutdown = f"engine thread died: {type(exc).__name__}: {exc}"
         finally:
+            while not self.submissions.empty():
+                self.waiting.append(self.submissions.get_nowait())
             for request in list(self.requests.values()) + self.waiting:
-                self._fail(request, "the host is shutting down")
+                request.unavailable = True
+                self._fail(request, shutdown)
             if getattr(self, "stop_workers", False):
                 for node in self.outboxes:
                     self._send(node, {"kind": "stop"})
@@ -228,10 +297,15 @@ class Host:
                 self.state[node] = "alive"
                 if all(s == "alive" for s in self.state.values()):
                     self.ready.set()
+        if kind == "beat" and node in self.worker_stats:
+            self.worker_stats[node] = {"free_slots": int(header.get("free_slots", 0)),
+                                       "queued": int(header.get("queued", 0))}
         if kind == "tokens":
             for item in header["items"]:
                 request = self.requests.get(item["rid"])
                 if request is not None:
+                    if request.logprobs is not None:
+                        request.token_logprobs.append((item.get("logprob"), item.get("top", [])))
                     self._on_token(request, int(item["token"]))
         elif kind == "error":
             for rid in header["rids"]:
@@ -244,13 +318,15 @@ class Host:
         if request.first_token_s is None:
             request.first_token_s = now
         request.tokens.append(token)
-        request.events.put(("token", token))
+        request.post("token", token)
+        if self.on_token is not None:
+            self.on_token(request, token)
         if token in request.stop_ids:
             self._finish(request, "stop")
         elif len(request.tokens) >= request.max_new_tokens:
             self._finish(request, "length")
         else:  # the new token is the next step's input, at the position after the last one
-            item = {"rid": request.rid, "pos": len(request.prompt) + len(request.tokens) - 1, "n": 1,
+            item = {"rid": request.wire_id, "pos": len(request.prompt) + len(request.tokens) - 1, "n": 1,
                     "path": list(request.path), "hop": 0}
             self.decode_batches.setdefault(request.path[0], []).append((item, token))
 
@@ -265,18 +341,53 @@ class Host:
 
     def _release(self, request: Request) -> None:
         """Forget the request and tell every worker of its path to free its KV slot."""
-        self.requests.pop(request.rid, None)
+        if self.requests.pop(request.wire_id, None) is None:
+            return  # waiting, or released already: it holds nothing
         for node in request.path or ():
             self.in_flight[node] -= 1
             if self.state[node] != "dead":
-                self._send(node, {"kind": "free", "rids": [request.rid]})
+                self._send(node, {"kind": "free", "rids": [request.wire_id]})
+
+    def _ended(self, request: Request) -> None:
+        request.done.set()
+        if self.on_end is not None:
+            try:
+                self.on_end(request)
+            except Exception:  # noqa: BLE001 - metrics must not break serving
+                traceback.print_exc(file=sys.stderr)
+
+    def _cancel(self, request: Request, reason: str) -> None:
+        if request.done.is_set():
+            return
+        if request in self.waiting:
+            self.waiting.remove(request)
+        self._release(request)
+        request.finish_reason, request.finished_s = reason, time.perf_counter()
+        if reason == "abort":
+            self.cancelled += 1
+        else:
+            self.completed += 1
+        request.post("done", reason)
+        self._ended(request)
+
+    def _readmit(self, request: Request, reason: str) -> None:
+        """Send a request whose path broke back to the front of the queue, to be prefilled again with the
+        tokens it has; fail it past READMIT_LIMIT."""
+        self._release(request)
+        if request.attempt >= READMIT_LIMIT:
+            self._fail(request, f"{reason}; given up after {READMIT_LIMIT} re-admissions")
+            return
+        request.attempt += 1
+        request.path = None
+        self.readmitted += 1
+        self.waiting.insert(0, request)
 
     def _finish(self, request: Request, reason: str) -> None:
         request.finish_reason, request.finished_s = reason, time.perf_counter()
         self._release(request)
         self.completed += 1
-        request.events.put(("done", reason))
-        request.done.set()
+        request.post("done", reason)
+        self._ended(request)
 
     def _fail(self, request: Request, message: str) -> None:
         if request.done.is_set():
@@ -286,8 +397,8 @@ class Host:
         self._release(request)
         request.error, request.finished_s = message, time.perf_counter()
         self.failed += 1
-        request.events.put(("error", message))
-        request.done.set()
+        request.post("error", message)
+        self._ended(request)
 
     def _check_workers(self) -> None:
         now = time.monotonic()
@@ -296,9 +407,11 @@ class Host:
             silent_s = now - self.last_beat.get(node, self.started_s)
             if state == "alive" and silent_s > limit:
                 self.state[node] = "dead"
-                for request in [r for r in self.requests.values() if node in (r.path or ())]:
-                    self._fail(request, f"worker {node} stopped responding (no heartbeat for {silent_s:.1f} s) "
-                                        f"while serving request {request.rid}; its path was {' -> '.join(request.path)}")
+                broken = sorted((r for r in self.requests.values() if node in (r.path or ())),
+                                key=lambda r: r.submitted_s, reverse=True)
+                for request in broken:  # inserted at the front newest first: arrival order kept
+                    self._readmit(request, f"worker {node} stopped responding (no heartbeat for {silent_s:.1f} s) "
+                                           f"while serving request {request.rid}; its path was {' -> '.join(request.path)}")
             elif state == "starting" and silent_s > START_TIMEOUT_S:
                 self.state[node] = "dead"
 
@@ -331,6 +444,7 @@ class Host:
             if path is None:
                 if not self._path_exists(may_open):
                     dead = sorted(n for n, s in self.state.items() if s == "dead")
+                    request.unavailable = True
                     self._fail(request, f"no live path through the pipeline (dead workers: {', '.join(dead)})")
                     continue
                 return  # every open path is full, or workers are still starting: wait
@@ -338,9 +452,16 @@ class Host:
             request.path = path
             for node in path:
                 self.in_flight[node] += 1
-            self.requests[request.rid] = request
-            item = {"rid": request.rid, "pos": 0, "n": len(request.prompt), "path": list(path), "hop": 0,
-                    "sampling": request.sampling.to_wire()}
-            if not self._send(path[0], {"kind": "work", "items": [item]},
-                              (torch.tensor(request.prompt, dtype=torch.long),)):
+            self.requests[request.wire_id] = request
+            # after a re-admission the tokens so far are prefilled with the prompt: the next one is drawn at
+            # the position it had on the old path
+            ids = request.prompt + request.tokens
+            item = {"rid": request.wire_id, "pos": 0, "n": len(ids), "path": list(path), "hop": 0,
+                    "sampling": {**request.sampling.to_wire(), "logprobs": request.logprobs}}
+            try:
+                sent = self._send(path[0], {"kind": "work", "items": [item]}, (torch.tensor(ids, dtype=torch.long),))
+            except Exception as exc:  # noqa: BLE001 - a request that cannot be encoded fails alone
+                self._fail(request, f"request {request.rid} could not be sent: {type(exc).__name__}: {exc}")
+                continue
+            if not sent:
                 self._fail(request, f"worker {path[0]} is not taking messages")

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,7 @@ from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
 
 KV_WAIT_S = 10.0  # how long a prompt waits at a worker for a KV slot before it fails
+FREED_MEMORY = 4096  # ended requests remembered, so that their work still in transit takes no KV slot
 
 
 @dataclass
@@ -66,8 +67,10 @@ class Worker:
         self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
         self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
+        self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
         self.queue: deque[Item] = deque()
         self.kv_waits: dict[str, float] = {}   # request -> when it first found no free KV slot
+        self.freed: OrderedDict[str, None] = OrderedDict()  # recently ended requests (cancelled mid-prefill)
         self.context = zmq.Context()
         self.outboxes: dict[str, zmq.Socket] = {}
         self.stopping = threading.Event()
@@ -103,7 +106,7 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
-                          "free_slots": len(self.kv.free_slots), "steps": self.steps}
+                          "free_slots": len(self.kv.free_slots), "queued": len(self.queue), "steps": self.steps}
                 try:
                     sock.send_multipart(wire.encode(header), flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -152,6 +155,9 @@ class Worker:
             data, offset = tensors[0], 0
             for head in header["items"]:
                 count = head["n"]
+                if head["rid"] in self.freed:  # ended while this was on its way here
+                    offset += count
+                    continue
                 self.queue.append(Item(head["rid"], head["pos"], count, head["path"], head["hop"],
                                        data[offset:offset + count], head.get("sampling")))
                 offset += count
@@ -159,6 +165,9 @@ class Worker:
             freed = set(header["rids"])
             for rid in freed:
                 self._forget(rid)
+                self.freed[rid] = None
+            while len(self.freed) > FREED_MEMORY:
+                self.freed.popitem(last=False)
             self.queue = deque(i for i in self.queue if i.rid not in freed)
         elif kind == "stop":
             self.stopping.set()
@@ -167,6 +176,7 @@ class Worker:
         self.kv.release(rid)
         self.kv_waits.pop(rid, None)
         self.sampling.pop(rid, None)
+        self.logprobs.pop(rid, None)
 
     def _take_batch(self) -> list[Item]:
         """Decode items first (one token each), then prompts in arrival order, within the token budget."""
@@ -206,6 +216,8 @@ class Worker:
                 self.kv_waits.pop(item.rid, None)
                 if self.stage.last and item.sampling is not None:
                     self.sampling[item.rid] = SamplingParams.from_wire(item.sampling)
+                    if item.sampling.get("logprobs") is not None:
+                        self.logprobs[item.rid] = int(item.sampling["logprobs"])
                 ready.append(item)
             elif item.rid not in self.kv.slot_of:
                 self._report([item.rid], "decode step for a request this worker holds no KV for")
@@ -230,6 +242,12 @@ class Worker:
             tokens = sample_batch(out, [self.sampling.get(i.rid, SamplingParams()) for i in batch],
                                   [i.pos + i.count for i in batch])
             items = [{"rid": i.rid, "token": t} for i, t in zip(batch, tokens)]
+            for row, (item, head) in enumerate(zip(batch, items)):
+                if item.rid in self.logprobs:  # of the model's distribution, before temperature (as vLLM)
+                    logp = torch.log_softmax(out[row].float(), dim=-1)
+                    top = torch.topk(logp, self.logprobs[item.rid]) if self.logprobs[item.rid] else None
+                    head["logprob"] = float(logp[head["token"]])
+                    head["top"] = [] if top is None else [[int(t), float(v)] for v, t in zip(top.values, top.indices)]
             self._send(COORDINATOR, {"kind": "tokens", "node": self.spec.node, "items": items})
             return
         by_hop: dict[str, list[tuple[Item, torch.Tensor]]] = {}

@@ -16,7 +16,8 @@ from planner.routing import ROUTERS
 @click.option("--routing", type=click.Choice(sorted(ROUTERS)), default=None, help="Override the config's policy.")
 def host_cmd(config_file: str, checkpoint: str | None, http_port: int | None, bind: str | None,
              routing: str | None) -> None:
-    """Coordinate the workers and serve POST /v1/completions and GET /health (OpenAI-compatible)."""
+    """Coordinate the workers and serve POST /v1/completions and /v1/chat/completions, GET /v1/models,
+    /health and /metrics (OpenAI-compatible, as vLLM serves them, on FastAPI + uvicorn)."""
     config = read_runtime_config(config_file)
     from runtime.http import serve  # torch: only for the commands that run models
 
