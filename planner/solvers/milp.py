@@ -29,6 +29,7 @@ from planner.solvers.base import Progress, SolveResult
 from planner.solvers import baselines
 from planner.solvers.chains import chain_candidates
 from planner.solvers.pipeline_dp import disjoint_chains
+from planner.solvers.stage_pools import stage_pool_placements
 
 FIXED_POINT_ROUNDS = 4
 EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
@@ -42,6 +43,8 @@ EXACT_GPUS = 12  # up to this many GPUs the exact per-host model is used
 PROOF_TOLERANCE = 1e-4  # relative gap called optimal (HiGHS's default)
 COVERING_SECONDS = 5.0  # at most this long for one covering-relaxation proof
 DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programme
+POOLS_SHARE = 0.1  # share of the time limit for stages of identical GPU groups
+POOL_STARTS = 3  # the best few of them are warm starts (each costs a max flow to score)
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,8 @@ def heuristic_starts(problem: PlacementProblem, seed: int, began: float, time_li
     """Warm starts for a solve that began at `began`: the baselines (within START_SHARE of the time
     limit), the best disjoint pipelines (within DP_SHARE), then the chain candidates (at most 5 s, or a
     quarter of what is left)."""
-    starts = list(baseline_placements(problem, seed, began + time_limit * START_SHARE))
+    starts = stage_pool_placements(problem, time.perf_counter() + time_limit * POOLS_SHARE)[:POOL_STARTS]
+    starts += baseline_placements(problem, seed, began + time_limit * START_SHARE)
     starts += disjoint_chains(problem, time.perf_counter() + time_limit * DP_SHARE)
     left = began + time_limit - time.perf_counter()
     return starts + chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
@@ -451,7 +455,8 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             status = "time_limit"
             break
         quoted = problem.with_rtt(rtt)
-        chains_found = disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
+        chains_found = stage_pool_placements(quoted, time.perf_counter() + left * POOLS_SHARE)[:POOL_STARTS]
+        chains_found += disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
         chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
         # a round quotes one round trip for every GPU; longer ones favour placements with more KV room
         # per GPU, which the rounds can converge without seeing: their best pipelines are cheap to find
