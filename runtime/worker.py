@@ -30,7 +30,7 @@ from runtime import wire
 from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
 from runtime.model import BatchPlan, Stage
-from runtime.sampling import Sampler, SamplingParams, sample_batch
+from runtime.sampling import SamplingParams, sample_batch
 
 KV_WAIT_S = 10.0  # how long a prompt waits at a worker for a KV slot before it fails
 
@@ -65,7 +65,7 @@ class Worker:
                              device=self.spec.device)
         self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
         self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
-        self.samplers: dict[str, Sampler] = {}
+        self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.queue: deque[Item] = deque()
         self.kv_waits: dict[str, float] = {}   # request -> when it first found no free KV slot
         self.context = zmq.Context()
@@ -166,7 +166,7 @@ class Worker:
     def _forget(self, rid: str) -> None:
         self.kv.release(rid)
         self.kv_waits.pop(rid, None)
-        self.samplers.pop(rid, None)
+        self.sampling.pop(rid, None)
 
     def _take_batch(self) -> list[Item]:
         """Decode items first (one token each), then prompts in arrival order, within the token budget."""
@@ -205,7 +205,7 @@ class Worker:
                     continue
                 self.kv_waits.pop(item.rid, None)
                 if self.stage.last and item.sampling is not None:
-                    self.samplers[item.rid] = Sampler(SamplingParams.from_wire(item.sampling))
+                    self.sampling[item.rid] = SamplingParams.from_wire(item.sampling)
                 ready.append(item)
             elif item.rid not in self.kv.slot_of:
                 self._report([item.rid], "decode step for a request this worker holds no KV for")
@@ -226,7 +226,9 @@ class Worker:
             return
         self.steps += 1
         if self.stage.last:
-            tokens = sample_batch(out, [self.samplers.get(i.rid) or Sampler(SamplingParams()) for i in batch])
+            # one call for the batch; row i draws the token at position pos + count of its request
+            tokens = sample_batch(out, [self.sampling.get(i.rid, SamplingParams()) for i in batch],
+                                  [i.pos + i.count for i in batch])
             items = [{"rid": i.rid, "token": t} for i, t in zip(batch, tokens)]
             self._send(COORDINATOR, {"kind": "tokens", "node": self.spec.node, "items": items})
             return

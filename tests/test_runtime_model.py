@@ -24,7 +24,7 @@ from runtime import wire  # noqa: E402
 from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402
 from runtime.hfconfig import read_checkpoint_model  # noqa: E402
 from runtime.model import BatchPlan, Stage  # noqa: E402
-from runtime.sampling import Sampler, SamplingParams, sample_batch  # noqa: E402
+from runtime.sampling import SamplingParams, sample_batch  # noqa: E402
 
 PROMPTS = [[5, 17, 3, 99, 42], [1, 2, 3], [200, 7, 7, 7, 7, 7, 7, 31, 64]]
 NEW_TOKENS = 10
@@ -204,23 +204,45 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 # ---- sampling ----------------------------------------------------------------------------------------
 
-def test_greedy_and_seeded_sampling():
+def test_greedy_rows_are_the_argmax():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
-    greedy = [Sampler(SamplingParams()) for _ in range(4)]
-    assert sample_batch(logits, greedy) == logits.argmax(dim=-1).tolist()
-    draw = [Sampler(SamplingParams(temperature=1.0, seed=3))(logits[0]) for _ in range(2)]
-    again = [Sampler(SamplingParams(temperature=1.0, seed=3))(logits[0]) for _ in range(2)]
-    assert draw == again
-    seq = Sampler(SamplingParams(temperature=1.0, seed=3))
-    assert len({seq(logits[0]) for _ in range(40)}) > 1          # a generator that moves on, not a fixed draw
+    assert sample_batch(logits, [SamplingParams()] * 4, [5, 6, 7, 8]) == logits.argmax(dim=-1).tolist()
+
+
+def test_a_seeded_draw_depends_on_seed_and_position_alone():
+    """Counter-based: the same (seed, position) draws the same token whatever shares the batch."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    hot = SamplingParams(temperature=1.0, seed=3)
+    alone = sample_batch(logits[:1], [hot], [17])
+    mixed = sample_batch(logits[[3, 0, 5]], [SamplingParams(), hot, SamplingParams(temperature=0.7, seed=9)],
+                         [4, 17, 40])
+    assert mixed[1] == alone[0]
+    assert mixed[0] == int(logits[3].argmax())
+    along = [sample_batch(logits[:1], [hot], [p])[0] for p in range(60)]   # a sequence moves on
+    assert len(set(along)) > 5
+    assert along == [sample_batch(logits[:1], [hot], [p])[0] for p in range(60)]
+    other = [sample_batch(logits[:1], [SamplingParams(temperature=1.0, seed=4)], [p])[0] for p in range(60)]
+    assert other != along
+    huge = SamplingParams(temperature=1.0, seed=99999999999999999999999)  # folded, never an overflow
+    assert 0 <= sample_batch(logits[:1], [huge], [0])[0] < 50
+
+
+def test_seeded_draws_follow_the_distribution():
+    """The exponential race samples token i with probability softmax(logits / T)_i."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    params = SamplingParams(temperature=0.8, seed=1)
+    draws = [sample_batch(logits, [params], [p])[0] for p in range(4000)]
+    expected = torch.softmax(logits[0] / 0.8, dim=-1)
+    observed = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
+    assert torch.allclose(observed, expected, atol=0.03), (observed, expected)
 
 
 def test_top_p_keeps_the_nucleus():
-    logits = torch.tensor([5.0, 4.0, 0.0, -1.0, -2.0])
-    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0))
-    assert {sampler(logits) for _ in range(50)} == {0}             # the top token alone holds > 0.5
-    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.95, seed=0))
-    assert {sampler(logits) for _ in range(200)} <= {0, 1}
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0, -2.0]])
+    half = SamplingParams(temperature=1.0, top_p=0.5, seed=0)
+    assert {sample_batch(logits, [half], [p])[0] for p in range(50)} == {0}      # the top token alone holds > 0.5
+    most = SamplingParams(temperature=1.0, top_p=0.95, seed=0)
+    assert {sample_batch(logits, [most], [p])[0] for p in range(200)} == {0, 1}
 
 
 # ---- wire ----------------------------------------------------------------------------------------------
