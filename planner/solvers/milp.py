@@ -28,6 +28,7 @@ FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before nei
 NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
 NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
 EXACT_GPUS = 12  # up to this many GPUs the exact per-host model is used
+WARM_SCORING_SHARE = 0.3  # at most this share of the limit scoring warm starts (the first always)
 HIGHS_SHARE = 0.9  # HiGHS stops a little after its time limit: it gets this share of what is left
 PROOF_TOLERANCE = 1e-4  # relative gap called optimal (HiGHS's default)
 COVERING_SECONDS = 5.0  # at most this long for one covering-relaxation proof
@@ -112,16 +113,15 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
     to it (a GPU passes at most min(capacity, T) of the T crossing every layer). It depends only on
     how many GPUs of each type there are, so it is small; it settles memory-tight clusters, where the
     flow MILP's LP bound is loose. False when the relaxation is feasible or the time ran out (building
-    the model counts: nothing runs past `deadline`)."""
-    began = time.perf_counter()
-    deadline = min(deadline, began + time_limit)
+    the model counts against `deadline`, solving against `time_limit` too)."""
     try:
-        return _covering_refutes(problem, target, deadline, threads)
+        return _covering_refutes(problem, target, time_limit, deadline, threads)
     except _OutOfTime:
         return False
 
 
-def _covering_refutes(problem: PlacementProblem, target: float, deadline: float, threads: int) -> bool:
+def _covering_refutes(problem: PlacementProblem, target: float, time_limit: float, deadline: float,
+                      threads: int) -> bool:
     began = time.perf_counter()
     layers = problem.layers
     lp = pulp.LpProblem("covering", pulp.LpMinimize)
@@ -145,7 +145,7 @@ def _covering_refutes(problem: PlacementProblem, target: float, deadline: float,
         lp += pulp.lpSum(terms) >= 1
     lp += pulp.lpSum(lp.variables())
     # pulp hands the model to HiGHS at about the cost of building it: keep that much in hand
-    limit = (deadline - time.perf_counter() - (time.perf_counter() - began)) * HIGHS_SHARE
+    limit = min(time_limit, (deadline - time.perf_counter() - (time.perf_counter() - began)) * HIGHS_SHARE)
     if limit < 0.05:
         return False
     # the thread count must match every other HiGHS run in the process: HiGHS's scheduler is global
@@ -168,7 +168,11 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     began = time.perf_counter()
     deadline = began + time_limit
     ub = problem.upper_bound()
-    scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(warm_starts or [])]
+    scored = []  # each warm start costs a max flow: on 100-GPU clusters, seconds for a long list
+    for i, placement in enumerate(warm_starts or []):
+        if scored and time.perf_counter() > began + time_limit * WARM_SCORING_SHARE:
+            break
+        scored.append((max_flow(problem, placement).value, i, placement))
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
     try:
         return _solve_max_flow(problem, began, deadline, incumbent, incumbent_value, pooled, threads, seed)

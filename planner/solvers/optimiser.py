@@ -27,6 +27,9 @@ DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programm
 POOLS_SHARE = 0.1  # share of the time limit for stages of identical GPU groups
 POOL_STARTS = 3  # the best few of them are warm starts (each costs a max flow to score)
 SCORING_SHARE = 0.03  # of the time limit, left for re-scoring the returned placement (plan.score)
+# latency models: a round starts only with room for scoring its outcome and for plan.score's two fixed
+# points (the serving estimate and the round-trip max flow), each about as slow as the slowest scoring
+RESERVED_SCORINGS = 3
 
 
 def baseline_placements(problem: PlacementProblem, seed: int = 0,
@@ -111,7 +114,7 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             break  # scoring another would eat into the MILP rounds
         consider(placement)
     for round_no in range(FIXED_POINT_ROUNDS):
-        left = deadline - slowest - time.perf_counter()
+        left = deadline - RESERVED_SCORINGS * slowest - time.perf_counter()
         if left <= 0.05:
             status = "time_limit"
             break
@@ -124,11 +127,11 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         for stretch in EXPLORE_STRETCH if rtt > 0 else ():
             chains_found += disjoint_chains(problem.with_rtt(rtt * stretch), time.perf_counter() + left * DP_SHARE)
         for placement in chains_found:
-            if time.perf_counter() + slowest > deadline - left / 2:
+            if time.perf_counter() + slowest > deadline - RESERVED_SCORINGS * slowest - left / 2:
                 break  # keep most of the round for the MILP
             consider(placement)
         say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
-        left = deadline - slowest - time.perf_counter()
+        left = deadline - RESERVED_SCORINGS * slowest - time.perf_counter()
         pool = ([best[1]] if best else []) + chains_found + starts
         outcome = solve_max_flow(quoted, time_limit=max(left / (FIXED_POINT_ROUNDS - round_no), 0.1),
                                  warm_starts=pool, seed=seed)
