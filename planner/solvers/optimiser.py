@@ -36,6 +36,15 @@ def baseline_placements(problem: PlacementProblem, seed: int = 0,
                         deadline: float = math.inf) -> Iterator[Placement]:
     """What people do today: every baseline's placement that exists for this cluster, then every
     uniform TP x PP layout, lazily. Nothing new is started after `deadline`."""
+    yield from method_placements(problem, seed, deadline)
+    yield from uniform_tp_pp_placements(problem, deadline)
+
+
+def method_placements(problem: PlacementProblem, seed: int = 0, deadline: float = math.inf,
+                      search_deadline: float | None = None) -> Iterator[Placement]:
+    """Each baseline method's placement that exists for this cluster, cheapest method first; none is
+    started after `deadline`, and methods that search (swarm, tp-pp) stop by `search_deadline`."""
+    search_deadline = deadline if search_deadline is None else search_deadline
     names = sorted(baselines.METHODS, key=lambda n: (BASELINE_ORDER.index(n) if n in BASELINE_ORDER else 99, n))
     for name in names:
         method = baselines.METHODS[name]
@@ -43,10 +52,14 @@ def baseline_placements(problem: PlacementProblem, seed: int = 0,
             return
         try:
             # each gets half of what is left before the deadline (slow ones stop at their best so far)
-            limit = max(1.0, (deadline - time.perf_counter()) / 2) if math.isfinite(deadline) else 0
+            limit = max(1.0, (search_deadline - time.perf_counter()) / 2) if math.isfinite(search_deadline) else 0
             yield method(problem, time_limit=limit, seed=seed, progress=lambda m: None).placement
         except SolveError:
             pass
+
+
+def uniform_tp_pp_placements(problem: PlacementProblem, deadline: float = math.inf) -> Iterator[Placement]:
+    """Every uniform TP x PP layout."""
     # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
     # memory into KV room, which max flow does not see
     for _, _, _, placement in baselines.tp_pp_placements(problem):
@@ -108,7 +121,15 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             best = (rank, placement, served)
 
     starts = []
-    for placement in baseline_placements(problem, seed, starts_deadline):  # what people do today
+    # what people do today: every baseline's own placement is scored while one more scoring and the
+    # final re-scoring fit at all (the plan is never below a baseline for want of time) ...
+    for placement in method_placements(problem, seed, deadline, starts_deadline):
+        starts.append(placement)
+        if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+            break
+        consider(placement)
+    # ... the other uniform TP x PP layouts only within the share for starting points
+    for placement in uniform_tp_pp_placements(problem, starts_deadline):
         starts.append(placement)
         if time.perf_counter() + slowest > starts_deadline:
             break  # scoring another would eat into the MILP rounds
