@@ -1,18 +1,19 @@
 """Cluster files: hosts, GPUs, links and the model to serve, parsed and validated once, at the edge.
 
-Format: docs/formats.md (and ../shared/DESIGN.md). Every error names the file, the section and key,
+Format: docs/formats.md. Every error names the file, the section and key,
 and the fix; nothing downstream re-validates.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, load_gpu_catalog,
                              load_model_catalog, parse_gpu, parse_model)
 from planner.costmodel import CostParams, GpuCost, Workload
+from planner.engines import DEFAULT_ENGINE, ENGINES
 from planner.errors import InputError
 from planner.ini import SectionReader, read_ini
 from planner.units import format_bytes, parse_bandwidth, parse_time
@@ -64,6 +65,11 @@ class Cluster:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def engine(self) -> str:
+        """The serving engine whose speed the cost model predicts (planner/engines.py)."""
+        return self.cost_params.engine
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -130,9 +136,11 @@ def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[s
     return tuple(gpus)
 
 
-def load_cluster(path: str | Path, *, check_fit: bool = True) -> Cluster:
-    """Read and validate a cluster file. Raises InputError naming file, field and fix."""
+def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFAULT_ENGINE) -> Cluster:
+    """Read and validate a cluster file, to be costed for `engine`. Raises InputError naming file, field and fix."""
     path = Path(path)
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine '{engine}'", field="--engine", fix=f"use one of {', '.join(ENGINES)}")
     ini = read_ini(path, "cluster file")
     if "cluster" not in ini:
         raise InputError("missing [cluster] section", file=path, fix="add [cluster] with 'model = ...'")
@@ -216,7 +224,7 @@ def load_cluster(path: str | Path, *, check_fit: bool = True) -> Cluster:
     cluster = Cluster(path=path, model=models[model_id], dtype=dtype, coordinator_host=coordinator,
                       hosts=tuple(hosts), gpu_types={g: gpu_types[g] for h in hosts for g in h.gpus},
                       default_link=default_link, pair_links=pair_links, coordinator_links=coordinator_links,
-                      workload=_parse_workload(path, ini))
+                      workload=_parse_workload(path, ini), cost_params=replace(CostParams(), engine=engine))
     _check_reachable(cluster)
     if check_fit:
         _check_fit(cluster)

@@ -1,7 +1,8 @@
 """Cost model: bytes, memory limits, per-layer times and node capacity for one GPU type and model.
 
-Roofline by default (time = max(bytes / usable bandwidth, FLOPs / usable FLOP/s) + launch overhead);
-measured per-layer latency tables replace the times, a static throughput table replaces the capacity.
+Roofline by default (time = max(bytes / usable bandwidth, FLOPs / usable FLOP/s) + launch overhead), with
+the efficiency constants of the engine the plan runs on (planner/engines.py); measured per-layer latency
+tables (the runtime's profile) replace the runtime's times, a static throughput table replaces the capacity.
 A tensor-parallel group of `tp` GPUs of one type is costed as one wider GPU plus its all-reduces
 (see GpuCost). Formulas, assumptions and sources: docs/cost-model.md.
 """
@@ -14,6 +15,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from planner.catalog import DTYPE_BYTES, GpuSpec, ModelSpec
+from planner.engines import DEFAULT_ENGINE, Efficiency, efficiency as engine_efficiency
 
 GIB = 1024.0**3
 
@@ -22,11 +24,7 @@ GIB = 1024.0**3
 class CostParams:
     """The model's stated assumptions, one factor per line."""
 
-    # measured on an H100 (bf16, Qwen3-8B layers, docs/runtime.md, "Measured: Qwen3-8B layers on an H100"): weight GEMVs reach
-    # 0.51-0.57 of datasheet bandwidth, prefill GEMMs 0.70-0.74 of peak, and the rest of a layer ~85 us
-    memory_efficiency: float = 0.55       # share of peak DRAM bandwidth that decode GEMVs reach
-    compute_efficiency: float = 0.70      # share of peak tensor FLOP/s that prefill GEMMs reach
-    layer_overhead_s: float = 85e-6       # norms, rotary, launches and synchronisation per layer per step
+    engine: str = DEFAULT_ENGINE          # whose speed: efficiency constants per engine, planner/engines.py
     gpu_memory_utilization: float = 0.90  # share of memory the engine may use (vLLM's default)
     runtime_reserve_bytes: float = 1.0 * GIB  # CUDA context, allocator slack, activation workspace
     min_kv_tokens: int = 4096             # a node must keep KV room for at least one 4k-token request
@@ -76,13 +74,19 @@ class GpuCost:
     (each GPU keeps the weights of layers / tp layers). Static throughput tables have no latency model:
     a group's capacity is tp x the table's, and it holds tp x max_layers layers. `tp_link=None` makes the
     all-reduces free.
+
+    `params.engine` picks the roofline's efficiency constants (`efficiency` overrides them). A GPU
+    described by measured tables has no roofline figures: its tables are used whatever the engine, as
+    the measurement of the engine that was profiled (`planner profile` times the runtime's layers).
     """
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, dtype: str, workload: Workload = Workload(),
-                 params: CostParams = CostParams(), tp: int = 1, tp_link: LinkLike | None = None) -> None:
+                 params: CostParams = CostParams(), tp: int = 1, tp_link: LinkLike | None = None,
+                 efficiency: Efficiency | None = None) -> None:
         if tp < 1:
             raise ValueError(f"tensor-parallel degree must be at least 1, got {tp}")
         self.gpu, self.model, self.dtype, self.workload, self.params = gpu, model, dtype, workload, params
+        self.efficiency = efficiency or engine_efficiency(params.engine, gpu.id)
         self.tp, self.tp_link = tp, tp_link
         self.dtype_bytes = DTYPE_BYTES[dtype]
         self.layer_bytes = model.layer_params() * self.dtype_bytes
@@ -154,7 +158,8 @@ class GpuCost:
         kv_read_bytes = batch * context * self.kv_bytes_per_token      # every cached token read once
         flops = batch * (2 * self.model.linear_params()                 # GEMV: 2 FLOPs per weight
                          + 4 * q_width * context)                       # QK^T and AV over the context
-        return layers * (self._roofline(weight_bytes + kv_read_bytes, flops) + 2 * self.all_reduce_s(batch))
+        return layers * (self._roofline(weight_bytes + kv_read_bytes, flops, self.efficiency.decode_compute_efficiency)
+                         + 2 * self.all_reduce_s(batch))
 
     def prefill_s(self, layers: int, tokens: float, context: float = 0.0) -> float:
         """A prefill pass of `tokens` new tokens (following `context` cached ones) through `layers` layers."""
@@ -166,7 +171,7 @@ class GpuCost:
         moved = self.layer_bytes + tokens * self.kv_bytes_per_token     # weights once, new KV written
         flops = (tokens * 2 * self.model.linear_params()
                  + 4 * q_width * tokens * (context + tokens / 2))      # causal attention, half the square
-        return layers * (self._roofline(moved, flops) + 2 * self.all_reduce_s(tokens))
+        return layers * (self._roofline(moved, flops, self.efficiency.compute_efficiency) + 2 * self.all_reduce_s(tokens))
 
     def all_reduce_s(self, rows: float) -> float:
         """One ring all-reduce of `rows` hidden vectors across the tensor-parallel group (0 when tp = 1)."""
@@ -176,13 +181,12 @@ class GpuCost:
         return 2 * (self.tp - 1) / self.tp * size / self.tp_link.bandwidth_bytes_per_s \
             + 2 * (self.tp - 1) * self.tp_link.latency_s
 
-    def _roofline(self, moved_bytes: float, flops: float) -> float:
-        bandwidth = self.gpu.memory_bandwidth_bytes_per_s * self.params.memory_efficiency * self.tp
+    def _roofline(self, moved_bytes: float, flops: float, compute_efficiency: float) -> float:
+        bandwidth = self.gpu.memory_bandwidth_bytes_per_s * self.efficiency.memory_efficiency * self.tp
         peak = self.gpu.fp32_flops if self.dtype == "fp32" else self.gpu.fp16_flops
         if peak is None:
             peak = self.gpu.fp16_flops / 4  # no fp32 figure: tensor cores unused, a quarter of fp16
-        return max(moved_bytes / bandwidth, flops / (peak * self.tp * self.params.compute_efficiency)) \
-            + self.params.layer_overhead_s
+        return self.efficiency.roofline_s(moved_bytes / bandwidth, flops / (peak * self.tp * compute_efficiency))
 
     def seconds_per_output_token(self, layers: int, batch: float) -> float:
         """Node time one output token costs: its share of a decode step of `batch` sequences plus its

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.cluster import Cluster, load_cluster
+from planner.engines import DEFAULT_ENGINE, ENGINES
 from planner.errors import InputError
 from planner.ini import SectionReader, read_ini
 from planner.problem import Placement, PlacementProblem
@@ -31,7 +32,7 @@ def write_layout(path: str | Path, layout: Layout) -> None:
     lines = ["# layer-planner layout: which layers each GPU holds and how tokens flow.",
              "# Ranges are half-open [start, end); 'start, start' leaves a GPU unused.", "",
              "[layout]", f"cluster = {cluster_ref}", f"model = {layout.cluster.model.id}",
-             f"dtype = {layout.cluster.dtype}", f"method = {layout.method}"]
+             f"dtype = {layout.cluster.dtype}", f"method = {layout.method}", f"engine = {layout.cluster.engine}"]
     if layout.placement.tp_groups:  # tensor-parallel groups: GPUs of one host acting as one stage
         lines.append("tp_groups = " + ", ".join("+".join(g) for g in layout.placement.tp_groups))
     lines += [f"{key} = {value}" for key, value in layout.figures.items()]
@@ -44,8 +45,9 @@ def write_layout(path: str | Path, layout: Layout) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def read_layout(path: str | Path) -> Layout:
-    """Load a layout and the cluster it names; check its ranges against that cluster."""
+def read_layout(path: str | Path, engine: str | None = None) -> Layout:
+    """Load a layout and the cluster it names; check its ranges against that cluster. The cluster is
+    costed for `engine`, or for the engine the layout was planned for (`engine =`, runtime if absent)."""
     path = Path(path)
     ini = read_ini(path, "layout file")
     for section in ("layout", "nodes"):
@@ -56,7 +58,10 @@ def read_layout(path: str | Path) -> Layout:
     if not cluster_path.exists():
         raise InputError(f"names cluster file {cluster_path}, which does not exist", file=path,
                          field="[layout] cluster", fix="give the cluster file's path relative to the layout")
-    cluster = load_cluster(cluster_path)
+    engine = engine or head.text("engine", DEFAULT_ENGINE)
+    if engine not in ENGINES:
+        raise head.fail("engine", f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
+    cluster = load_cluster(cluster_path, engine=engine)
     problem = PlacementProblem(cluster)
     nodes = SectionReader(path, "nodes", ini["nodes"])
     ranges = dict.fromkeys((n.name for n in cluster.nodes()), (0, 0))
@@ -91,7 +96,7 @@ def read_layout(path: str | Path) -> Layout:
             a, _, b = key.partition("->")
             flows[(a.strip(), b.strip())] = float(value)
     figures = {k: v for k, v in ini["layout"].items()
-               if k not in ("cluster", "model", "dtype", "method", "tp_groups")}
+               if k not in ("cluster", "model", "dtype", "method", "engine", "tp_groups")}
     return Layout(cluster, head.text("method", "unknown"), Placement(ranges, groups), flows, figures)
 
 

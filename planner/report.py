@@ -12,7 +12,7 @@ from planner.units import format_time
 
 
 def plan_json(plan: Plan) -> dict:
-    """The JSON contract of DESIGN.md (`planner solve --json`), plus predicted latency."""
+    """The JSON contract of `planner solve --json` (docs/formats.md), plus predicted latency."""
     result, serving = plan.result, plan.serving
     nodes = [{"name": n.name, "host": n.host, "gpu": n.gpu,
               "start_layer": plan.placement.ranges[n.name][0], "end_layer": plan.placement.ranges[n.name][1]}
@@ -23,6 +23,7 @@ def plan_json(plan: Plan) -> dict:
              for (a, b), v in serving.flow.edge_flows.items()]
     return {
         "model": plan.cluster.model.id,
+        "engine": plan.cluster.engine,
         "method": result.method,
         "throughput_tokens_per_s": round(serving.throughput, 3),
         "max_flow_tokens_per_s": round(serving.max_flow, 3),

@@ -1,6 +1,6 @@
 """SP+PP (seed 002): chunked prefill through a layer pipeline, a KV-cache sync, then redundant decode.
 
-Our reading of seed 002 (its README, /work/shared/seeds/002_sp_pp_inference_kv_sync.md):
+Our reading of seed 002 (the deployment docs/seeds/002-sp-pp.md describes):
 
 * **Every device loads the whole model** ("每台设备都加载完整模型"), but during prefill each one runs only
   its share of the layers: the layers are split evenly in rank order (device 0: layers 0 .. L/3, ...;

@@ -39,6 +39,7 @@ class Profile:
     decode_ms: tuple[tuple[int, float], ...]    # (sequences, ms per layer)
     prefill_ms: tuple[tuple[int, float], ...]   # (tokens, ms per layer)
     memory_bytes: int
+    bf16: bool  # the device runs bfloat16 (the catalog's `bf16` key; fp16 every device runs)
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -106,13 +107,25 @@ def device_memory(device: str) -> tuple[str, int]:
     return platform.processor() or platform.machine(), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def runs_bf16(device: str) -> bool:
+    """Whether the device computes in bfloat16: CUDA says so itself (compute capability 8.0+); on a CPU,
+    torch runs bfloat16 where a small matmul in it succeeds."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        ones = torch.ones(4, 4, dtype=torch.bfloat16, device=device)
+        return bool(torch.isfinite((ones @ ones).float()).all())
+    except RuntimeError:
+        return False
+
+
 def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
             decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
     name, memory = device_memory(device)
     decode = tuple((b, 1e3 * time_decode(stage, b, context, device)) for b in decode_batches)
     prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
     return Profile(device, name, dtype, stage.model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory)
+                   memory, runs_bf16(device))
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
@@ -126,5 +139,5 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
         f"# {result.device_name} ({result.device}), {result.model} layers in {result.dtype}; per-layer ms, median of "
         f"runs over {result.layers_timed} layers; decode at {result.context} cached tokens, prefill in prompts of "
         f"<= {result.prompt_tokens} tokens; {time.strftime('%Y-%m-%d')}",
-        f"name = {result.device_name}", f"memory = {memory}",
+        f"name = {result.device_name}", f"memory = {memory}", f"bf16 = {'yes' if result.bf16 else 'no'}",
         f"decode_ms = {table(result.decode_ms)}", f"prefill_ms = {table(result.prefill_ms)}", ""])

@@ -91,7 +91,7 @@ class LinkReport:
 
 @dataclass(frozen=True)
 class SimResult:
-    """A run's figures; `to_json()` is the DESIGN.md contract plus extras."""
+    """A run's figures; `to_json()` is the `planner simulate --json` contract (docs/formats.md)."""
 
     decode_throughput: float
     total_throughput: float

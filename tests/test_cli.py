@@ -44,7 +44,7 @@ def test_help_summaries_are_the_commands_own():
 HEAVY = ("pulp", "highspy", "matplotlib", "scipy", "networkx", "torch")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["show", str(HETERO)]])
+@pytest.mark.parametrize("args", [["--help"], ["show", str(HETERO)], ["show", str(HETERO), "--json", "--engine", "vllm"]])
 def test_quick_commands_load_no_solver_or_plotting_library(args):
     """What makes `planner --help` and `planner show` start fast (timed in benchmarks/startup.py)."""
     program = (f"import sys\nfrom planner.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"

@@ -1,11 +1,13 @@
 """Cost model: roofline shape, memory limits checked by hand, measured and static tables."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from planner.catalog import GpuSpec, LatencyTable
 from planner.costmodel import CostParams, GpuCost, NoLatencyModel, Workload
+from planner.engines import efficiency
 
 GIB = 1024**3
 
@@ -110,7 +112,7 @@ def test_decode_monotone_in_batch(gpus, qwen14, gpu_id):
 
 
 def test_decode_batch1_is_bandwidth_bound(ti, gpus):
-    p = CostParams()
+    p = efficiency("runtime", "rtx2080ti")
     bandwidth = gpus["rtx2080ti"].memory_bandwidth_bytes_per_s    # 616 GB/s
     expected = LAYER_BYTES / (bandwidth * p.memory_efficiency) + p.layer_overhead_s  # ~1.37 ms
     assert ti.decode_s(1, 1) == pytest.approx(expected, rel=0.01)
@@ -121,7 +123,7 @@ def test_decode_batch1_is_bandwidth_bound(ti, gpus):
 
 
 def test_prefill_2048_is_compute_bound(ti, gpus):
-    p = CostParams()
+    p = efficiency("runtime", "rtx2080ti")
     gpu = gpus["rtx2080ti"]
     linear = LAYER_PARAMS - 2 * HEAD_DIM - 2 * HIDDEN   # weights in matmuls
     flops = 2048 * 2 * linear + 4 * HEADS * HEAD_DIM * 2048 * 1024   # GEMMs + causal attention
@@ -142,8 +144,8 @@ def test_prefill_in_chunks_costs_a_weight_read_per_chunk(ti, gpus):
         assert chunked >= whole * (1 - 1e-9)
         assert ti.seconds_per_output_token(k, batch) == pytest.approx(ti.decode_s(k, batch) / batch + chunked / 256)
     # attention adds up: the chunks' causal attention over the prompt is the whole pass's
-    free = CostParams(layer_overhead_s=0.0)
-    flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", params=free)
+    free = replace(efficiency("runtime", "rtx2080ti"), layer_overhead_s=0.0)
+    flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", efficiency=free)
     chunk = 128
     assert prompt / chunk * flops_bound.prefill_s(1, chunk, (prompt - chunk) / 2) == pytest.approx(
         flops_bound.prefill_s(1, prompt), rel=1e-3)
@@ -243,3 +245,38 @@ def test_static_throughput_table(qwen14):
         cost.decode_s(1, 1)
     with pytest.raises(NoLatencyModel):
         cost.prefill_s(1, 128)
+
+
+# ---- engines ------------------------------------------------------------------------------------
+
+def test_runtime_is_the_default_engine(gpus, qwen14):
+    default = GpuCost(gpus["l4"], qwen14, "fp16")
+    runtime = GpuCost(gpus["l4"], qwen14, "fp16", params=CostParams(engine="runtime"))
+    assert default.decode_s(1, 16) == runtime.decode_s(1, 16)
+    assert default.efficiency == efficiency("runtime", "l4")
+
+
+def test_vllm_constants_differ_by_gpu_class(gpus, qwen14):
+    l4, a100 = efficiency("vllm", "l4"), efficiency("vllm", "a100-80gb")
+    assert l4.compute_efficiency < 0.5 < a100.compute_efficiency  # the 72 W L4 does not reach its tensor peak
+    assert efficiency("vllm", "rtx4090") == efficiency("vllm", "some-custom-gpu")  # the default row
+    with pytest.raises(ValueError, match="unknown engine"):
+        efficiency("tensorrt", "l4")
+
+
+def test_vllm_overlap_adds_part_of_the_shorter_side(gpus, qwen14):
+    """vLLM decode at batch 64: memory and compute time half overlap (fitted to Helix's profiles)."""
+    e = efficiency("vllm", "a100-40gb")
+    cost = GpuCost(gpus["a100-40gb"], qwen14, "fp16", params=CostParams(engine="vllm"))
+    gpu, linear = gpus["a100-40gb"], qwen14.linear_params()
+    memory = (cost.layer_bytes + 64 * 1000 * cost.kv_bytes_per_token) / (gpu.memory_bandwidth_bytes_per_s * e.memory_efficiency)
+    compute = 64 * (2 * linear + 4 * 5120 * 1000) / (gpu.fp16_flops * e.decode_compute_efficiency)
+    assert cost.decode_s(1, 64, 1000) == pytest.approx(max(memory, compute) + 0.5 * min(memory, compute) + e.layer_overhead_s)
+
+
+def test_measured_tables_replace_every_engine_s_roofline(qwen14):
+    """A GPU given as measured tables has no roofline figures: the tables are its speed on any engine."""
+    table = LatencyTable(((1, 5e-3), (64, 9e-3)))
+    gpu = GpuSpec(id="y", name="y", memory_bytes=24 * GIB, decode_ms=table, prefill_ms=table)
+    for engine in ("runtime", "vllm"):
+        assert GpuCost(gpu, qwen14, "fp16", params=CostParams(engine=engine)).decode_s(2, 1) == pytest.approx(10e-3)

@@ -1,6 +1,7 @@
 """The examples in docs/ are real: every cluster file in docs/formats.md loads, the layout example reads."""
 
 import re
+import subprocess
 
 import pytest
 
@@ -86,3 +87,50 @@ def test_hardware_table_matches_catalog(gpus):
         assert cells[4] == f"{gpu.fp16_flops / 1e12:g}", (gpu_id, cells[4])
         assert cells[5] == f"{gpu.fp32_flops / 1e12:g}", (gpu_id, cells[5])
         assert cells[6] == ("yes" if gpu.bf16 else "no"), (gpu_id, cells[6])
+
+
+# ---- the repository speaks for itself ---------------------------------------------------------------
+
+SHIPPED = ("docs", "README.md", "planner", "simulator", "runtime", "benchmarks")
+OUTSIDE = re.compile(r"/work/|\.\./shared|DESIGN\.md")  # notes only the project's authors have
+
+
+def shipped_files() -> list:
+    """The tracked files a user who clones the project gets in SHIPPED (every file there outside git)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", *SHIPPED], cwd=ROOT, capture_output=True,
+                                check=True).stdout.decode().split("\0")
+        files = [ROOT / name for name in listed if name]
+    except (OSError, subprocess.CalledProcessError):
+        files = [p for top in SHIPPED for p in ([ROOT / top] if (ROOT / top).is_file() else (ROOT / top).rglob("*"))
+                 if p.is_file() and "__pycache__" not in p.parts]
+    assert len(files) > 20, files
+    return files
+
+
+def test_no_shipped_file_points_outside_the_repository():
+    offenders = []
+    for path in shipped_files():
+        if not path.exists():  # deleted in the work tree, not yet committed
+            continue
+        for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "cite files in the repository instead:\n" + "\n".join(offenders)
+
+
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_relative_markdown_links_resolve():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken, checked = [], 0
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+        for target in MARKDOWN_LINK.findall(text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or a link inside the page
+            checked += 1
+            if not (page.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert checked > 10 and not broken, broken

@@ -6,6 +6,7 @@ import json
 
 import click
 from planner.cli.console import make_console
+from planner.cli.options import engine_option
 from rich.table import Table
 
 from planner import sp_pp
@@ -65,13 +66,15 @@ def _sp_pp_row(cluster: Cluster) -> dict:
 @click.option("--match-tpot/--no-match-tpot", default=True, show_default=True,
               help=f"Re-solve with {DEFAULT_METHOD} held to each other method's TPOT (half the time limit each).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart of the methods to this PNG.")
+@engine_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, one object per method.")
 def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpot: float | None,
-            max_ttft: float | None, with_sim: bool, match_tpot: bool, plot: str | None, as_json: bool) -> None:
+            max_ttft: float | None, with_sim: bool, match_tpot: bool, plot: str | None, engine: str,
+            as_json: bool) -> None:
     """Solve with every method and print one table: max flow, predicted serving throughput, TPOT and
     TTFT (planner and simulator), GPUs, solve time, and what the default method serves at each other
     method's TPOT."""
-    cluster = load_cluster(cluster_file)
+    cluster = load_cluster(cluster_file, engine=engine)
     console = make_console(stderr=as_json)
     latency = cluster.has_latency
     rows = []
@@ -115,7 +118,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
 
 
 def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, match_tpot: bool) -> None:
-    table = Table(title=f"{cluster.model.id} on {cluster.name}")
+    table = Table(title=f"{cluster.model.id} on {cluster.name}, {cluster.engine} engine")
     columns = ["method", "max flow tok/s", "serving tok/s", "TPOT ms", "TTFT ms"]
     if with_sim:
         columns += ["sim tok/s", f"sim TPOT ms @{LATENCY_LOAD:.0%}", f"sim TTFT ms @{LATENCY_LOAD:.0%}"]

@@ -60,13 +60,15 @@ def profile_cmd(checkpoint: str | None, model_name: str | None, device: str, dty
     import torch  # only the commands that run models import torch
 
     from runtime.hfconfig import read_checkpoint_model
-    from runtime.profile import checkpoint_stage, gpu_section, profile, random_stage
+    from runtime.profile import checkpoint_stage, gpu_section, profile, random_stage, runs_bf16
 
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("no CUDA device here", field="--device", fix="use --device cpu")
     if threads:
         torch.set_num_threads(threads)
     torch_device = "cuda:0" if device == "cuda" else "cpu"
+    if dtype == "bf16" and not runs_bf16(torch_device):
+        raise InputError(f"this {device} device does not run bf16", field="--dtype", fix="use --dtype fp16 or fp32")
     if checkpoint is not None:
         model = read_checkpoint_model(checkpoint)
         stage = checkpoint_stage(checkpoint, model, layers, dtype=dtype, device=torch_device)

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from planner.cli.console import make_console
+from planner.cli.options import engine_option
 from rich.table import Table
 
-from planner.cluster import load_cluster
+from planner.cluster import Cluster, Link, load_cluster
 from planner.units import format_bandwidth, format_bytes, format_time
+
+DECODE_BATCHES = tuple(2**i for i in range(9))          # 1, 2, 4, ..., 256 sequences
+DECODE_CONTEXTS = (1024, 4096)                          # tokens each sequence holds
+PREFILL_TOKENS = tuple(128 * 2**i for i in range(7))    # 128, 256, ..., 8192 prompt tokens
 
 
 @click.command()
 @click.argument("cluster_file", type=click.Path())
-def show(cluster_file: str) -> None:
+@engine_option()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the cluster and, per GPU type, memory, layer limits, capacity table "
+                   "and per-layer decode and prefill times.")
+def show(cluster_file: str, engine: str, as_json: bool) -> None:
     """Print a cluster: hosts, GPUs, links, and each GPU type's memory, layer limit and capacity."""
-    cluster = load_cluster(cluster_file)
+    cluster = load_cluster(cluster_file, engine=engine)
+    if as_json:
+        click.echo(json.dumps(show_json(cluster), indent=2))
+        return
     console = make_console()
     model = cluster.model
     console.print(f"[bold]{cluster.path}[/]: {model.id} ({model.layers} layers, hidden {model.hidden_size}) "
-                  f"in {cluster.dtype}, coordinator on {cluster.coordinator_host}; workload "
-                  f"{cluster.workload.prompt_tokens} prompt + {cluster.workload.output_tokens} output tokens")
+                  f"in {cluster.dtype} on the {cluster.engine} engine, coordinator on {cluster.coordinator_host}; "
+                  f"workload {cluster.workload.prompt_tokens} prompt + {cluster.workload.output_tokens} output tokens")
 
     hosts = Table(title="Hosts")
     for col in ("host", "GPUs", "GPU link", "address", "region"):
@@ -70,3 +84,49 @@ def show(cluster_file: str) -> None:
                         format_time(cost.prefill_s(k, cluster.workload.prompt_tokens))]
             table.add_row(*row)
         console.print(table)
+
+
+def _link(link: Link | None) -> dict | None:
+    return None if link is None else {"bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "latency_s": link.latency_s}
+
+
+def show_json(cluster: Cluster) -> dict:
+    """What `planner show --json` prints: the cluster, and for each GPU type what the cost model predicts
+    for the cluster's engine, so a measurement can be held against it (times per layer, in ms)."""
+    names = [h.name for h in cluster.hosts]
+    links = [{"from": a, "to": b, **_link(cluster.link(a, b))}
+             for i, a in enumerate(names) for b in names[i + 1:] if cluster.link(a, b)]
+    gpu_types = {}
+    for gpu_id, gpu in cluster.gpu_types.items():
+        cost = cluster.cost(gpu_id)
+        rows = []
+        for k, capacity in enumerate(cost.capacity_table(), start=1):
+            row = {"layers": k, "tokens_per_s": capacity}
+            if cost.has_latency:
+                row |= {"kv_tokens_per_layer": cost.kv_tokens(k), "in_flight": cost.max_batch(k),
+                        "step_batch": cost.step_batch(k)}
+            rows.append(row)
+        entry = {"name": gpu.name, "memory_bytes": gpu.memory_bytes,
+                 "speed_from": "static throughput table" if gpu.is_static else
+                 ("measured latency" if gpu.is_measured else "roofline"),
+                 "layer_bytes": cost.layer_bytes,
+                 "max_layers": {"plain": cost.max_layers(), "with_embeddings": cost.max_layers(first=True),
+                                "with_lm_head": cost.max_layers(last=True)},
+                 "capacity": rows, "decode_ms": None, "prefill_ms": None}
+        if cost.has_latency:
+            entry["decode_ms"] = {str(c): {str(b): cost.decode_s(1, b, c) * 1e3 for b in DECODE_BATCHES}
+                                  for c in DECODE_CONTEXTS}
+            entry["prefill_ms"] = {str(t): cost.prefill_s(1, t) * 1e3 for t in PREFILL_TOKENS}
+        gpu_types[gpu_id] = entry
+    return {
+        "cluster": {"path": str(cluster.path), "model": cluster.model.id, "layers": cluster.model.layers,
+                    "dtype": cluster.dtype, "engine": cluster.engine, "coordinator": cluster.coordinator_host,
+                    "workload": {"prompt_tokens": cluster.workload.prompt_tokens,
+                                 "output_tokens": cluster.workload.output_tokens},
+                    "hosts": [{"name": h.name, "gpus": list(h.gpus), "gpu_link": _link(h.gpu_link),
+                               "address": h.address, "region": h.region} for h in cluster.hosts],
+                    "links": links, "default_link": _link(cluster.default_link)},
+        "decode_ms_keys": "context tokens -> batch (sequences) -> ms per layer per step",
+        "prefill_ms_keys": "prompt tokens -> ms per layer, a fresh prompt",
+        "gpu_types": gpu_types,
+    }

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner.cli.console import make_console
+from planner.cli.options import engine_option
 from planner.layout import read_layout
 from planner.routing import ROUTERS
 from planner.units import format_time
@@ -39,12 +40,14 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
               help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract plus extras).")
+@engine_option(default=None, help_extra=" Default: the engine the layout was planned for.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
-                 microbatches: int, token_budget: int, seed: int, plot: str | None, as_json: bool) -> None:
+                 microbatches: int, token_budget: int, seed: int, plot: str | None, engine: str | None,
+                 as_json: bool) -> None:
     """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node
     utilisation and KV use, the busiest link. Deterministic for a seed."""
-    layout = read_layout(layout_file)
+    layout = read_layout(layout_file, engine=engine)
     config = SimConfig(workload=parse_workload(workload), lengths=lengths, scheduler=scheduler,
                        duration_s=duration, warmup_s=warmup, seed=seed, token_budget=token_budget,
                        microbatches=microbatches)

@@ -6,6 +6,7 @@ import json
 
 import click
 from planner.cli.console import make_console
+from planner.cli.options import engine_option
 
 from planner.cluster import load_cluster
 from planner.layout import write_layout
@@ -28,11 +29,12 @@ from planner.solvers.registry import DEFAULT_METHOD, METHODS
               help="Latency limit: mean time to first token, in ms.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (DESIGN.md contract).")
+@engine_option()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot: float | None,
-          max_ttft: float | None, out: str | None, plot: str | None, as_json: bool) -> None:
+          max_ttft: float | None, out: str | None, plot: str | None, engine: str, as_json: bool) -> None:
     """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
-    cluster = load_cluster(cluster_file)
+    cluster = load_cluster(cluster_file, engine=engine)
     console = make_console(stderr=as_json)
     with console.status(f"solving with {method} ...") as status:
         plan = solve_plan(cluster, method, time_limit=time_limit, seed=seed,
@@ -48,6 +50,7 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
         click.echo(json.dumps(plan_json(plan), indent=2))
         return
     print_plan(console, plan)
+    console.print(f"costed for the {cluster.engine} engine (--engine; docs/cost-model.md#engines-and-calibration)")
     console.print(chain_text(plan))
     if method != "even":  # the hand split people start from (seed 000): say by how much and why
         try:

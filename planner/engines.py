@@ -1,0 +1,74 @@
+"""Serving engines and their efficiency constants: the table the cost model's roofline is derated by.
+
+A plan runs on an engine, and the same layer runs at a different speed on each:
+
+* `runtime`: this project's bundled pipeline runtime (runtime/): torch layers, one kernel per op. Its
+  constants were measured on a lent H100 (docs/runtime.md); a GPU section's measured `decode_ms` /
+  `prefill_ms` tables (`planner profile` times the runtime's layers) replace them.
+* `vllm`: vLLM, a CUDA-graph engine with fused QKV / gate-up GEMMs and paged attention. Its constants
+  are fitted to the per-layer vLLM profiles published with Helix (ASPLOS'25), profiles/calibration/;
+  the fit and every point's error: docs/cost-model.md#engines-and-calibration, benchmarks/calibration.py.
+
+Where the physics differs by GPU class, a class has its own row: the L4 and T4 are 70-72 W cards
+whose clocks drop under sustained tensor load, so their prefill reaches under half the tensor peak
+that A100 and V100 prefill reaches about three quarters of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINES = ("runtime", "vllm")
+DEFAULT_ENGINE = "runtime"  # the constants the cost model has always had describe the runtime
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """How close one engine gets to a GPU's datasheet peaks, per decoder layer."""
+
+    memory_efficiency: float          # share of peak DRAM bandwidth that weight and KV reads reach
+    compute_efficiency: float         # share of peak tensor FLOP/s that prefill GEMMs reach
+    decode_compute_efficiency: float  # share of peak tensor FLOP/s that decode GEMMs (few rows) reach
+    layer_overhead_s: float           # fixed time per layer per step: launches, norms, rotary, sync
+    overlap: float                    # 1: a layer's memory and compute time overlap fully (roofline max);
+    #                                   0: they add. time = max(m, c) + (1 - overlap) * min(m, c)
+
+    def roofline_s(self, memory_s: float, compute_s: float) -> float:
+        """Time of one layer's kernels that move bytes for `memory_s` and compute for `compute_s`."""
+        return max(memory_s, compute_s) + (1.0 - self.overlap) * min(memory_s, compute_s) + self.layer_overhead_s
+
+
+# The runtime: measured on a lent H100 (bf16, Qwen3-8B layers inside a CUDA graph, benchmarks/runtime_layers.py,
+# docs/runtime.md "Measured: Qwen3-8B layers on an H100"): weight GEMVs reach 0.51-0.57 of datasheet
+# bandwidth, prefill GEMMs 0.70-0.74 of peak, everything else ~85 us per layer. One row for every GPU:
+# no other GPU has been measured with the runtime.
+_RUNTIME = Efficiency(memory_efficiency=0.55, compute_efficiency=0.70, decode_compute_efficiency=0.70,
+                      layer_overhead_s=85e-6, overlap=1.0)
+
+# vLLM: fitted to Helix's per-layer vLLM profiles of LLaMA-2-70B and LLaMA-30B (profiles/calibration/);
+# the per-class rows are the GPUs those profiles measured, the default row their A100/V100 mean.
+# Fitted by grid search (max |error| over the compared points, docs/cost-model.md): overlap 0.5, 10 us per layer
+# (CUDA graphs replay a layer's kernels with no launch gaps) and decode GEMMs at half the tensor peak are
+# shared; bandwidth and prefill efficiency are per class. The default row (every other GPU) takes the
+# A100's, the most recent datacenter part measured.
+_VLLM_DEFAULT = Efficiency(memory_efficiency=0.82, compute_efficiency=0.83, decode_compute_efficiency=0.50,
+                           layer_overhead_s=10e-6, overlap=0.5)
+_VLLM_BY_CLASS: dict[str, Efficiency] = {
+    #                  bandwidth  prefill  decode GEMM  per layer  overlap
+    "a100": Efficiency(0.82,      0.83,    0.50,        10e-6,     0.5),
+    "v100": Efficiency(0.80,      0.76,    0.50,        10e-6,     0.5),
+    "l4": Efficiency(0.87,        0.44,    0.50,        10e-6,     0.5),   # 72 W: prefill clocks drop
+    "t4": Efficiency(0.72,        0.45,    0.50,        10e-6,     0.5),   # 70 W: prefill clocks drop
+}
+
+# GPU catalog ids (profiles/gpus.ini) -> the class whose row they use; the rest use the engine's default
+GPU_CLASS = {"a100-40gb": "a100", "a100-80gb": "a100", "v100": "v100", "v100-32gb": "v100", "l4": "l4", "t4": "t4"}
+
+
+def efficiency(engine: str, gpu_id: str) -> Efficiency:
+    """The constants `engine` runs with on GPU type `gpu_id`."""
+    if engine == "runtime":
+        return _RUNTIME
+    if engine == "vllm":
+        return _VLLM_BY_CLASS.get(GPU_CLASS.get(gpu_id, ""), _VLLM_DEFAULT)
+    raise ValueError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
