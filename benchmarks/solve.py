@@ -1,6 +1,10 @@
 """Solver benchmark: every method on generated clusters of 8 to 128 GPUs, static and latency tables.
 
-    python benchmarks/solve.py [--sizes 8,16,24] [--time-limit 60] [--out docs/benchmarks.md]
+    python benchmarks/solve.py [--sizes 8,16,24] [--shapes round-robin,skewed] [--time-limit 60] [--out FILE]
+
+Two shapes (planner.synthetic): `round-robin` (GPU types dealt into regions, coordinator in region 0;
+every size of MIXES) and `skewed` (the Helix paper's regions skewed by GPU type, a remote coordinator,
+per-pair links; sizes of SKEWED: 24 and 42).
 
 Prints one markdown table (static max flow, predicted serving throughput, TPOT, upper bound, solve time)
 and writes it, with the machine it ran on, to --out.
@@ -21,7 +25,7 @@ from planner.cluster import load_cluster
 from planner.errors import SolveError
 from planner.plan import served_at_tpot, solve
 from planner.solvers.registry import METHODS
-from planner.synthetic import write_cluster
+from planner.synthetic import HELIX_THREE_REGIONS, SEVEN_KINDS_REGIONS, write_cluster, write_regional_cluster
 
 # GPU mixes by cluster size: catalog types, proportions like the Helix paper's (few big, many small)
 MIXES = {
@@ -33,8 +37,9 @@ MIXES = {
     96: {"a100-40gb": 16, "l4": 32, "t4": 48},
     128: {"a100-40gb": 20, "l4": 44, "t4": 64},
 }
+SKEWED = {24: HELIX_THREE_REGIONS, 42: SEVEN_KINDS_REGIONS}
 FAST_RUNS = 3  # heuristics are timed as the median of three runs; the optimiser once (it is time-limited)
-FORTY_TWO_LIMIT = 110.0
+FORTY_TWO_LIMIT = 120.0  # the issue's 42-GPU target: 120 s end to end
 
 
 def machine() -> str:
@@ -52,54 +57,61 @@ def _matched(cluster, plan, limit: float) -> str:
 @click.command()
 @click.option("--sizes", default="8,16,24,42,48,96,128", show_default=True)
 @click.option("--kinds", default="static,latency", show_default=True)
-@click.option("--regions", default=3, show_default=True)
+@click.option("--shapes", default="round-robin,skewed", show_default=True)
+@click.option("--regions", default=3, show_default=True, help="Regions of the round-robin shape.")
 @click.option("--time-limit", default=60.0, show_default=True)
 @click.option("--methods", "names", default=",".join(METHODS), show_default=True)
 @click.option("--match-tpot-sizes", default="8,16,24", show_default=True,
               help="Latency clusters of these sizes also get 'milp at this TPOT': the optimiser re-solved "
                    "with each baseline's TPOT as --max-tpot (half the time limit).")
 @click.option("--out", default=None, help="Write the table to this markdown file.")
-def main(sizes: str, kinds: str, regions: int, time_limit: float, names: str, match_tpot_sizes: str,
+def main(sizes: str, shapes: str, kinds: str, regions: int, time_limit: float, names: str, match_tpot_sizes: str,
          out: str | None) -> None:
     matched_sizes = {int(x) for x in match_tpot_sizes.split(",") if x}
-    rows = ["| GPUs | tables | method | max flow tok/s | serving tok/s | TPOT ms | upper bound | % of bound | solve s "
+    rows = ["| shape | GPUs | tables | method | max flow tok/s | serving tok/s | TPOT ms | upper bound | % of bound | solve s "
             "| milp at this TPOT |",
-            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     print(rows[0])
     print(rows[1])
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (int(x) for x in sizes.split(",")):
-            for kind in kinds.split(","):
+        cases = [(shape, size, kind) for shape in shapes.split(",") for size in (int(x) for x in sizes.split(","))
+                 for kind in kinds.split(",") if shape == "round-robin" or size in SKEWED]
+        for shape, size, kind in cases:
+            if shape == "skewed":
+                path = write_regional_cluster(Path(tmp) / f"s{size}-{kind}.ini", SKEWED[size],
+                                              static=kind == "static", seed=size)
+            else:
                 path = write_cluster(Path(tmp) / f"c{size}-{kind}.ini", MIXES[size], regions=regions,
                                      static=kind == "static", seed=size)
-                cluster = load_cluster(path)
-                # the issue's 42-GPU target is 120 s end to end: leave room for scoring
-                limit = FORTY_TWO_LIMIT if size == 42 else time_limit
-                for name in names.split(","):
-                    runs = 1 if name == "milp" else FAST_RUNS
-                    times, plan = [], None
-                    try:
-                        for _ in range(runs):
-                            began = time.perf_counter()
-                            plan = solve(cluster, name, time_limit=limit, seed=0)
-                            times.append(time.perf_counter() - began)
-                    except SolveError as exc:
-                        row = f"| {size} | {kind} | {name} | failed: {exc} | | | | | | |"
-                    else:
-                        s = plan.serving
-                        held = _matched(cluster, plan, limit / 2) if (
-                            kind == "latency" and size in matched_sizes and name != "milp") else ""
-                        tpot = f"{s.tpot_s * 1e3:.1f}" if s.tpot_s is not None else "-"
-                        row = (f"| {size} | {kind} | {name} | {s.max_flow:,.0f} | {s.throughput:,.0f} | {tpot} | "
-                               f"{plan.upper_bound:,.0f} | {s.max_flow / plan.upper_bound:.0%} | "
-                               f"{statistics.median(times):.2f} | {held} |")
-                    print(row, flush=True)
-                    rows.append(row)
+            cluster = load_cluster(path)
+            # the issue's 42-GPU target is 120 s end to end: leave room for scoring
+            limit = FORTY_TWO_LIMIT if size == 42 else time_limit
+            for name in names.split(","):
+                runs = 1 if name == "milp" else FAST_RUNS
+                times, plan = [], None
+                try:
+                    for _ in range(runs):
+                        began = time.perf_counter()
+                        plan = solve(cluster, name, time_limit=limit, seed=0)
+                        times.append(time.perf_counter() - began)
+                except SolveError as exc:
+                    row = f"| {shape} | {size} | {kind} | {name} | failed: {exc} | | | | | | |"
+                else:
+                    s = plan.serving
+                    held = _matched(cluster, plan, limit / 2) if (
+                        kind == "latency" and size in matched_sizes and name != "milp") else ""
+                    tpot = f"{s.tpot_s * 1e3:.1f}" if s.tpot_s is not None else "-"
+                    row = (f"| {shape} | {size} | {kind} | {name} | {s.max_flow:,.0f} | {s.throughput:,.0f} | {tpot} | "
+                           f"{plan.upper_bound:,.0f} | {s.max_flow / plan.upper_bound:.0%} | "
+                           f"{statistics.median(times):.2f} | {held} |")
+                print(row, flush=True)
+                rows.append(row)
     if out:
         header = ["# Solver benchmark", "", f"Machine: {machine()}. Command: `python benchmarks/solve.py "
-                  f"--sizes {sizes} --kinds {kinds} --time-limit {time_limit:g}` (42-GPU clusters get "
-                  f"{FORTY_TWO_LIMIT:g} s, to finish within 120 s). Clusters from `planner.synthetic`: one GPU per host, "
-                  f"{regions} regions joined by ~12.5 MB/s links, LLaMA-2-70B in fp16. Solve time includes "
+                  f"--sizes {sizes} --shapes {shapes} --kinds {kinds} --time-limit {time_limit:g}` (42-GPU clusters "
+                  f"get {FORTY_TWO_LIMIT:g} s). Clusters from `planner.synthetic`: one GPU per host, LLaMA-2-70B in "
+                  f"fp16; round-robin: {regions} regions joined by ~12.5 MB/s links; skewed: the Helix regions, a "
+                  "remote coordinator, per-pair 10-15 MB/s 40-60 ms links. Solve time includes "
                   "scoring; heuristics are the median of three runs, the optimiser one run.", ""]
         Path(out).write_text("\n".join(header + rows) + "\n")
 

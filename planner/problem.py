@@ -23,6 +23,17 @@ def group_name(members: tuple[str, ...] | list[str]) -> str:
     return GROUP_SEPARATOR.join(members)
 
 
+def split_evenly(layers: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of `parts` stages as equal as possible, the first ones one layer longer."""
+    base, extra = divmod(layers, parts)
+    ranges, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
 @dataclass(frozen=True)
 class Placement:
     """Half-open layer range [start, end) per node name; start == end leaves the node unused.

@@ -66,8 +66,7 @@ from typing import Sequence
 from planner.cluster import Cluster, Link, Node
 from planner.costmodel import GpuCost
 from planner.errors import InputError
-from planner.problem import TOKEN_ID_BYTES
-from planner.solvers.baselines import split_evenly
+from planner.problem import TOKEN_ID_BYTES, split_evenly
 from planner.units import format_time
 
 SYNC_STRATEGIES = ("pairwise", "ring")

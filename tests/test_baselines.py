@@ -16,7 +16,7 @@ from planner.errors import SolveError
 from planner.flow import COORDINATOR, max_flow
 from planner.problem import Placement, PlacementProblem
 from planner.solvers.base import no_progress
-from planner.solvers.baselines import split_evenly
+from planner.problem import split_evenly
 from planner.solvers.registry import METHODS
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from planner.flow import max_flow
 from planner.plan import solve
 from planner.problem import Placement, PlacementProblem
 from planner.solvers.milp import solve_max_flow
+from planner.solvers.optimiser import heuristic_starts
 
 TINY_MODEL = """
 [model tiny]
@@ -25,6 +27,11 @@ kv_heads = 8
 head_dim = 128
 vocab_size = 1000
 """
+
+
+def _starts(problem: PlacementProblem) -> list[Placement]:
+    """The optimiser's warm starts for the MILP, as `planner solve` gives them."""
+    return heuristic_starts(problem, 0, time.perf_counter(), 30)
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -92,7 +99,7 @@ default = 100 Mbit/s, 1 ms
 def test_milp_matches_brute_force(tmp_path: Path, case: int) -> None:
     cluster = load_cluster(_write(tmp_path, TINY_MODEL.format(layers=4) + STATIC_CASES[case]))
     problem = PlacementProblem(cluster)
-    outcome = solve_max_flow(problem, time_limit=30)
+    outcome = solve_max_flow(problem, time_limit=30, warm_starts=_starts(problem))
     assert outcome.status == "optimal"
     assert outcome.objective == pytest.approx(brute_force(problem), rel=1e-6)
     # the reported number is the independent evaluator's
@@ -143,7 +150,7 @@ gpus = rtx4090
 a -- b = 1 Gbit/s, 0.5 ms
 """
     problem = PlacementProblem(load_cluster(_write(tmp_path, body)))
-    outcome = solve_max_flow(problem, time_limit=30)
+    outcome = solve_max_flow(problem, time_limit=30, warm_starts=_starts(problem))
     assert outcome.status == "optimal"
     assert outcome.objective == pytest.approx(brute_force(problem), rel=1e-6)
 
@@ -248,7 +255,7 @@ gpu_link = 50 GB/s, 0.01 ms
 a -- b = 10 Gbit/s, 1 ms
 """
     problem = PlacementProblem(load_cluster(_write(tmp_path, body)))
-    outcome = solve_max_flow(problem, time_limit=30)
+    outcome = solve_max_flow(problem, time_limit=30, warm_starts=_starts(problem))
     flat = brute_force(problem)
     assert outcome.objective >= flat * (1 - 1e-9)
     for group in outcome.placement.tp_groups:

@@ -1,4 +1,4 @@
-"""The optimiser: a layer-boundary MILP for static max flow, iterated to serve the most tokens.
+"""The layer-boundary MILP for static max flow (the optimiser's search loop: planner/solvers/optimiser.py).
 
 Why not the published formulation: an integer start layer per GPU with big-M switched edges has an LP
 bound near the trivial one. Here every GPU group chooses *intervals* [s, e) (one integer count per
@@ -11,7 +11,6 @@ zone whose internal traffic needs no per-pair variables. Details: docs/planner.m
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 import math
 import time
 from dataclasses import dataclass
@@ -24,24 +23,15 @@ from planner.errors import SolveError
 from planner.flow import max_flow
 from planner.problem import TP_SIZES, Placement, PlacementProblem, group_name
 from planner.quiet import solver_stdout_silenced
-from planner.serving import estimate
-from planner.solvers.base import Progress, SolveResult
-from planner.solvers import baselines
-from planner.solvers.chains import chain_candidates
-from planner.solvers.pipeline_dp import disjoint_chains
 
-FIXED_POINT_ROUNDS = 4
-EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
-START_SHARE = 0.4            # share of the time limit for scoring heuristic starting points
-# cheapest first, so that a tight time limit still sees them (swarm scores many stage counts)
-BASELINE_ORDER = ("even", "separate", "replicas", "tp-pp", "greedy", "swarm")
 FULL_SOLVE_SHARE = 0.3       # pooled models: time for the full solve before neighbourhood search
 NEIGHBOURHOOD_GROUPS = 3     # groups freed per neighbourhood
 NEIGHBOURHOOD_SECONDS = 4.0  # limit of one neighbourhood solve
 EXACT_GPUS = 12  # up to this many GPUs the exact per-host model is used
+WARM_SCORING_SHARE = 0.3  # at most this share of the limit scoring warm starts (the first always)
+HIGHS_SHARE = 0.9  # HiGHS stops a little after its time limit: it gets this share of what is left
 PROOF_TOLERANCE = 1e-4  # relative gap called optimal (HiGHS's default)
 COVERING_SECONDS = 5.0  # at most this long for one covering-relaxation proof
-DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programme
 
 
 @dataclass(frozen=True)
@@ -107,12 +97,32 @@ class _WarmHighs(pulp.HiGHS):
         self.dual_bound = -lp.solverModel.getInfo().mip_dual_bound
 
 
-def covering_refutes(problem: PlacementProblem, target: float, time_limit: float, threads: int = 2) -> bool:
+class _OutOfTime(Exception):
+    """The deadline passed while a model was being built (building is not bounded by HiGHS's limit)."""
+
+
+def _check(deadline: float) -> None:
+    if time.perf_counter() > deadline:
+        raise _OutOfTime
+
+
+def covering_refutes(problem: PlacementProblem, target: float, time_limit: float, threads: int = 2,
+                     deadline: float = math.inf) -> bool:
     """True when no placement can reach `target` tokens/s, proven by a relaxation that ignores links
     and chaining: each layer must be held by GPUs whose capacities, each capped at the target, add up
     to it (a GPU passes at most min(capacity, T) of the T crossing every layer). It depends only on
     how many GPUs of each type there are, so it is small; it settles memory-tight clusters, where the
-    flow MILP's LP bound is loose. False when the relaxation is feasible or the time ran out."""
+    flow MILP's LP bound is loose. False when the relaxation is feasible or the time ran out (building
+    the model counts against `deadline`, solving against `time_limit` too)."""
+    try:
+        return _covering_refutes(problem, target, time_limit, deadline, threads)
+    except _OutOfTime:
+        return False
+
+
+def _covering_refutes(problem: PlacementProblem, target: float, time_limit: float, deadline: float,
+                      threads: int) -> bool:
+    began = time.perf_counter()
     layers = problem.layers
     lp = pulp.LpProblem("covering", pulp.LpMinimize)
     held: list[list] = [[] for _ in range(layers)]
@@ -121,6 +131,7 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
         for tp, names in units.items():
             longest = max(problem.cost(n).max_layers() for n in names)
             for s in range(layers):
+                _check(deadline)
                 for e in range(s + 1, min(s + longest, layers) + 1):
                     rates = [problem.capacity(n, s, e) for n in names if problem.fits(n, s, e)]
                     weight = min(max(rates, default=0.0) / target, 1.0)
@@ -133,9 +144,13 @@ def covering_refutes(problem: PlacementProblem, target: float, time_limit: float
     for terms in held:
         lp += pulp.lpSum(terms) >= 1
     lp += pulp.lpSum(lp.variables())
+    # pulp hands the model to HiGHS at about the cost of building it: keep that much in hand
+    limit = min(time_limit, (deadline - time.perf_counter() - (time.perf_counter() - began)) * HIGHS_SHARE)
+    if limit < 0.05:
+        return False
     # the thread count must match every other HiGHS run in the process: HiGHS's scheduler is global
     with solver_stdout_silenced():
-        lp.solve(pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.1), threads=threads))
+        lp.solve(pulp.HiGHS(msg=False, timeLimit=limit, threads=threads))
     return pulp.LpStatus[lp.status] == "Infeasible"
 
 
@@ -147,8 +162,29 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     variables across zones. Pooled model (larger clusters): one group per zone and GPU type, links
     between zones bounded conservatively by the slowest host pair times the number of GPUs on the
     narrower side, and layer boundaries on a grid of `step` layers. A pooled solution is re-scored
-    exactly, and its status is never 'optimal' unless it meets the exact upper bound."""
+    exactly, and its status is never 'optimal' unless it meets the exact upper bound. The best of
+    `warm_starts` is the starting incumbent (planner.solvers.optimiser.heuristic_starts finds them).
+    Building the model counts against `time_limit`: past it, the incumbent is returned."""
     began = time.perf_counter()
+    deadline = began + time_limit
+    ub = problem.upper_bound()
+    scored = []  # each warm start costs a max flow: on 100-GPU clusters, seconds for a long list
+    for i, placement in enumerate(warm_starts or []):
+        if scored and time.perf_counter() > began + time_limit * WARM_SCORING_SHARE:
+            break
+        scored.append((max_flow(problem, placement).value, i, placement))
+    incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
+    try:
+        return _solve_max_flow(problem, began, deadline, incumbent, incumbent_value, pooled, threads, seed)
+    except _OutOfTime:
+        if incumbent is None:
+            raise SolveError("time limit too short to build the placement model; raise --time-limit") from None
+        return MilpOutcome(incumbent, incumbent_value, max(ub, incumbent_value), "time_limit")
+
+
+def _solve_max_flow(problem: PlacementProblem, began: float, deadline: float, incumbent: Placement | None,
+                    incumbent_value: float, pooled: bool | None, threads: int, seed: int) -> MilpOutcome:
+    time_limit = deadline - began
     layers = problem.layers
     ub = problem.upper_bound()
     hosts = problem.hosts_with_gpus()
@@ -173,6 +209,7 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     for gi, group in enumerate(groups):
         node = group.unit
         for s in bounds:
+            _check(deadline)
             for e in bounds:
                 if e <= s or not problem.fits(node, s, e):
                     continue
@@ -216,6 +253,7 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
         lp += out_at(ep, layers) <= cap
     # boundaries: what ends at b on an endpoint leaves over links to endpoints where something starts at b
     for b in bounds[1:-1]:
+        _check(deadline)
         sent = {ep: [] for ep in endpoints}
         received = {ep: [] for ep in endpoints}
         for a, c in itertools.product(endpoints, endpoints):
@@ -258,22 +296,23 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints) == pulp.lpSum(out_at(ep, layers) for ep in endpoints)
     lp += pulp.lpSum(in_at(ep, 0) for ep in endpoints)
 
-    heuristics = warm_starts if warm_starts is not None else heuristic_starts(problem, seed, began, time_limit)
-    scored = [(max_flow(problem, p).value, i, p) for i, p in enumerate(heuristics)]
-    incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
+    built = time.perf_counter()
     if incumbent and covering_refutes(problem, incumbent_value * (1 + PROOF_TOLERANCE),
-                                      min(COVERING_SECONDS, time_limit / 10), threads):
+                                      min(COVERING_SECONDS, time_limit / 10), threads, deadline):
         return MilpOutcome(incumbent, incumbent_value, min(ub, incumbent_value * (1 + PROOF_TOLERANCE)), "optimal")
     start = _warm_values(groups, incumbent, count) if incumbent else None
-    left = time_limit - (time.perf_counter() - began)
+    # pulp hands the model to HiGHS and reads the solution back at about the cost of building it
+    left = deadline - time.perf_counter() - (built - began)
+    if left < 0.1:
+        raise _OutOfTime
     # a full solve first (it proves small cases); larger ones then improve by neighbourhood search
-    first_limit = left if not pooled else left * FULL_SOLVE_SHARE
+    first_limit = left * HIGHS_SHARE if not pooled else left * FULL_SOLVE_SHARE
     solver = _WarmHighs(start, msg=False, timeLimit=max(first_limit, 0.1), threads=threads, gapRel=PROOF_TOLERANCE)
     with solver_stdout_silenced():
         lp.solve(solver)
     solution = _solution_of(lp, count) if lp.objective.value() is not None else start
     if pooled and solution is not None:
-        solution = _neighbourhood_search(lp, groups, count, solution, deadline=began + time_limit, seed=seed)
+        solution = _neighbourhood_search(lp, groups, count, solution, deadline=deadline, seed=seed)
     found_placement = _placement_of(problem, groups, solution) if solution else None
     value = max_flow(problem, found_placement).value if found_placement else 0.0
     placement, objective = (found_placement, value) if value >= incumbent_value else (incumbent, incumbent_value)
@@ -281,45 +320,12 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
         raise SolveError(f"the MILP solver found no placement ({pulp.LpStatus[lp.status]})")
     bound = solver.dual_bound if math.isfinite(solver.dual_bound) and not pooled else ub
     bound = max(min(bound, ub), objective)
-    left = began + time_limit - time.perf_counter()
+    left = deadline - time.perf_counter()
     if bound > objective * (1 + PROOF_TOLERANCE) and objective > incumbent_value and left > 0.5 and \
-            covering_refutes(problem, objective * (1 + PROOF_TOLERANCE), min(COVERING_SECONDS, left), threads):
+            covering_refutes(problem, objective * (1 + PROOF_TOLERANCE), min(COVERING_SECONDS, left), threads, deadline):
         bound = max(min(ub, objective * (1 + PROOF_TOLERANCE)), objective)
     proven = bound <= objective * (1 + PROOF_TOLERANCE) + 1e-9
     return MilpOutcome(placement, objective, bound, "optimal" if proven else "time_limit")
-
-
-def baseline_placements(problem: PlacementProblem, seed: int = 0,
-                        deadline: float = math.inf) -> Iterator[Placement]:
-    """What people do today: every baseline's placement that exists for this cluster, then every
-    uniform TP x PP layout, lazily. Nothing new is started after `deadline`."""
-    names = sorted(baselines.METHODS, key=lambda n: (BASELINE_ORDER.index(n) if n in BASELINE_ORDER else 99, n))
-    for name in names:
-        method = baselines.METHODS[name]
-        if time.perf_counter() > deadline:
-            return
-        try:
-            # each gets half of what is left before the deadline (slow ones stop at their best so far)
-            limit = max(1.0, (deadline - time.perf_counter()) / 2) if math.isfinite(deadline) else 0
-            yield method(problem, time_limit=limit, seed=seed, progress=lambda m: None).placement
-        except SolveError:
-            pass
-    # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
-    # memory into KV room, which max flow does not see
-    for _, _, _, placement in baselines.tp_pp_placements(problem):
-        if time.perf_counter() > deadline:
-            return
-        yield placement
-
-
-def heuristic_starts(problem: PlacementProblem, seed: int, began: float, time_limit: float) -> list[Placement]:
-    """Warm starts for a solve that began at `began`: the baselines (within START_SHARE of the time
-    limit), the best disjoint pipelines (within DP_SHARE), then the chain candidates (at most 5 s, or a
-    quarter of what is left)."""
-    starts = list(baseline_placements(problem, seed, began + time_limit * START_SHARE))
-    starts += disjoint_chains(problem, time.perf_counter() + time_limit * DP_SHARE)
-    left = began + time_limit - time.perf_counter()
-    return starts + chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
 
 
 def _solution_of(lp: pulp.LpProblem, count: dict) -> dict[str, float]:
@@ -351,7 +357,7 @@ def _neighbourhood_search(lp: pulp.LpProblem, groups: list[Group], count: dict, 
         start.col_value = [solution.get(v.name, v.value() or 0.0) for v in columns]
         start.value_valid = True
         highs.setSolution(start)
-        highs.setOptionValue("time_limit", max(0.1, min(NEIGHBOURHOOD_SECONDS, deadline - time.perf_counter())))
+        highs.setOptionValue("time_limit", max(0.1, min(NEIGHBOURHOOD_SECONDS, (deadline - time.perf_counter()) * HIGHS_SHARE)))
         with solver_stdout_silenced():
             highs.run()
         info = highs.getInfo()
@@ -399,117 +405,3 @@ def _placement_of(problem: PlacementProblem, groups: list[Group], solution: dict
     return Placement(ranges, tuple(tp_groups))
 
 
-def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int = 0,
-             progress: Progress | None = None) -> SolveResult:
-    """Default method. Static tables: the max-flow MILP, solved to a proof or the time limit.
-    Latency models: capacities are re-quoted at the round trip each candidate placement really has,
-    re-solved, and the candidate that the serving estimator predicts to serve most under the problem's
-    latency limits wins. Returns within the time limit (plus one scoring of the last candidate)."""
-    began = time.perf_counter()
-    say = progress or (lambda message: None)
-    deadline = began + time_limit
-    # heuristic starting points get at most 40% of the time; the MILP rounds need the rest
-    starts_deadline = began + time_limit * START_SHARE
-    if problem.static:
-        say("max-flow MILP (static throughput tables)")
-        starts = heuristic_starts(problem, seed, began, time_limit)
-        outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
-        gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
-        return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
-                           gap=max(gap, 0.0), bound=outcome.bound)
-    scored: dict[tuple, float] = {}
-    best = None
-    best_by_kind: dict[bool, tuple] = {}  # with / without tensor-parallel groups: for the note on TP
-    rtt, status = 0.0, "optimal"
-    slowest = 0.0  # longest scoring so far: new work starts only if one more scoring still fits
-
-    def consider(placement: Placement) -> None:
-        nonlocal best, slowest
-        key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
-        if key in scored or not placement.used():
-            return
-        scoring = time.perf_counter()
-        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
-        slowest = max(slowest, time.perf_counter() - scoring)
-        scored[key] = served.throughput
-        rank = (served.throughput, -(served.tpot_s or 0.0))
-        kind = bool(placement.tp_groups)
-        if kind not in best_by_kind or rank > best_by_kind[kind][0]:
-            best_by_kind[kind] = (rank, placement, served)
-        if best is None or rank > best[0]:
-            best = (rank, placement, served)
-
-    starts = []
-    for placement in baseline_placements(problem, seed, starts_deadline):  # what people do today
-        starts.append(placement)
-        if time.perf_counter() + slowest > starts_deadline:
-            break  # scoring another would eat into the MILP rounds
-        consider(placement)
-    for round_no in range(FIXED_POINT_ROUNDS):
-        left = deadline - slowest - time.perf_counter()
-        if left <= 0.05:
-            status = "time_limit"
-            break
-        quoted = problem.with_rtt(rtt)
-        chains_found = disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
-        chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
-        # a round quotes one round trip for every GPU; longer ones favour placements with more KV room
-        # per GPU, which the rounds can converge without seeing: their best pipelines are cheap to find
-        for stretch in EXPLORE_STRETCH if rtt > 0 else ():
-            chains_found += disjoint_chains(problem.with_rtt(rtt * stretch), time.perf_counter() + left * DP_SHARE)
-        for placement in chains_found:
-            if time.perf_counter() + slowest > deadline - left / 2:
-                break  # keep most of the round for the MILP
-            consider(placement)
-        say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
-        left = deadline - slowest - time.perf_counter()
-        pool = ([best[1]] if best else []) + chains_found + starts
-        outcome = solve_max_flow(quoted, time_limit=max(left / (FIXED_POINT_ROUNDS - round_no), 0.1),
-                                 warm_starts=pool, seed=seed)
-        if outcome.status != "optimal":
-            status = "time_limit"
-        consider(outcome.placement)
-        served = best[2]
-        say(f"round {round_no + 1}: best serves {served.throughput:,.0f} tok/s, TPOT {(served.tpot_s or 0) * 1e3:.1f} ms")
-        if served.tpot_s is None or abs(served.tpot_s - rtt) <= 0.02 * max(rtt, 1e-9):
-            break
-        rtt = served.tpot_s
-    if best is None:
-        raise SolveError("time limit too short to find any placement; raise --time-limit")
-    _, placement, served = best
-    note = (f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
-            "with their own round trips; status refers to the max-flow MILP of each round")
-    return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None,
-                       bound=served.max_flow, notes=(note,) + _tp_notes(problem, placement, best_by_kind))
-
-
-def _tp_notes(problem: PlacementProblem, chosen: Placement, best_by_kind: dict[bool, tuple]) -> tuple[str, ...]:
-    """Why the plan does or does not group GPUs for tensor parallelism, with the best alternative."""
-    def figures(entry: tuple) -> str:
-        served = entry[2]
-        return f"{served.throughput:,.0f} tokens/s at TPOT {(served.tpot_s or 0) * 1e3:.0f} ms"
-
-    with_tp = bool(chosen.tp_groups)
-    notes = []
-    if with_tp:
-        for group in chosen.tp_groups:
-            unit = group_name(group)
-            span = chosen.units()[unit]
-            first, last = span[0] == 0, span[1] == problem.layers
-            grouped, single = problem.cost_of(unit), problem.cost_of(group[0])
-            k = span[1] - span[0]
-            sequences = grouped.max_batch(k, first, last)
-            notes.append(f"tensor parallelism: {unit} hold layers [{span[0]}, {span[1]}) as one unit: their memory "
-                         f"pools into KV room for {sequences} sequences (one {problem.by_name[group[0]].gpu} "
-                         f"holds at most {single.max_layers(first, last)} of these layers), for two all-reduces "
-                         f"per layer, {2 * k * grouped.all_reduce_s(max(sequences, 1)) * 1e3:.1f} ms per decode "
-                         "step at that batch")
-    alternative = best_by_kind.get(not with_tp)
-    if alternative is not None:
-        what = "without tensor-parallel groups" if with_tp else "with tensor-parallel groups"
-        notes.append(f"the best plan {what} serves {figures(alternative)}; this plan "
-                     f"serves {figures(best_by_kind[with_tp])}")
-    return tuple(notes)
-
-
-METHODS = {"milp": optimise}

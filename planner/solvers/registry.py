@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from planner.solvers import baselines, chains, milp
+from planner.solvers import baselines, chains, optimiser, stage_pools
 from planner.solvers.base import Method
 
-METHODS: dict[str, Method] = {**milp.METHODS, "chains": chains.chains, **baselines.METHODS}
+METHODS: dict[str, Method] = {**optimiser.METHODS, "chains": chains.chains, "stages": stage_pools.stage_pools, **baselines.METHODS}
 DEFAULT_METHOD = "milp"

@@ -1,0 +1,205 @@
+"""The default method: heuristic starting points, the max-flow MILP, and for latency models rounds that
+re-quote capacities at the round trip each candidate really has (docs/planner.md#optimiser). The MILP's
+formulation lives in planner/solvers/milp.py."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+from planner.errors import SolveError
+from planner.problem import Placement, PlacementProblem, group_name
+from planner.serving import estimate
+from planner.solvers import baselines
+from planner.solvers.base import Progress, SolveResult
+from planner.solvers.chains import chain_candidates
+from planner.solvers.milp import solve_max_flow
+from planner.solvers.pipeline_dp import disjoint_chains
+from planner.solvers.stage_pools import stage_pool_placements
+
+FIXED_POINT_ROUNDS = 4
+EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
+START_SHARE = 0.4            # share of the time limit for scoring heuristic starting points
+# cheapest first, so that a tight time limit still sees them (swarm scores many stage counts)
+BASELINE_ORDER = ("even", "separate", "replicas", "tp-pp", "greedy", "swarm")
+DP_SHARE = 0.1  # share of the time limit for the exact single-pipeline programme
+POOLS_SHARE = 0.1  # share of the time limit for stages of identical GPU groups
+POOL_STARTS = 3  # the best few of them are warm starts (each costs a max flow to score)
+SCORING_SHARE = 0.03  # of the time limit, left for re-scoring the returned placement (plan.score)
+# latency models: a round starts only with room for scoring its outcome and for plan.score's two fixed
+# points (the serving estimate and the round-trip max flow), each about as slow as the slowest scoring
+RESERVED_SCORINGS = 3
+
+
+def baseline_placements(problem: PlacementProblem, seed: int = 0,
+                        deadline: float = math.inf) -> Iterator[Placement]:
+    """What people do today: every baseline's placement that exists for this cluster, then every
+    uniform TP x PP layout, lazily. Nothing new is started after `deadline`."""
+    yield from method_placements(problem, seed, deadline)
+    yield from uniform_tp_pp_placements(problem, deadline)
+
+
+def method_placements(problem: PlacementProblem, seed: int = 0, deadline: float = math.inf,
+                      search_deadline: float | None = None) -> Iterator[Placement]:
+    """Each baseline method's placement that exists for this cluster, cheapest method first; none is
+    started after `deadline`, and methods that search (swarm, tp-pp) stop by `search_deadline`."""
+    search_deadline = deadline if search_deadline is None else search_deadline
+    names = sorted(baselines.METHODS, key=lambda n: (BASELINE_ORDER.index(n) if n in BASELINE_ORDER else 99, n))
+    for name in names:
+        method = baselines.METHODS[name]
+        if time.perf_counter() > deadline:
+            return
+        try:
+            # each gets half of what is left before the deadline (slow ones stop at their best so far)
+            limit = max(1.0, (search_deadline - time.perf_counter()) / 2) if math.isfinite(search_deadline) else 0
+            yield method(problem, time_limit=limit, seed=seed, progress=lambda m: None).placement
+        except SolveError:
+            pass
+
+
+def uniform_tp_pp_placements(problem: PlacementProblem, deadline: float = math.inf) -> Iterator[Placement]:
+    """Every uniform TP x PP layout."""
+    # every uniform tensor-parallel grouping, not just the one with the most max flow: groups pool
+    # memory into KV room, which max flow does not see
+    for _, _, _, placement in baselines.tp_pp_placements(problem):
+        if time.perf_counter() > deadline:
+            return
+        yield placement
+
+
+def heuristic_starts(problem: PlacementProblem, seed: int, began: float, time_limit: float) -> list[Placement]:
+    """Warm starts for a solve that began at `began`: the baselines (within START_SHARE of the time
+    limit), the best disjoint pipelines (within DP_SHARE), then the chain candidates (at most 5 s, or a
+    quarter of what is left)."""
+    starts = stage_pool_placements(problem, time.perf_counter() + time_limit * POOLS_SHARE)[:POOL_STARTS]
+    starts += baseline_placements(problem, seed, began + time_limit * START_SHARE)
+    starts += disjoint_chains(problem, time.perf_counter() + time_limit * DP_SHARE)
+    left = began + time_limit - time.perf_counter()
+    return starts + chain_candidates(problem, time.perf_counter() + min(5.0, left / 4))
+
+
+def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int = 0,
+             progress: Progress | None = None) -> SolveResult:
+    """Default method. Static tables: the max-flow MILP, solved to a proof or the time limit.
+    Latency models: capacities are re-quoted at the round trip each candidate placement really has,
+    re-solved, and the candidate that the serving estimator predicts to serve most under the problem's
+    latency limits wins. Returns within the time limit (plus one scoring of the last candidate)."""
+    began = time.perf_counter()
+    say = progress or (lambda message: None)
+    time_limit *= 1 - SCORING_SHARE  # the caller re-scores the placement within the user's limit
+    deadline = began + time_limit
+    # heuristic starting points get at most 40% of the time; the MILP rounds need the rest
+    starts_deadline = began + time_limit * START_SHARE
+    if problem.static:
+        say("max-flow MILP (static throughput tables)")
+        starts = heuristic_starts(problem, seed, began, time_limit)
+        outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
+        gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
+        return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
+                           gap=max(gap, 0.0), bound=outcome.bound)
+    scored: dict[tuple, float] = {}
+    best = None
+    best_by_kind: dict[bool, tuple] = {}  # with / without tensor-parallel groups: for the note on TP
+    rtt, status = 0.0, "optimal"
+    slowest = 0.0  # longest scoring so far: new work starts only if one more scoring still fits
+
+    def consider(placement: Placement) -> None:
+        nonlocal best, slowest
+        key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
+        if key in scored or not placement.used():
+            return
+        scoring = time.perf_counter()
+        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        slowest = max(slowest, time.perf_counter() - scoring)
+        scored[key] = served.throughput
+        rank = (served.throughput, -(served.tpot_s or 0.0))
+        kind = bool(placement.tp_groups)
+        if kind not in best_by_kind or rank > best_by_kind[kind][0]:
+            best_by_kind[kind] = (rank, placement, served)
+        if best is None or rank > best[0]:
+            best = (rank, placement, served)
+
+    starts = []
+    # what people do today: every baseline's own placement is scored while one more scoring and the
+    # final re-scoring fit at all (the plan is never below a baseline for want of time) ...
+    for placement in method_placements(problem, seed, deadline, starts_deadline):
+        starts.append(placement)
+        if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+            break
+        consider(placement)
+    # ... the other uniform TP x PP layouts only within the share for starting points
+    for placement in uniform_tp_pp_placements(problem, starts_deadline):
+        starts.append(placement)
+        if time.perf_counter() + slowest > starts_deadline:
+            break  # scoring another would eat into the MILP rounds
+        consider(placement)
+    for round_no in range(FIXED_POINT_ROUNDS):
+        left = deadline - RESERVED_SCORINGS * slowest - time.perf_counter()
+        if left <= 0.05:
+            status = "time_limit"
+            break
+        quoted = problem.with_rtt(rtt)
+        chains_found = stage_pool_placements(quoted, time.perf_counter() + left * POOLS_SHARE)[:POOL_STARTS]
+        chains_found += disjoint_chains(quoted, time.perf_counter() + left * DP_SHARE)
+        chains_found += chain_candidates(quoted, time.perf_counter() + left / 8)
+        # a round quotes one round trip for every GPU; longer ones favour placements with more KV room
+        # per GPU, which the rounds can converge without seeing: their best pipelines are cheap to find
+        for stretch in EXPLORE_STRETCH if rtt > 0 else ():
+            chains_found += disjoint_chains(problem.with_rtt(rtt * stretch), time.perf_counter() + left * DP_SHARE)
+        for placement in chains_found:
+            if time.perf_counter() + slowest > deadline - RESERVED_SCORINGS * slowest - left / 2:
+                break  # keep most of the round for the MILP
+            consider(placement)
+        say(f"round {round_no + 1}: MILP with capacities at a {rtt * 1e3:.1f} ms round trip")
+        left = deadline - RESERVED_SCORINGS * slowest - time.perf_counter()
+        pool = ([best[1]] if best else []) + chains_found + starts
+        outcome = solve_max_flow(quoted, time_limit=max(left / (FIXED_POINT_ROUNDS - round_no), 0.1),
+                                 warm_starts=pool, seed=seed)
+        if outcome.status != "optimal":
+            status = "time_limit"
+        consider(outcome.placement)
+        served = best[2]
+        say(f"round {round_no + 1}: best serves {served.throughput:,.0f} tok/s, TPOT {(served.tpot_s or 0) * 1e3:.1f} ms")
+        if served.tpot_s is None or abs(served.tpot_s - rtt) <= 0.02 * max(rtt, 1e-9):
+            break
+        rtt = served.tpot_s
+    if best is None:
+        raise SolveError("time limit too short to find any placement; raise --time-limit")
+    _, placement, served = best
+    note = (f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
+            "with their own round trips; status refers to the max-flow MILP of each round")
+    return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None,
+                       bound=served.max_flow, notes=(note,) + _tp_notes(problem, placement, best_by_kind))
+
+
+def _tp_notes(problem: PlacementProblem, chosen: Placement, best_by_kind: dict[bool, tuple]) -> tuple[str, ...]:
+    """Why the plan does or does not group GPUs for tensor parallelism, with the best alternative."""
+    def figures(entry: tuple) -> str:
+        served = entry[2]
+        return f"{served.throughput:,.0f} tokens/s at TPOT {(served.tpot_s or 0) * 1e3:.0f} ms"
+
+    with_tp = bool(chosen.tp_groups)
+    notes = []
+    if with_tp:
+        for group in chosen.tp_groups:
+            unit = group_name(group)
+            span = chosen.units()[unit]
+            first, last = span[0] == 0, span[1] == problem.layers
+            grouped, single = problem.cost_of(unit), problem.cost_of(group[0])
+            k = span[1] - span[0]
+            sequences = grouped.max_batch(k, first, last)
+            notes.append(f"tensor parallelism: {unit} hold layers [{span[0]}, {span[1]}) as one unit: their memory "
+                         f"pools into KV room for {sequences} sequences (one {problem.by_name[group[0]].gpu} "
+                         f"holds at most {single.max_layers(first, last)} of these layers), for two all-reduces "
+                         f"per layer, {2 * k * grouped.all_reduce_s(max(sequences, 1)) * 1e3:.1f} ms per decode "
+                         "step at that batch")
+    alternative = best_by_kind.get(not with_tp)
+    if alternative is not None:
+        what = "without tensor-parallel groups" if with_tp else "with tensor-parallel groups"
+        notes.append(f"the best plan {what} serves {figures(alternative)}; this plan "
+                     f"serves {figures(best_by_kind[with_tp])}")
+    return tuple(notes)
+
+
+METHODS = {"milp": optimise}
