@@ -4,6 +4,7 @@ A directory holds config.json and one or more *.safetensors files, with or witho
 model.safetensors.index.json (tensor name -> file). A stage reads only the tensors it holds through
 safetensors' safe_open, which reads a file's header and then each asked-for tensor; the other layers'
 bytes are never read (a file that holds none of them is not even opened when the index names the files).
+A tensor-parallel rank reads only its shard of each split tensor (safe_open's get_slice).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 
 from planner.catalog import ModelSpec
 from planner.errors import InputError
+from planner.export.runtime import Shard
 from runtime.hfconfig import hf_config
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -48,16 +50,37 @@ def layer_tensor_names(model: ModelSpec, layer: int) -> dict[str, tuple[int, ...
     return shapes
 
 
-def stage_tensor_names(model: ModelSpec, start: int, end: int) -> dict[str, str]:
+def shard_slice(model: ModelSpec, name: str, shard: Shard) -> tuple[int, range] | None:
+    """(dimension, index range) of a layer tensor that `shard` holds a slice of; None when it holds it whole.
+
+    Column-parallel (split along the output, dimension 0 of the (out, in) weight and of the bias): q, k, v,
+    gate, up. Row-parallel (split along the input, dimension 1): o, down. Norms are whole on every rank.
+    """
+    if shard.size == 1:
+        return None
+    d = model.head_dim
+    heads, kv, columns = shard.heads(model), shard.kv_heads(model), shard.columns(model)
+    kind = name.rsplit(".", 2)[-2]   # q_proj, o_proj, gate_proj, ... or a norm
+    by_kind = {"q_proj": (0, range(heads.start * d, heads.stop * d)),
+               "k_proj": (0, range(kv.start * d, kv.stop * d)), "v_proj": (0, range(kv.start * d, kv.stop * d)),
+               "o_proj": (1, range(heads.start * d, heads.stop * d)),
+               "gate_proj": (0, columns), "up_proj": (0, columns), "down_proj": (1, columns)}
+    return by_kind.get(kind)
+
+
+def stage_tensor_names(model: ModelSpec, start: int, end: int, ends: bool = True) -> dict[str, str]:
     """Checkpoint name -> the stage's own parameter name, for a stage holding layers [start, end).
 
     The first stage (start == 0) adds the embeddings, the last (end == layers) the final norm and the LM
-    head (the embedding matrix when the model ties them).
+    head (the embedding matrix when the model ties them); neither with ends=False (a group's ranks other
+    than its face).
     """
     names: dict[str, str] = {}
     for layer in range(start, end):
         for name in layer_tensor_names(model, layer):
             names[name] = f"layers.{layer - start}." + name.removeprefix(f"model.layers.{layer}.")
+    if not ends:
+        return names
     if start == 0:
         names[EMBED] = "embed_tokens.weight"
     if end == model.layers:
@@ -87,10 +110,11 @@ def _locate(directory: Path, wanted: list[str]) -> dict[str, Path]:
 
 
 def load_stage(directory: str | Path, model: ModelSpec, start: int, end: int, *, dtype: str = "fp32",
-               device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The tensors of a stage holding layers [start, end), under the stage's parameter names."""
+               device: str = "cpu", shard: Shard = Shard(), ends: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a stage holding layers [start, end), under the stage's parameter names: for a
+    tensor-parallel rank, its shard of them (and the embeddings and head only with ends)."""
     directory = Path(directory)
-    names = stage_tensor_names(model, start, end)
+    names = stage_tensor_names(model, start, end, ends)
     where = _locate(directory, list(names))
     missing = [n for n in names if n not in where]
     if missing:
@@ -103,7 +127,14 @@ def load_stage(directory: str | Path, model: ModelSpec, start: int, end: int, *,
     for file, file_names in by_file.items():
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for name in file_names:
-                tensors[names[name]] = handle.get_tensor(name).to(device=device, dtype=TORCH_DTYPES[dtype])
+                part = shard_slice(model, name, shard) if ".layers." in name else None
+                if part is None:
+                    tensor = handle.get_tensor(name)
+                else:  # only the shard's rows (dim 0) or columns (dim 1) are read
+                    dim, span = part
+                    sliced = handle.get_slice(name)
+                    tensor = sliced[span.start:span.stop] if dim == 0 else sliced[:, span.start:span.stop]
+                tensors[names[name]] = tensor.to(device=device, dtype=TORCH_DTYPES[dtype])
     return tensors
 
 

@@ -38,26 +38,30 @@ def cpu_cluster(model: ModelSpec, workers: int, gpu_section: str | None = None) 
 
 
 def chain_layout(cluster_file: str, model: ModelSpec, stages: list[list[tuple[int, int]]],
-                 flow: float = 100.0) -> str:
+                 flow: float = 100.0, tp: int = 1) -> str:
     """A hand-written layout: stages[i] lists the ranges of the workers (local:0, local:1, ...) of stage i;
-    every edge between consecutive stages carries the flow split evenly."""
-    nodes, flows, names = [], [], []
+    every edge between consecutive stages carries the flow split evenly. tp > 1: each worker is a
+    tensor-parallel group of tp GPUs (local:0+local:1, ...)."""
+    nodes, flows, names, groups = [], [], [], []
     index = 0
     for ranges in stages:
         names.append([])
         for start, end in ranges:
-            name = f"local:{index}"
-            nodes.append(f"{name} = {start}, {end}")
-            names[-1].append(name)
-            index += 1
+            members = [f"local:{index + i}" for i in range(tp)]
+            nodes += [f"{m} = {start}, {end}" for m in members]
+            names[-1].append("+".join(members))
+            if tp > 1:
+                groups.append("+".join(members))
+            index += tp
     hops = [["coordinator"]] + names + [["coordinator"]]
     for a_stage, b_stage in zip(hops, hops[1:]):
         for a in a_stage:
             for b in b_stage:
                 share = flow / (len(a_stage) * len(b_stage))
                 flows.append(f"{a} -> {b} = {share:.2f}")
+    head = [f"tp_groups = {', '.join(groups)}"] if groups else []
     return "\n".join(["[layout]", f"cluster = {cluster_file}", f"model = {model.id}", "dtype = fp32",
-                      "method = hand", "", "[nodes]", *nodes, "", "[flows]", *flows, ""])
+                      "method = hand", *head, "", "[nodes]", *nodes, "", "[flows]", *flows, ""])
 
 
 def write_demo(directory: str | Path, model: ModelSpec = TINY_MODELS["tiny-qwen3"]) -> tuple[Path, Path]:

@@ -1,4 +1,5 @@
-"""Everything on this machine: one worker process per GPU of the layout, the host in this process.
+"""Everything on this machine: one worker process per GPU of the layout (each rank of a tensor-parallel
+group its own process), the host in this process.
 
 Workers talk over loopback TCP exactly as on a cluster. Two ways to start them:
   * through a ForkServer (default): a process that imported torch once forks each worker, which then
@@ -133,8 +134,8 @@ class LocalRun:
         if self.processes:
             return self  # already started (e.g. start() and then `with`)
         try:
-            for w in self.config.workers:
-                self.processes[w.node] = self._launch(w.node)
+            for node in self.config.processes():
+                self.processes[node] = self._launch(node)
             self.host.start()
             deadline = time.monotonic() + self.start_timeout_s
             while not self.host.ready.wait(0.05):
@@ -155,7 +156,7 @@ class LocalRun:
             return "(no log)"
 
     def kill(self, node: str) -> None:
-        """Kill one worker at once (SIGKILL), as a crash would."""
+        """Kill one worker process (a tensor-parallel rank by its GPU's name) at once (SIGKILL), as a crash would."""
         proc = self.processes[node]
         proc.kill()
         proc.wait(timeout=10)

@@ -7,10 +7,15 @@ in its own causal call. Formulas follow the Hugging Face implementations op for 
 match transformers' to the last bits that matter.
 
     Qwen3: per-head RMSNorm on q and k before RoPE, no qkv bias     Qwen2: qkv bias      LLaMA: neither
+
+Tensor parallelism (Megatron-LM's column/row split): a layer built with Shard(rank, size) holds its
+rank's query and KV heads and intermediate columns (planner.export.runtime.Shard); attention and MLP then
+return partial sums, and `reduce` (an all-reduce over the group) adds them: two all-reduces per layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from planner.catalog import ModelSpec
+from planner.export.runtime import Shard
 from runtime.kvcache import KVPool
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def no_reduce(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -110,9 +122,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, model: ModelSpec) -> None:
+    def __init__(self, model: ModelSpec, shard: Shard = Shard()) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = model.attention_heads, model.kv_heads, model.head_dim
+        self.heads, self.kv_heads = len(shard.heads(model)), len(shard.kv_heads(model))
+        self.head_dim = model.head_dim
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.q_proj = nn.Linear(model.hidden_size, q_width, bias=model.qkv_bias)
         self.k_proj = nn.Linear(model.hidden_size, kv_width, bias=model.qkv_bias)
@@ -156,28 +169,30 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, model: ModelSpec) -> None:
+    def __init__(self, model: ModelSpec, shard: Shard = Shard()) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(model.hidden_size, model.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(model.hidden_size, model.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(model.intermediate_size, model.hidden_size, bias=False)
+        columns = len(shard.columns(model))
+        self.gate_proj = nn.Linear(model.hidden_size, columns, bias=False)
+        self.up_proj = nn.Linear(model.hidden_size, columns, bias=False)
+        self.down_proj = nn.Linear(columns, model.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))      # SwiGLU
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, model: ModelSpec) -> None:
+    def __init__(self, model: ModelSpec, shard: Shard = Shard(), reduce: Reduce = no_reduce) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(model.hidden_size, model.rms_norm_eps)
-        self.self_attn = Attention(model)
+        self.self_attn = Attention(model, shard)
         self.post_attention_layernorm = RMSNorm(model.hidden_size, model.rms_norm_eps)
-        self.mlp = MLP(model)
+        self.mlp = MLP(model, shard)
+        self.reduce = reduce   # sums the ranks' partial outputs (identity on one GPU)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: BatchPlan,
                 keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, plan, keys, values)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.reduce(self.self_attn(self.input_layernorm(x), cos, sin, plan, keys, values))
+        return x + self.reduce(self.mlp(self.post_attention_layernorm(x)))
 
 
 class Stage(nn.Module):
@@ -185,13 +200,16 @@ class Stage(nn.Module):
 
     forward(inputs, plan, kv): inputs are token ids [T] (first stage) or hidden states [T, hidden];
     returns hidden states [T, hidden], or float32 logits [B, vocab] at each request's last token.
+    A tensor-parallel rank holds its shard of the layers; `ends=False` leaves out the embeddings and the
+    head (a group's face alone holds them: the other ranks take and give hidden states).
     """
 
-    def __init__(self, model: ModelSpec, start: int, end: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: ModelSpec, start: int, end: int, device: str | torch.device = "cpu", *,
+                 shard: Shard = Shard(), ends: bool = True, reduce: Reduce = no_reduce) -> None:
         super().__init__()
-        self.model, self.start, self.end = model, start, end
-        self.first, self.last = start == 0, end == model.layers
-        self.layers = nn.ModuleList(DecoderLayer(model) for _ in range(start, end))
+        self.model, self.start, self.end, self.shard = model, start, end, shard
+        self.first, self.last = ends and start == 0, ends and end == model.layers
+        self.layers = nn.ModuleList(DecoderLayer(model, shard, reduce) for _ in range(start, end))
         if self.first or (self.last and model.tie_word_embeddings):
             self.embed_tokens = Embedding(model.vocab_size, model.hidden_size)
         if self.last:
@@ -201,23 +219,29 @@ class Stage(nn.Module):
         self.rotary = Rotary(model.head_dim, model.rope_theta, device)
 
     @classmethod
-    def from_tensors(cls, model: ModelSpec, start: int, end: int, tensors: dict[str, torch.Tensor]) -> "Stage":
+    def from_tensors(cls, model: ModelSpec, start: int, end: int, tensors: dict[str, torch.Tensor], *,
+                     shard: Shard = Shard(), ends: bool = True, reduce: Reduce = no_reduce) -> "Stage":
         """A stage holding exactly `tensors` (runtime.checkpoint.load_stage), on their device and dtype."""
         device = next(iter(tensors.values())).device
         with torch.device("meta"):
-            stage = cls(model, start, end)
+            stage = cls(model, start, end, shard=shard, ends=ends, reduce=reduce)
         stage.load_state_dict(tensors, strict=True, assign=True)
         stage.rotary = Rotary(model.head_dim, model.rope_theta, device)
         return stage.eval()
 
     def new_kv(self, slots: int, max_seq_len: int) -> KVPool:
         weight = next(self.parameters())
-        return KVPool(len(self.layers), slots, max_seq_len, self.model.kv_heads, self.model.head_dim,
-                      dtype=weight.dtype, device=weight.device)
+        return KVPool(len(self.layers), slots, max_seq_len, len(self.shard.kv_heads(self.model)),
+                      self.model.head_dim, dtype=weight.dtype, device=weight.device)
+
+    @torch.inference_mode()
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Hidden states [T, hidden] of the inputs: token ids embedded on the first stage, else as given."""
+        return self.embed_tokens(inputs) if self.first and not inputs.is_floating_point() else inputs
 
     @torch.inference_mode()
     def forward(self, inputs: torch.Tensor, plan: BatchPlan, kv: KVPool) -> torch.Tensor:
-        x = self.embed_tokens(inputs) if self.first else inputs                  # [T, hidden]
+        x = self.embed(inputs)                                                   # [T, hidden]
         cos, sin = self.rotary(plan.positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, plan, kv.keys[i], kv.values[i])

@@ -6,6 +6,8 @@ join and leave between steps); run the stage once over the flat batch; send each
 to the next hop on its path (one message per next hop) or, on the last stage, sample its next token and
 send the ids to the host. A request's KV slot is taken at its prompt and given back when the host says
 the request ended ("free"). A separate thread tells the host, every heartbeat_s, that the worker lives.
+A tensor-parallel group's rank 0 (its face) is such a worker whose stage is its shard of the layers; it
+hands each step to the group's other ranks (runtime.tensor_parallel), which `planner worker` also runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
 from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
+from runtime.tensor_parallel import Face, Rank, load_shard
 
 KV_WAIT_S = 10.0  # how long a prompt waits at a worker for a KV slot before it fails
 FREED_MEMORY = 4096  # ended requests remembered, so that their work still in transit takes no KV slot
@@ -57,14 +60,18 @@ class Item:
 
 class Worker:
     def __init__(self, config: RuntimeConfig, node: str, checkpoint: str, *, log=sys.stderr) -> None:
-        self.config, self.spec, self.log = config, config.worker(node), log
+        self.config, self.log = config, log
+        self.spec, _ = config.member(node)
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        model = read_checkpoint_model(checkpoint)
-        check_same_model(model, config.model, file=checkpoint)
-        tensors = load_stage(checkpoint, model, self.spec.start, self.spec.end, dtype=config.dtype,
-                             device=self.spec.device)
-        self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
+        if self.spec.ranks:  # a tensor-parallel group's face: rank 0's shard, and the group joined
+            self.stage = load_shard(config, self.spec, 0, checkpoint, ends=True)
+        else:
+            model = read_checkpoint_model(checkpoint)
+            check_same_model(model, config.model, file=checkpoint)
+            tensors = load_stage(checkpoint, model, self.spec.start, self.spec.end, dtype=config.dtype,
+                                 device=self.spec.device)
+            self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
         self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
@@ -75,6 +82,9 @@ class Worker:
         self.outboxes: dict[str, zmq.Socket] = {}
         self.stopping = threading.Event()
         self.steps = 0
+        self.group = Face(self.spec, self.context) if self.spec.ranks else None
+        self.group_failure: str | None = None    # set when a rank died: the group fails as one worker
+        self.stop_ranks = True
 
     # ---- sockets --------------------------------------------------------------------------------
 
@@ -105,6 +115,10 @@ class Worker:
         sock.connect(self.config.host.endpoint)
         try:
             while not self.stopping.is_set():
+                if self.group is not None and self.group_failure is None:
+                    self.group_failure = self.group.dead_rank()
+                if self.group_failure is not None:
+                    return   # no more beats: the host declares the unit dead
                 header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
                           "free_slots": len(self.kv.free_slots), "queued": len(self.queue), "steps": self.steps}
                 try:
@@ -126,6 +140,9 @@ class Worker:
         beat.start()
         try:
             while not self.stopping.is_set():
+                if self.group_failure is not None:
+                    self._fail_group(self.group_failure)
+                    break
                 waiting_for_kv = bool(self.queue) and all(i.rid in self.kv_waits for i in self.queue)
                 if (not self.queue or waiting_for_kv) and not inbox.poll(5 if waiting_for_kv else 100):
                     if not waiting_for_kv:
@@ -144,7 +161,18 @@ class Worker:
             inbox.close()
             for sock in self.outboxes.values():
                 sock.close()
+            if self.group is not None:
+                self.group.close(stop_ranks=self.group_failure is None)
             self.context.term()
+
+    def _fail_group(self, reason: str) -> None:
+        """A rank died: every request this group holds or has queued fails, naming it; the face stops."""
+        rids = sorted(set(self.kv.slot_of) | {i.rid for i in self.queue})
+        self.queue.clear()
+        if rids:
+            self._report(rids, f"tensor-parallel group broken: {reason}")
+        print(f"worker {self.spec.node}: tensor-parallel group broken: {reason}", file=self.log, flush=True)
+        self.stopping.set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -229,11 +257,20 @@ class Worker:
         batch = self._admit(batch)
         if not batch:
             return
+        items = [(self.kv.slot_of[i.rid], i.pos, i.count) for i in batch]
         try:
-            plan = BatchPlan.build([(self.kv.slot_of[i.rid], i.pos, i.count) for i in batch], self.spec.device)
-            out = self.stage(torch.cat([i.data for i in batch]), plan, self.kv)
+            plan = BatchPlan.build(items, self.spec.device)
+            inputs = torch.cat([i.data for i in batch])
+            if self.group is not None:   # the other ranks run the same step on the same hidden states
+                inputs = self.stage.embed(inputs)
+                self.group.step(items, inputs)
+            out = self.stage(inputs, plan, self.kv)
         except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the worker
             traceback.print_exc(file=self.log)
+            if self.group is not None:   # ... but a group whose ranks fell out of step is broken; the
+                # batch's requests hold KV slots, so _fail_group fails them with the rest
+                self.group_failure = self.group.dead_rank(wait_s=1.0) or f"step failed: {type(exc).__name__}: {exc}"
+                return
             self._report([i.rid for i in batch], f"step failed: {type(exc).__name__}: {exc}")
             return
         self.steps += 1
@@ -262,13 +299,24 @@ class Worker:
 
 
 def run_worker(config: RuntimeConfig, node: str, checkpoint: str) -> None:
-    """Load the stage and serve until stopped (SIGTERM or a "stop" message)."""
+    """Load the stage and serve until stopped (SIGTERM or a "stop" message). A tensor-parallel group's
+    rank r > 0 runs its face's steps instead; a broken group exits with status 1."""
+    spec, rank = config.member(node)
+    if rank > 0:
+        member = Rank(config, spec, rank, checkpoint)
+        signal.signal(signal.SIGTERM, lambda *_: member.stop())
+        signal.signal(signal.SIGINT, lambda *_: member.stop())
+        print(f"worker {node}: rank {rank} of {spec.node}, layers [{spec.start}, {spec.end}) on {member.device}",
+              file=sys.stderr, flush=True)
+        sys.exit(member.serve())
     worker = Worker(config, node, checkpoint)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     print(f"worker {node}: layers [{worker.spec.start}, {worker.spec.end}) on {worker.spec.device}, "
           f"{worker.spec.kv_slots} KV slots, listening on {worker.spec.endpoint}", file=sys.stderr, flush=True)
     worker.serve()
+    if worker.group_failure is not None:
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,9 +4,11 @@ format, export and profile. Serving across processes is in test_runtime_serving.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -18,6 +20,7 @@ pytest.importorskip("msgpack")
 torch.set_num_threads(1)
 
 from planner.catalog import ModelSpec  # noqa: E402
+from planner.export.runtime import Shard  # noqa: E402
 from planner.layout import read_layout  # noqa: E402
 from runtime import checkpoint as ckpt  # noqa: E402
 from runtime import wire  # noqa: E402
@@ -53,11 +56,53 @@ def tiny(request, tmp_path_factory):
     return model, directory, hf_greedy(directory, PROMPTS, NEW_TOKENS)
 
 
-def generate_in_process(directory, ranges, prompts, new_tokens, join_at=(0, 2, 4)):
+class ThreadGroup:
+    """A tensor-parallel group in one process: each rank's shard of a stage runs in its own thread, and
+    the all-reduce adds the ranks' partial sums in rank order (as gloo's does, up to rounding)."""
+
+    def __init__(self, directory, model, start, end, size):
+        self.size, self.parts = size, [None] * size
+        self.barrier = threading.Barrier(size)
+        self.ranks = []
+        for rank in range(size):
+            shard = Shard(rank, size)
+            tensors = ckpt.load_stage(directory, model, start, end, shard=shard, ends=rank == 0)
+            self.ranks.append(Stage.from_tensors(model, start, end, tensors, shard=shard, ends=rank == 0,
+                                                 reduce=functools.partial(self._all_reduce, rank)))
+
+    def _all_reduce(self, rank, x):
+        self.parts[rank] = x
+        self.barrier.wait()
+        total = functools.reduce(torch.add, self.parts)
+        self.barrier.wait()
+        return total
+
+    def new_kv(self, slots, max_seq_len):
+        return [s.new_kv(slots, max_seq_len) for s in self.ranks]
+
+    def __call__(self, inputs, plan, pools):
+        hidden = self.ranks[0].embed(inputs)
+        out = [None] * self.size
+
+        def run(rank):
+            out[rank] = self.ranks[rank](hidden, plan, pools[rank])
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(1, self.size)]
+        for t in threads:
+            t.start()
+        run(0)
+        for t in threads:
+            t.join()
+        return out[0]
+
+
+def generate_in_process(directory, ranges, prompts, new_tokens, join_at=(0, 2, 4), tp=1):
     """Greedy decoding through stages in one process, with continuous batching: request i joins the batch
-    at step join_at[i], so prompts and decode steps of other requests share batches."""
+    at step join_at[i], so prompts and decode steps of other requests share batches. tp > 1: every stage
+    a tensor-parallel ThreadGroup."""
     model = read_checkpoint_model(directory)
-    stages = [Stage.from_tensors(model, a, b, ckpt.load_stage(directory, model, a, b)) for a, b in ranges]
+    stages = [Stage.from_tensors(model, a, b, ckpt.load_stage(directory, model, a, b)) if tp == 1 else
+              ThreadGroup(directory, model, a, b, tp) for a, b in ranges]
     pools = [s.new_kv(len(prompts), 64) for s in stages]
     out = [[] for _ in prompts]
     step = 0
@@ -97,6 +142,39 @@ def test_stages_with_batching_match_transformers(tiny):
 def test_one_stage_holding_everything_matches_transformers(tiny):
     _, directory, reference = tiny
     assert generate_in_process(directory, [(0, 6)], PROMPTS, NEW_TOKENS, join_at=(0, 0, 0)) == reference
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_shards_match_transformers(tiny, tp):
+    """Megatron-LM's split, in one process: TP2 splits the 2 KV heads, TP4 replicates each on 2 ranks."""
+    model, directory, reference = tiny
+    assert generate_in_process(directory, [(0, 6)], PROMPTS, NEW_TOKENS, tp=tp) == reference
+    assert generate_in_process(directory, [(0, 2), (2, 6)], PROMPTS, NEW_TOKENS, tp=tp) == reference
+
+
+def test_shards_are_the_checkpoint_sliced(tmp_path):
+    """Column-parallel q/k/v (with Qwen2's biases) and gate/up by rows, row-parallel o/down by columns;
+    a rank other than the face reads no embeddings or head."""
+    model = TINY_MODELS["tiny-qwen2"]
+    ckpt.make_checkpoint(tmp_path, model, seed=5, shards=2)
+    full = ckpt.load_stage(tmp_path, model, 0, 6)
+    d = model.head_dim
+    for rank in range(2):
+        part = ckpt.load_stage(tmp_path, model, 0, 6, shard=Shard(rank, 2), ends=False)
+        assert "embed_tokens.weight" not in part and "norm.weight" not in part
+        rows_q, rows_kv = slice(rank * 2 * d, (rank + 1) * 2 * d), slice(rank * d, (rank + 1) * d)
+        cols = slice(rank * 64, (rank + 1) * 64)
+        a = "layers.3.self_attn."
+        assert torch.equal(part[a + "q_proj.weight"], full[a + "q_proj.weight"][rows_q])
+        assert torch.equal(part[a + "q_proj.bias"], full[a + "q_proj.bias"][rows_q])
+        assert torch.equal(part[a + "k_proj.bias"], full[a + "k_proj.bias"][rows_kv])
+        assert torch.equal(part[a + "v_proj.weight"], full[a + "v_proj.weight"][rows_kv])
+        assert torch.equal(part[a + "o_proj.weight"], full[a + "o_proj.weight"][:, rows_q])
+        assert torch.equal(part["layers.3.mlp.up_proj.weight"], full["layers.3.mlp.up_proj.weight"][cols])
+        assert torch.equal(part["layers.3.mlp.down_proj.weight"], full["layers.3.mlp.down_proj.weight"][:, cols])
+        assert torch.equal(part["layers.3.input_layernorm.weight"], full["layers.3.input_layernorm.weight"])
+    replicated = [Shard(rank, 4).kv_heads(model) for rank in range(4)]   # 2 KV heads on 4 ranks
+    assert replicated == [range(0, 1), range(0, 1), range(1, 2), range(1, 2)]
 
 
 def test_make_checkpoint_is_what_transformers_loads(tmp_path, run_cli):
@@ -296,12 +374,35 @@ def test_export_runtime_config_and_launch_scripts(tmp_path, tiny_layout, run_cli
     assert result.returncode == 0, result.stderr
 
 
-def test_export_refuses_tensor_parallel_groups(tmp_path, tiny_layout, run_cli):
-    text = tiny_layout.read_text().replace("method = hand", "method = hand\ntp_groups = local:1+local:2")
-    tiny_layout.write_text(text)
-    code, _, err = run_cli("export", tiny_layout, tmp_path / "out")
+def test_export_starts_a_process_per_gpu_of_a_tensor_parallel_group(tmp_path, run_cli):
+    """Refused before issue 18; now a group is one unit whose ranks each get a device, a port and a line
+    in the launch script."""
+    from planner.export.runtime import read_runtime_config
+
+    model = TINY_MODELS["tiny-qwen3"]
+    (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 4))
+    layout = tmp_path / "layout.ini"
+    layout.write_text(chain_layout("cluster.ini", model, [[(0, 3)], [(3, 6)]], tp=2))
+    code, _, err = run_cli("export", layout, tmp_path / "out", "--to", "runtime", "--port", "7000")
+    assert code == 0, err
+    config = read_runtime_config(tmp_path / "out" / "runtime.json")
+    assert [(w.node, w.port, w.tp_port, [(r.node, r.device, r.port) for r in w.ranks]) for w in config.workers] == [
+        ("local:0+local:1", 7001, 7003, [("local:0", "cuda:0", 7001), ("local:1", "cuda:1", 7002)]),
+        ("local:2+local:3", 7004, 7006, [("local:2", "cuda:2", 7004), ("local:3", "cuda:3", 7005)])]
+    assert config.host.next == (("local:0+local:1", 100.0),)
+    assert config.member("local:3") == (config.workers[1], 1)
+    script = (tmp_path / "out" / "launch-local.sh").read_text()
+    assert [f"--node local:{i} " in script for i in range(4)] == [True] * 4
+
+
+def test_export_refuses_a_group_the_model_cannot_split(tmp_path, run_cli):
+    model = TINY_MODELS["tiny-qwen3"]   # 4 attention heads
+    (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 3))
+    layout = tmp_path / "layout.ini"
+    layout.write_text(chain_layout("cluster.ini", model, [[(0, 6)]], tp=3))
+    code, _, err = run_cli("export", layout, tmp_path / "out")
     assert code == 2
-    assert "tensor-parallel" in err and len(err.strip().splitlines()) == 1
+    assert "4 attention heads do not split over 3 GPUs" in err and len(err.strip().splitlines()) == 1
 
 
 def test_worker_with_a_bad_config_is_one_line(tmp_path, run_cli):

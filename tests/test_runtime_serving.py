@@ -203,3 +203,75 @@ def test_workers_started_as_planner_worker_commands(model_dir, forkserver):
     with start(model, directory, [[(0, 3)], [(3, 6)]], forkserver, "exec", spawn="exec") as run:
         outputs, _ = generate_all(run.host, PROMPTS[:2])
     assert outputs == reference[:2]
+
+
+# ---- tensor-parallel groups ------------------------------------------------------------------------------
+
+def start_tp(model, directory: Path, stages, forkserver, name: str, tp: int = 2, **options) -> LocalRun:
+    (directory / f"{name}-cluster.ini").write_text(cpu_cluster(model, tp * sum(len(s) for s in stages)))
+    layout = directory / f"{name}.ini"
+    layout.write_text(chain_layout(f"{name}-cluster.ini", model, stages, tp=tp))
+    config = runtime_config(read_layout(layout), layout_path=str(layout), local=True, device="cpu", threads=1,
+                            kv_slots=8, limits=LIMITS)
+    (directory / name).mkdir(exist_ok=True)
+    return LocalRun(config, directory / "ck", workdir=directory / name, forkserver=forkserver, **options).start()
+
+
+@pytest.mark.parametrize("stages", [[[(0, 6)]], [[(0, 3)], [(3, 6)]]], ids=["tp2", "tp2xpp2"])
+def test_tensor_parallel_groups_match_transformers(model_dir, forkserver, stages):
+    """Each group two gloo-joined processes holding half of every layer; all five prompts at once."""
+    model, directory, reference = model_dir
+    name = f"tp-{len(stages)}"
+    with start_tp(model, directory, stages, forkserver, name) as run:
+        outputs, requests = generate_all(run.host, PROMPTS)
+        assert sum(run.host.in_flight.values()) == 0
+        assert set(run.processes) == {f"local:{i}" for i in range(2 * len(stages))}
+    assert outputs == reference
+    units = ("local:0+local:1",) if len(stages) == 1 else ("local:0+local:1", "local:2+local:3")
+    assert {r.path for r in requests} == {units}
+
+
+@pytest.mark.parametrize("victim", ["local:1", "local:0"], ids=["rank1", "face"])
+def test_a_killed_rank_fails_its_group(forkserver, tmp_path_factory, victim):
+    """A rank killed mid-request: the face reports the group's requests failed, naming the rank, and
+    leaves; the face killed: the host sees the unit stop beating and the other rank exits. Either way the
+    unit is dead to the host, whose new requests fail at once, and no process is left hanging."""
+    model = TINY_MODELS["tiny-qwen2"]
+    directory = tmp_path_factory.mktemp("tpkill")
+    make_checkpoint(directory / "ck", model, seed=3)
+    with start_tp(model, directory, [[(0, 6)]], forkserver, "tpkill") as run:
+        request = run.host.submit(PROMPTS[0], 140, SamplingParams())
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(request.tokens) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 3 <= len(request.tokens) < 140, "the request must be in flight when the rank dies"
+        run.kill(victim)
+        expected = ("tensor-parallel group broken: tensor-parallel rank 1 \\(local:1, pid \\d+\\) of "
+                    "local:0\\+local:1 exited" if victim == "local:1" else
+                    "worker local:0\\+local:1 stopped responding")
+        with pytest.raises(RequestFailed, match=expected):
+            request.result(LIMITS.dead_after_s + 5)
+        survivor = run.processes["local:0" if victim == "local:1" else "local:1"]
+        survivor.wait(timeout=10)             # the rest of the group exits by itself
+        deadline = time.monotonic() + LIMITS.dead_after_s + 5
+        while run.host.health()["status"] != "down" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.host.health()["workers"] == {"local:0+local:1": "dead"}
+        with pytest.raises(RequestFailed, match="no live path.*local:0\\+local:1"):
+            run.host.submit([1, 2], 4).result(5)
+
+
+def test_planner_run_local_serves_a_tensor_parallel_layout(model_dir, run_cli):
+    """The layout the bundled runtime refused before issue 18 (TP2 x PP2) now runs from the CLI."""
+    model, directory, reference = model_dir
+    if model.family != "qwen2":
+        pytest.skip("one family is enough for the CLI (it starts its own fork server)")
+    (directory / "cli-tp-cluster.ini").write_text(cpu_cluster(model, 4))
+    layout = directory / "cli-tp.ini"
+    layout.write_text(chain_layout("cli-tp-cluster.ini", model, [[(0, 3)], [(3, 6)]], tp=2))
+    code, out, err = run_cli("run", "--local", layout, "--checkpoint", directory / "ck", "--prompt-ids",
+                             ",".join(map(str, PROMPTS[0])), "--max-new-tokens", str(NEW_TOKENS), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["errors"] == [] and result["outputs"] == [reference[0]]
+    assert [(w["node"], w["tp"]) for w in result["workers"]] == [("local:0+local:1", 2), ("local:2+local:3", 2)]

@@ -68,8 +68,10 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
             checkpoint = str(checkpoint_dir)
         layout = read_layout(layout_file)
         check_same_model(read_checkpoint_model(checkpoint), layout.cluster.model, file=checkpoint)
-        workers = len(layout.placement.units())
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        units = layout.placement.units()
+        workers = len(units)
+        processes = sum(len(layout.placement.members(u)) for u in units)   # a rank of a TP group: one each
+        threads = threads or max(1, (os.cpu_count() or 1) // processes)
         # KV for exactly this run: every request at once, each as long as it gets (a pool sized for 4k-token
         # requests would take seconds to allocate on a CPU)
         limits = Limits(max_seq_len=len(prompt) + max_new_tokens)
@@ -82,8 +84,9 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
             stats = measure(run.host, [prompt] * requests, max_new_tokens,
                             [SamplingParams(temperature, top_p, seed + i) for i in range(requests)],
                             concurrency=concurrency)
-    stats.update(layout=str(layout_file), workers=[{"node": w.node, "layers": [w.start, w.end], "device": w.device}
-                                                   for w in config.workers], threads_per_worker=threads)
+    stats.update(layout=str(layout_file), threads_per_worker=threads,
+                 workers=[{"node": w.node, "layers": [w.start, w.end], "device": w.device, "tp": w.tp}
+                          for w in config.workers])
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return

@@ -10,12 +10,14 @@ from planner.export.runtime import read_runtime_config
 
 @click.command(name="worker")
 @click.option("--config", "config_file", required=True, type=click.Path(), help="runtime.json from `planner export`.")
-@click.option("--node", required=True, help="Which worker of the config this process is (e.g. host1:0).")
+@click.option("--node", required=True,
+              help="Which worker of the config this process is (e.g. host1:0; each GPU of a tensor-parallel group by its own name).")
 @click.option("--checkpoint", default=None, help="Model directory (default: the config's).")
 def worker_cmd(config_file: str, node: str, checkpoint: str | None) -> None:
-    """Serve one pipeline stage: load its layers, batch what arrives, pass activations on."""
+    """Serve one pipeline stage (or one rank of a tensor-parallel group): load its layers, batch what
+    arrives, pass activations on."""
     config = read_runtime_config(config_file)
-    config.worker(node)
+    config.member(node)
     checkpoint = checkpoint or config.checkpoint
     if not checkpoint:
         raise InputError("no checkpoint", file=config_file, field="checkpoint", fix="pass --checkpoint DIR")

@@ -5,8 +5,14 @@
      "host": {"name": "host1", "address": "10.0.0.1", "port": 5600, "http_port": 8000,
               "next": [["host1:0", 1397.25]]},
      "workers": [{"node": "host1:0", "host": "host1", "address": "10.0.0.1", "port": 5601, "device": "cuda:0",
-                  "start": 0, "end": 5, "kv_slots": 32, "threads": null, "next": [["host2:0", 1397.25]]}, ...],
+                  "start": 0, "end": 5, "kv_slots": 32, "threads": null, "next": [["host2:0", 1397.25]],
+                  "ranks": [], "tp_port": null}, ...],
      "limits": {"max_seq_len": 4096, "max_batch_tokens": 512, "heartbeat_s": 0.25, "dead_after_s": 3.0}}
+
+A worker is a pipeline unit: one GPU, or a tensor-parallel group (node "host2:0+host2:1") whose `ranks`
+list its GPUs in rank order, each with its device and the port of its step inbox; rank 0 is the group's
+face (it listens on the unit's `port`) and hosts the group's torch.distributed rendezvous on `tp_port`.
+`Shard` says which heads and MLP columns a rank holds (Megatron-LM's column/row split).
 
 `next` lists a unit's next hops with the layout's max-flow tokens/s on each edge (0 where the flow
 leaves an edge unused); the last stage's next hop is "coordinator". They come from planner.routing's
@@ -47,6 +53,55 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Rank `rank` of a tensor-parallel group of `size` GPUs: its share of every layer (Megatron-LM's split).
+
+    q/k/v and gate/up are split by output column, o and down by input row: rank r holds query heads
+    [r H/size, (r+1) H/size), their KV heads and intermediate columns [r I/size, (r+1) I/size). With
+    fewer KV heads than ranks (GQA), each KV head is replicated on the size/Hkv ranks whose query heads
+    read it, as vLLM does.
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    def heads(self, model: ModelSpec) -> range:
+        per = model.attention_heads // self.size
+        return range(self.rank * per, (self.rank + 1) * per)
+
+    def kv_heads(self, model: ModelSpec) -> range:
+        if model.kv_heads >= self.size:
+            per = model.kv_heads // self.size
+            return range(self.rank * per, (self.rank + 1) * per)
+        first = self.rank * model.kv_heads // self.size   # replicated: the KV head of this rank's query heads
+        return range(first, first + 1)
+
+    def columns(self, model: ModelSpec) -> range:
+        per = model.intermediate_size // self.size
+        return range(self.rank * per, (self.rank + 1) * per)
+
+
+def shard_error(model: ModelSpec, size: int) -> str | None:
+    """Why `model` cannot be split over a tensor-parallel group of `size` GPUs (None when it can)."""
+    if model.attention_heads % size:
+        return f"{model.attention_heads} attention heads do not split over {size} GPUs"
+    if model.kv_heads % size and size % model.kv_heads:
+        return f"{model.kv_heads} KV heads neither split over nor replicate evenly on {size} GPUs"
+    if model.intermediate_size % size:
+        return f"intermediate size {model.intermediate_size} does not split over {size} GPUs"
+    return None
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """One GPU of a tensor-parallel group: its node name, device and step inbox port."""
+
+    node: str
+    device: str
+    port: int
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     node: str
     host: str
@@ -58,10 +113,19 @@ class WorkerSpec:
     kv_slots: int
     next: tuple[tuple[str, float], ...]
     threads: int | None = None     # torch CPU threads (None: torch's default)
+    ranks: tuple[RankSpec, ...] = ()   # a tensor-parallel group's GPUs in rank order; () for one GPU
+    tp_port: int | None = None     # the group's torch.distributed rendezvous, on the face's address
 
     @property
     def endpoint(self) -> str:
         return f"tcp://{self.address}:{self.port}"
+
+    @property
+    def tp(self) -> int:
+        return max(1, len(self.ranks))
+
+    def rank_endpoint(self, rank: int) -> str:
+        return f"tcp://{self.address}:{self.ranks[rank].port}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +159,19 @@ class RuntimeConfig:
                 return w
         raise InputError(f"no worker {node} in the runtime config", field="--node",
                          fix=f"name one of {', '.join(w.node for w in self.workers)}")
+
+    def member(self, node: str) -> tuple[WorkerSpec, int]:
+        """(the unit, the rank) of a process name: a GPU of a tensor-parallel group (its rank), or a unit's
+        own name (rank 0, the face)."""
+        for w in self.workers:
+            for rank, r in enumerate(w.ranks):
+                if r.node == node:
+                    return w, rank
+        return self.worker(node), 0
+
+    def processes(self) -> list[str]:
+        """The name of every process to start: each GPU of a group, each other unit."""
+        return [r.node for w in self.workers for r in w.ranks] + [w.node for w in self.workers if not w.ranks]
 
     def endpoint(self, name: str) -> str:
         """ZeroMQ address of a worker, or of the host for 'coordinator'."""
@@ -135,15 +212,18 @@ def runtime_config(layout: Layout, *, layout_path: str = "", checkpoint: str | N
                    local: bool = False, base_port: int = DEFAULT_PORT, http_port: int = DEFAULT_HTTP_PORT,
                    routing: str = "maxflow", seed: int = 0, limits: Limits = Limits(),
                    kv_slots: int | None = None, threads: int | None = None) -> RuntimeConfig:
-    """One worker per GPU holding layers, next hops from the routing graph, addresses from the cluster.
+    """One worker per pipeline unit (a GPU, or a tensor-parallel group of one process per GPU), next hops
+    from the routing graph, addresses from the cluster.
 
     device: 'cuda' (each GPU its host's cuda:INDEX) or 'cpu'. local: every process on this machine, on
     loopback, on free ports (base_port ignored).
     """
     cluster, placement = layout.cluster, layout.placement
-    if placement.tp_groups:
-        raise InputError("the layout has tensor-parallel groups, which the bundled runtime does not run",
-                         file=layout_path, field="[layout] tp_groups", fix="export a layout without tp_groups")
+    for group in placement.tp_groups:
+        reason = shard_error(cluster.model, len(group))
+        if reason:
+            raise InputError(f"group {'+'.join(group)}: {reason}", file=layout_path, field="[layout] tp_groups",
+                             fix="use groups whose size divides the model's heads and intermediate size")
     if routing not in ROUTERS:
         raise InputError(f"unknown routing policy '{routing}'", field="--routing", fix=f"use one of {', '.join(ROUTERS)}")
     problem = PlacementProblem(cluster)
@@ -152,7 +232,8 @@ def runtime_config(layout: Layout, *, layout_path: str = "", checkpoint: str | N
         raise InputError("no GPU holds layer 0", file=layout_path, field="[nodes]", fix="re-plan the layout")
     units = placement.units()
     by_name = {n.name: n for n in cluster.nodes()}
-    ports = iter(free_ports(len(units) + 2) if local else ())
+    processes = sum(len(placement.members(u)) + (len(placement.members(u)) > 1) for u in units)
+    ports = iter(free_ports(processes + 2) if local else ())
 
     def address(host: str) -> str:
         return "127.0.0.1" if local else (cluster.host(host).address or host)
@@ -165,14 +246,24 @@ def runtime_config(layout: Layout, *, layout_path: str = "", checkpoint: str | N
         next_port[host] = next_port.get(host, base_port) + 1
         return next_port[host]
 
+    def device_of(gpu: str) -> str:
+        return "cpu" if device == "cpu" else f"cuda:{by_name[gpu].index}"
+
     workers = []
     for name, (start, end) in units.items():
-        node = by_name[name]
+        members = placement.members(name)
+        node = by_name[members[0]]
         slots = kv_slots or _default_slots(problem, name, start, end, limits.max_seq_len)
+        face_port = port(node.host)
+        ranks: tuple[RankSpec, ...] = ()
+        if len(members) > 1:  # rank 0 listens on the unit's port; the others on their own
+            ranks = (RankSpec(members[0], device_of(members[0]), face_port),
+                     *(RankSpec(m, device_of(m), port(node.host)) for m in members[1:]))
         workers.append(WorkerSpec(
-            node=name, host=node.host, address=address(node.host), port=port(node.host),
-            device="cpu" if device == "cpu" else f"cuda:{node.index}", start=start, end=end, kv_slots=slots,
-            next=tuple((n, graph.weights[(name, n)]) for n in graph.successors[name]), threads=threads))
+            node=name, host=node.host, address=address(node.host), port=face_port, device=device_of(members[0]),
+            start=start, end=end, kv_slots=slots,
+            next=tuple((n, graph.weights[(name, n)]) for n in graph.successors[name]), threads=threads,
+            ranks=ranks, tp_port=port(node.host) if ranks else None))
     coordinator = cluster.coordinator_host
     host = HostSpec(coordinator, address(coordinator), next(ports) if local else base_port,
                     next(ports) if local else http_port,
@@ -222,7 +313,8 @@ def read_runtime_config(path: str | Path) -> RuntimeConfig:
     try:
         model = ModelSpec(**raw["model"])
         host = HostSpec(**{**raw["host"], "next": _hops(raw["host"]["next"], "host.next", path)})
-        workers = tuple(WorkerSpec(**{**w, "next": _hops(w["next"], f"workers.{w.get('node')}.next", path)})
+        workers = tuple(WorkerSpec(**{**w, "next": _hops(w["next"], f"workers.{w.get('node')}.next", path),
+                                      "ranks": tuple(RankSpec(**r) for r in w.get("ranks", ()))})
                         for w in raw["workers"])
         config = RuntimeConfig(layout=raw.get("layout", ""), model=model, dtype=raw["dtype"], host=host,
                                workers=workers, checkpoint=raw.get("checkpoint"), routing=raw.get("routing", "maxflow"),
@@ -238,6 +330,11 @@ def read_runtime_config(path: str | Path) -> RuntimeConfig:
             if hop != COORDINATOR and hop not in names:
                 raise InputError(f"next hop {hop} is not a worker", file=path, field=f"workers.{w.node}.next",
                                  fix="re-export")
+    for w in workers:
+        reason = shard_error(model, w.tp) if w.ranks else None
+        if reason or (w.ranks and w.tp_port is None):
+            raise InputError(f"tensor-parallel group {w.node}: {reason or 'no tp_port'}", file=path,
+                             field=f"workers.{w.node}", fix="re-export")
     if config.routing not in ROUTERS:
         raise InputError(f"unknown routing policy '{config.routing}'", file=path, field="routing",
                          fix=f"use one of {', '.join(ROUTERS)}")
@@ -260,9 +357,9 @@ def launch_scripts(config: RuntimeConfig, config_name: str = CONFIG_FILE) -> dic
                  f'CHECKPOINT="${{CHECKPOINT:-{config.checkpoint or ""}}}"',
                  'if [ -z "$CHECKPOINT" ]; then echo "set CHECKPOINT to the model directory" >&2; exit 2; fi',
                  "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT INT TERM"]
-        for w in config.workers:
-            if w.host == host:
-                lines.append(f'planner worker --config {config_name} --node {w.node} --checkpoint "$CHECKPOINT" &')
+        for w in config.workers:  # a tensor-parallel group: one process per GPU, each naming its GPU
+            for node in ([r.node for r in w.ranks] if w.ranks else [w.node]) if w.host == host else ():
+                lines.append(f'planner worker --config {config_name} --node {node} --checkpoint "$CHECKPOINT" &')
         if host == config.host.name:
             lines.append(f'planner host --config {config_name} --checkpoint "$CHECKPOINT" &')
         lines += ["wait -n", ""]
