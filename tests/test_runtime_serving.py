@@ -248,7 +248,7 @@ def test_a_killed_rank_fails_its_group(forkserver, tmp_path_factory, victim):
         run.kill(victim)
         expected = ("tensor-parallel group broken: tensor-parallel rank 1 \\(local:1, pid \\d+\\) of "
                     "local:0\\+local:1 exited" if victim == "local:1" else
-                    "worker local:0\\+local:1 stopped responding")
+                    "no live path through the pipeline \\(dead workers: local:0\\+local:1\\)")  # re-admission found none
         with pytest.raises(RequestFailed, match=expected):
             request.result(LIMITS.dead_after_s + 5)
         survivor = run.processes["local:0" if victim == "local:1" else "local:1"]
