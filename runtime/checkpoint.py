@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from planner.catalog import ModelSpec
 from planner.errors import InputError
-from planner.export.runtime import Shard
+from runtime.config import Shard
 from runtime.hfconfig import hf_config
 
 INDEX_FILE = "model.safetensors.index.json"

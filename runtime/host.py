@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import zmq
 
-from planner.export.runtime import RuntimeConfig
+from runtime.config import RuntimeConfig
 from planner.routing import COORDINATOR, make_router
 from runtime import wire
 from runtime.sampling import SamplingParams
@@ -118,6 +118,11 @@ class Host:
         self.router = make_router(routing or config.routing, config.route_graph(),
                                   config.seed if seed is None else seed)
         self.slots = {w.node: w.kv_slots for w in config.workers}
+        # KV tokens each unit's paged pool holds (its heartbeat says, once it has sized the pool) and the
+        # tokens admitted requests may still grow to there: a request reserves prompt + max_new_tokens on
+        # every stage of its path at admission, as the simulator does, so no stage runs out mid-request
+        self.kv_tokens = {w.node: w.kv_tokens or 0 for w in config.workers}
+        self.kv_reserved = dict.fromkeys(self.slots, 0)
         self.state = {w.node: "starting" for w in config.workers}   # starting | alive | dead
         self.last_beat: dict[str, float] = {}
         self.in_flight = dict.fromkeys(self.slots, 0)
@@ -137,7 +142,8 @@ class Host:
         self.readmitted = 0
         self.cancels: queue.Queue = queue.Queue()
         self.engine_error: str | None = None       # set when the engine loop died
-        self.worker_stats = {w.node: {"free_slots": w.kv_slots, "queued": 0} for w in config.workers}
+        self.worker_stats = {w.node: {"free_slots": w.kv_slots, "queued": 0, "kv_tokens": w.kv_tokens or 0,
+                                      "kv_used": 0} for w in config.workers}
         self.on_token = None     # optional callback(request, token) on the engine thread (metrics)
         self.on_end = None       # optional callback(request) when a request ends, however it ends
 
@@ -299,7 +305,10 @@ class Host:
                     self.ready.set()
         if kind == "beat" and node in self.worker_stats:
             self.worker_stats[node] = {"free_slots": int(header.get("free_slots", 0)),
-                                       "queued": int(header.get("queued", 0))}
+                                       "queued": int(header.get("queued", 0)),
+                                       "kv_tokens": int(header.get("kv_tokens", 0)),
+                                       "kv_used": int(header.get("kv_used", 0))}
+            self.kv_tokens[node] = int(header.get("kv_tokens", self.kv_tokens[node]))
         if kind == "tokens":
             for item in header["items"]:
                 request = self.requests.get(item["rid"])
@@ -345,6 +354,7 @@ class Host:
             return  # waiting, or released already: it holds nothing
         for node in request.path or ():
             self.in_flight[node] -= 1
+            self.kv_reserved[node] -= self._kv_need(request)
             if self.state[node] != "dead":
                 self._send(node, {"kind": "free", "rids": [request.wire_id]})
 
@@ -430,16 +440,25 @@ class Host:
 
         return any(reaches(n) for n in graph.successors.get(COORDINATOR, ()))
 
+    def _kv_need(self, request: Request) -> int:
+        """KV tokens a request may come to hold on each stage: prompt + max_new_tokens, in whole pages."""
+        block = self.config.limits.kv_block_tokens
+        return -(-(len(request.prompt) + request.max_new_tokens) // block) * block
+
     def _admit(self) -> None:
-        """Route waiting requests in arrival order while a path with free KV slots is open."""
+        """Route waiting requests in arrival order while a path with a free slot and room for their KV is open."""
+        need = 0
+
         def is_open(unit: str) -> bool:
-            return self.state.get(unit) == "alive" and self.in_flight[unit] < self.slots[unit]
+            return (self.state.get(unit) == "alive" and self.in_flight[unit] < self.slots[unit]
+                    and self.kv_reserved[unit] + need <= self.kv_tokens[unit])
 
         def may_open(unit: str) -> bool:  # alive or still starting: worth waiting for
             return self.state.get(unit) in ("alive", "starting")
 
         while self.waiting:
             request = self.waiting[0]
+            need = self._kv_need(request)
             path = self.router.route(is_open, lambda u: self.in_flight[u])
             if path is None:
                 if not self._path_exists(may_open):
@@ -452,6 +471,7 @@ class Host:
             request.path = path
             for node in path:
                 self.in_flight[node] += 1
+                self.kv_reserved[node] += need
             self.requests[request.wire_id] = request
             # after a re-admission the tokens so far are prefilled with the prompt: the next one is drawn at
             # the position it had on the old path

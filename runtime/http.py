@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from planner.export.runtime import RuntimeConfig
+from runtime.config import RuntimeConfig
 from runtime.chat import ChatTemplate, load_chat_template
 from runtime.hfconfig import read_checkpoint_config, stop_token_ids
 from runtime.host import Host, Request, RequestFailed

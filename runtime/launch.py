@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from planner.export.runtime import RuntimeConfig, write_runtime_config
+from runtime.config import RuntimeConfig, write_runtime_config
 from runtime.forkserver import die_with_parent
 from runtime.hfconfig import read_checkpoint_config, stop_token_ids
 from runtime.host import Host

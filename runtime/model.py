@@ -9,7 +9,7 @@ match transformers' to the last bits that matter.
     Qwen3: per-head RMSNorm on q and k before RoPE, no qkv bias     Qwen2: qkv bias      LLaMA: neither
 
 Tensor parallelism (Megatron-LM's column/row split): a layer built with Shard(rank, size) holds its
-rank's query and KV heads and intermediate columns (planner.export.runtime.Shard); attention and MLP then
+rank's query and KV heads and intermediate columns (runtime.config.Shard); attention and MLP then
 return partial sums, and `reduce` (an all-reduce over the group) adds them: two all-reduces per layer.
 """
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from planner.catalog import ModelSpec
-from planner.export.runtime import Shard
-from runtime.kvcache import KVPool
+from runtime.config import Shard
+from runtime.kvcache import KVFull, KVPool, pool_pages
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,32 +37,46 @@ _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """Where each token of a flat batch sits: decode tokens first (one per request), then prompt chunks."""
+    """Where each token of a flat batch sits: decode tokens first (one per request), then prompt chunks.
+
+    A request's KV lives in pages of the pool (runtime.kvcache): token p of a request at pages P is row
+    p % page_tokens of page P[p // page_tokens].
+    """
 
     positions: torch.Tensor          # [T] position of each token in its request
-    token_slots: torch.Tensor        # [T] KV slot of each token's request
+    write_page: torch.Tensor         # [T] page each token's key and value go to
+    write_row: torch.Tensor          # [T] row of that page
     decode_count: int                # D: tokens 0..D-1 are decode tokens
     decode_length: int               # longest decode request's length, this token included (0 without decode)
-    prefill: tuple[tuple[int, int, int, int], ...]  # (slot, start position, tokens, offset in the batch)
+    decode_lengths: torch.Tensor     # [D] int32: tokens each decode request attends to (0: a padded row)
+    decode_pages: torch.Tensor       # [D, pages] int32: each decode request's pages, padded with the scratch page
+    prefill: tuple[tuple[torch.Tensor, int, int, int], ...]  # (pages, start position, tokens, offset in the batch)
     last_index: torch.Tensor         # [B] each request's last token in the batch (the one the LM head reads)
 
     @classmethod
-    def build(cls, items: list[tuple[int, int, int]], device: str | torch.device) -> "BatchPlan":
-        """items: (slot, start position, tokens) per request, decode items (tokens == 1 at position > 0) first."""
-        positions, slots, prefill, last = [], [], [], []
-        decode_count, offset = 0, 0
-        for slot, start, count in items:
-            if count == 1 and start > 0 and offset == decode_count:
-                decode_count += 1
+    def build(cls, items: list[tuple[list[int], int, int]], page_tokens: int,
+              device: str | torch.device) -> "BatchPlan":
+        """items: (pages, start position, tokens) per request, decode items (tokens == 1 at position > 0) first."""
+        positions, pages_of_token, prefill, last = [], [], [], []
+        decode, offset = [], 0
+        as_long = dict(dtype=torch.long, device=device)
+        for pages, start, count in items:
+            if count == 1 and start > 0 and offset == len(decode):
+                decode.append((pages, start + 1))
             else:
-                prefill.append((slot, start, count, offset))
-            positions += range(start, start + count)
-            slots += [slot] * count
+                prefill.append((torch.tensor(pages[:-(-(start + count) // page_tokens)], **as_long), start, count, offset))
+            span = range(start, start + count)
+            positions += span
+            pages_of_token += [pages[p // page_tokens] for p in span]
             offset += count
             last.append(offset - 1)
-        as_long = dict(dtype=torch.long, device=device)
-        decode_length = max(positions[:decode_count], default=-1) + 1   # known here: no device sync later
-        return cls(torch.tensor(positions, **as_long), torch.tensor(slots, **as_long), decode_count, decode_length,
+        width = max((-(-length // page_tokens) for _, length in decode), default=0)
+        table = [pages[:width] + [0] * (width - len(pages[:width])) for pages, _ in decode]
+        return cls(torch.tensor(positions, **as_long), torch.tensor(pages_of_token, **as_long),
+                   torch.tensor([p % page_tokens for p in positions], **as_long), len(decode),
+                   max((length for _, length in decode), default=0),
+                   torch.tensor([length for _, length in decode], dtype=torch.int32, device=device),
+                   torch.tensor(table, dtype=torch.int32, device=device).reshape(len(decode), width),
                    tuple(prefill), torch.tensor(last, **as_long))
 
 
@@ -71,8 +85,19 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.kernels = None   # runtime.kernels once Stage.accelerate() ran: one fused kernel instead of six
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x); with `residual`, (norm(x + residual), x + residual): the residual add fused in."""
+        if self.kernels is not None:
+            out, summed = self.kernels.rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, summed)
+        if residual is not None:
+            x = x + residual
+            return self._norm(x), x
+        return self._norm(x)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -133,39 +158,53 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(q_width, model.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, model.rms_norm_eps) if model.family == "qwen3" else None
         self.k_norm = RMSNorm(self.head_dim, model.rms_norm_eps) if model.family == "qwen3" else None
+        self.kernels = None   # runtime.kernels once Stage.accelerate() ran: paged decode read in place
+        self.qkv_proj: nn.Linear | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: BatchPlan,
                 keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.heads, self.head_dim)        # [T, H, d]
-        k = self.k_proj(x).view(tokens, self.kv_heads, self.head_dim)     # [T, Hkv, d]
-        v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
+        if self.qkv_proj is not None:   # one matrix product instead of three (Stage.accelerate)
+            q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim, *[self.kv_heads * self.head_dim] * 2], -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(tokens, self.heads, self.head_dim)                     # [T, H, d]
+        k = k.view(tokens, self.kv_heads, self.head_dim)                  # [T, Hkv, d]
+        v = v.view(tokens, self.kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        keys[plan.token_slots, :, plan.positions] = k                     # pool [slots, Hkv, max_len, d]
-        values[plan.token_slots, :, plan.positions] = v
-        out = torch.empty_like(q)
-        if plan.decode_count:
-            out[:plan.decode_count] = self._decode(q[:plan.decode_count], plan, keys, values)
-        for slot, start, count, offset in plan.prefill:   # 4-D [1, heads, n, d]: SDPA's fused kernels
-            qs = q[offset:offset + count].transpose(0, 1)[None]           # [1, H, n, d]
-            ks, vs = keys[slot:slot + 1, :, :start + count], values[slot:slot + 1, :, :start + count]
-            mask = None if start == 0 else (torch.arange(start + count, device=x.device)[None, :]
-                                             <= torch.arange(start, start + count, device=x.device)[:, None])
-            out[offset:offset + count] = attend(qs, ks, vs, mask, causal=start == 0)[0].transpose(0, 1)
+        keys[plan.write_page, :, plan.write_row] = k                      # pool [pages, Hkv, page_tokens, d]
+        values[plan.write_page, :, plan.write_row] = v
+        if plan.decode_count == tokens:                                   # a decode step (what graphs replay)
+            out = self._decode(q, plan, keys, values)
+        else:
+            out = torch.empty_like(q)
+            if plan.decode_count:
+                out[:plan.decode_count] = self._decode(q[:plan.decode_count], plan, keys, values)
+            for pages, start, count, offset in plan.prefill:  # 4-D [1, heads, n, d]: SDPA's fused kernels
+                qs = q[offset:offset + count].transpose(0, 1)[None]           # [1, H, n, d]
+                ks, vs = (_contiguous(pool[pages][None], start + count) for pool in (keys, values))
+                mask = None if start == 0 else (torch.arange(start + count, device=x.device)[None, :]
+                                                 <= torch.arange(start, start + count, device=x.device)[:, None])
+                out[offset:offset + count] = attend(qs, ks, vs, mask, causal=start == 0)[0].transpose(0, 1)
         return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))
 
-    @staticmethod
-    def _decode(q: torch.Tensor, plan: BatchPlan, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """One new token per request, all requests at once: gather their slots up to the longest.
-        (Measured on an H100: this SDPA call beats grouping the query heads by hand; docs/runtime.md.)"""
-        count = plan.decode_count
-        slots, positions = plan.token_slots[:count], plan.positions[:count]
+    def _decode(self, q: torch.Tensor, plan: BatchPlan, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One new token per request, all requests at once. On a GPU the paged kernel reads each request's
+        pages where they lie; elsewhere the pages are gathered up to the longest request and masked."""
+        if self.kernels is not None:
+            return self.kernels.paged_decode(q, keys, values, plan.decode_pages, plan.decode_lengths)
         length = plan.decode_length
-        ks, vs = keys[slots, :, :length], values[slots, :, :length]            # [D, Hkv, L, d]
-        mask = torch.arange(length, device=q.device)[None, :] <= positions[:, None]  # [D, L]
+        ks, vs = (_contiguous(pool[plan.decode_pages.long()], length) for pool in (keys, values))   # [D, Hkv, L, d]
+        mask = torch.arange(length, device=q.device)[None, :] < plan.decode_lengths[:, None]  # [D, L]
         return attend(q[:, :, None, :], ks, vs, mask[:, None, None, :])[:, :, 0, :]  # [D, H, d]
+
+
+def _contiguous(pages: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, P, Hkv, page_tokens, d] pages of B requests -> [B, Hkv, length, d], their first `length` tokens."""
+    b, p, heads, rows, dim = pages.shape
+    return pages.transpose(1, 2).reshape(b, heads, p * rows, dim)[:, :, :length]
 
 
 class MLP(nn.Module):
@@ -176,7 +215,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(model.hidden_size, columns, bias=False)
         self.down_proj = nn.Linear(columns, model.hidden_size, bias=False)
 
+        self.gate_up_proj: nn.Linear | None = None   # gate and up in one product (Stage.accelerate)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))      # SwiGLU
 
 
@@ -191,8 +235,20 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: BatchPlan,
                 keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        x = x + self.reduce(self.self_attn(self.input_layernorm(x), cos, sin, plan, keys, values))
-        return x + self.reduce(self.mlp(self.post_attention_layernorm(x)))
+        attended = self.reduce(self.self_attn(self.input_layernorm(x), cos, sin, plan, keys, values))
+        h, x = self.post_attention_layernorm(attended, residual=x)              # x + attended, normalised
+        return x + self.reduce(self.mlp(h))
+
+
+def _fused(*parts: nn.Linear) -> nn.Linear:
+    """One linear layer computing the concatenation of `parts`' outputs (same input)."""
+    weight = torch.cat([p.weight for p in parts])
+    with torch.device("meta"):
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=parts[0].bias is not None)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if parts[0].bias is not None:
+        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    return fused
 
 
 class Stage(nn.Module):
@@ -229,10 +285,46 @@ class Stage(nn.Module):
         stage.rotary = Rotary(model.head_dim, model.rope_theta, device)
         return stage.eval()
 
-    def new_kv(self, slots: int, max_seq_len: int) -> KVPool:
+    def new_kv(self, *, max_seqs: int, max_seq_len: int, tokens: int | None = None, page_tokens: int = 16,
+               utilization: float = 0.9) -> KVPool:
+        """The stage's paged KV pool: `tokens` of KV, or (None, on a GPU) what the memory left after the
+        weights holds. KVFull when it cannot hold one request of max_seq_len tokens."""
         weight = next(self.parameters())
-        return KVPool(len(self.layers), slots, max_seq_len, len(self.shard.kv_heads(self.model)),
-                      self.model.head_dim, dtype=weight.dtype, device=weight.device)
+        kv_heads = len(self.shard.kv_heads(self.model))
+        per_token = KVPool.bytes_per_token(len(self.layers), kv_heads, self.model.head_dim, weight.dtype)
+        # activations of eager prefill steps, and the CUDA graphs' pool with the head's float32 logits
+        reserve = (1 << 30) + (3 * max_seqs * self.model.vocab_size * 4 if self.last else 0)
+        pages = pool_pages(device=weight.device, bytes_per_token=per_token, page_tokens=page_tokens,
+                           utilization=utilization, reserve_bytes=reserve, tokens=tokens)
+        if pages * page_tokens < max_seq_len:
+            raise KVFull(f"room for {pages * page_tokens} tokens of KV ({per_token / 2**20:.2f} MiB per token "
+                         f"over {len(self.layers)} layers) after the weights, less than one request of "
+                         f"max_seq_len {max_seq_len}")
+        return KVPool(len(self.layers), pages, page_tokens, kv_heads, self.model.head_dim, max_seqs=max_seqs,
+                      max_seq_len=max_seq_len, dtype=weight.dtype, device=weight.device)
+
+    def accelerate(self) -> bool:
+        """On a GPU in fp16/bf16: fuse q/k/v and gate/up into one matrix product each, run RMSNorm as one
+        kernel with the residual add fused in, and decode attention on the pages in place (runtime.kernels).
+        Returns whether it did (no-op elsewhere: the CPU keeps the op-for-op transformers path)."""
+        weight = next(self.parameters())
+        if weight.device.type != "cuda" or weight.dtype not in (torch.float16, torch.bfloat16):
+            return False
+        if self.layers and self.layers[0].self_attn.kernels is not None:
+            return True   # already
+        from runtime import kernels   # Triton: CUDA builds of torch only
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_proj = _fused(attn.q_proj, attn.k_proj, attn.v_proj)
+            attn.q_proj = attn.k_proj = attn.v_proj = None
+            mlp.gate_up_proj = _fused(mlp.gate_proj, mlp.up_proj)
+            mlp.gate_proj = mlp.up_proj = None
+            attn.kernels = kernels
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.kernels = kernels
+        torch.cuda.empty_cache()
+        return True
 
     @torch.inference_mode()
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:

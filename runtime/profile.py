@@ -21,6 +21,8 @@ import torch
 
 from planner.catalog import ModelSpec
 from runtime.checkpoint import TORCH_DTYPES, load_stage
+from runtime.graphs import DecodeGraphs
+from runtime.kvcache import KVPool
 from runtime.model import BatchPlan, Stage
 
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -83,19 +85,35 @@ def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2) -> float
     return statistics.median(runs)
 
 
-def time_decode(stage: Stage, batch: int, context: int, device: str) -> float:
-    """Seconds per layer of one decode step of `batch` sequences at `context` cached tokens."""
-    kv = stage.new_kv(batch, context + 1)
-    plan = BatchPlan.build([(slot, context, 1) for slot in range(batch)], device)
+def filled_pool(stage: Stage, lengths: list[int]) -> tuple[KVPool, list[str]]:
+    """A KV pool holding one request of each length (pages taken, contents whatever they are)."""
+    page = 16
+    kv = stage.new_kv(max_seqs=len(lengths), max_seq_len=max(lengths),
+                      tokens=sum(-(-n // page) * page for n in lengths), page_tokens=page)
+    requests = [f"r{i}" for i in range(len(lengths))]
+    for request, length in zip(requests, lengths):
+        kv.admit(request)
+        kv.grow(request, length)
+    return kv, requests
+
+
+def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True) -> float:
+    """Seconds per layer of one decode step of `batch` sequences at `context` cached tokens, as the worker
+    runs it: replayed as a CUDA graph where the stage is accelerated (a GPU), else eagerly."""
+    kv, requests = filled_pool(stage, [context + 1] * batch)
     hidden = torch.randn(batch, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
+    if graphs and device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None:
+        captured = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+        return _time(lambda: captured.run(requests, [context] * batch, hidden), device) / len(stage.layers)
+    plan = BatchPlan.build([(kv.pages_of[r], context, 1) for r in requests], kv.page_tokens, device)
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
 
 
 def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
     """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`."""
     sizes = [prompt_tokens] * (tokens // prompt_tokens) + ([tokens % prompt_tokens] if tokens % prompt_tokens else [])
-    kv = stage.new_kv(len(sizes), max(sizes))
-    plan = BatchPlan.build([(slot, 0, n) for slot, n in enumerate(sizes)], device)
+    kv, requests = filled_pool(stage, sizes)
+    plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
     hidden = torch.randn(tokens, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
 
@@ -122,6 +140,7 @@ def runs_bf16(device: str) -> bool:
 def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
             decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
     name, memory = device_memory(device)
+    stage.accelerate()   # time what the worker runs
     decode = tuple((b, 1e3 * time_decode(stage, b, context, device)) for b in decode_batches)
     prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
     return Profile(device, name, dtype, stage.model.id, len(stage.layers), context, prompt_tokens, decode, prefill,

@@ -6,7 +6,7 @@ collectives are the two all-reduces per layer and one broadcast of the step's hi
 the group's face: it is the pipeline worker (runtime.worker) the host and the other stages talk to over
 ZeroMQ, holds the embeddings and the LM head, and before each step tells the other ranks what to run:
 
-    face ── ZeroMQ "step" {items: [[slot, pos, count], ...], tokens: T} ──> rank r (its own inbox)
+    face ── ZeroMQ "step" {items: [[pages, pos, count], ...], tokens: T} ──> rank r (its own inbox)
     face ── broadcast of the hidden states [T, hidden] ───────────────────> every rank
     every rank: the layers, with an all-reduce after attention and after the MLP
 
@@ -31,10 +31,11 @@ import torch
 import torch.distributed as dist
 import zmq
 
-from planner.export.runtime import RuntimeConfig, Shard, WorkerSpec
+from runtime.config import RuntimeConfig, Shard, WorkerSpec
 from runtime import wire
 from runtime.checkpoint import TORCH_DTYPES, load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
+from runtime.kvcache import new_pool
 from runtime.model import BatchPlan, Stage
 
 COLLECTIVE_TIMEOUT_S = 300.0   # joining the group, and any collective (a hung peer under NCCL)
@@ -97,7 +98,7 @@ class Face:
             sock.connect(spec.rank_endpoint(rank))
             self.outboxes.append(sock)
 
-    def step(self, items: list[tuple[int, int, int]], hidden: torch.Tensor) -> None:
+    def step(self, items: list[tuple[list[int], int, int]], hidden: torch.Tensor) -> None:
         """Tell every other rank to run a step over `items` and give them its hidden states."""
         frames = wire.encode({"kind": "step", "items": [list(i) for i in items], "tokens": hidden.shape[0]})
         for rank, sock in enumerate(self.outboxes, start=1):
@@ -142,7 +143,8 @@ class Rank:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.stage = load_shard(config, spec, rank, checkpoint, ends=False)
-        self.kv = self.stage.new_kv(spec.kv_slots, config.limits.max_seq_len)
+        self.stage.accelerate()
+        self.kv = new_pool(self.stage, config, spec)
         self.context = zmq.Context()
         self.inbox = self.context.socket(zmq.PULL)   # bound before joining: the face's first step finds it
         self.inbox.setsockopt(zmq.LINGER, 0)
@@ -181,5 +183,5 @@ class Rank:
     def _step(self, header: dict) -> None:
         hidden = torch.empty(header["tokens"], self.config.model.hidden_size, dtype=self.dtype, device=self.device)
         dist.broadcast(hidden, src=0)
-        plan = BatchPlan.build([tuple(i) for i in header["items"]], self.device)
+        plan = BatchPlan.build([tuple(i) for i in header["items"]], self.kv.page_tokens, self.device)
         self.stage(hidden, plan, self.kv)

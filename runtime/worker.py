@@ -26,11 +26,13 @@ import torch
 import zmq
 
 from planner.errors import InputError
-from planner.export.runtime import RuntimeConfig, read_runtime_config
+from runtime.config import RuntimeConfig, read_runtime_config
 from planner.routing import COORDINATOR
 from runtime import wire
 from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
+from runtime.graphs import DecodeGraphs
+from runtime.kvcache import KVFull, new_pool
 from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
 from runtime.tensor_parallel import Face, Rank, load_shard
@@ -69,10 +71,19 @@ class Worker:
         else:
             model = read_checkpoint_model(checkpoint)
             check_same_model(model, config.model, file=checkpoint)
-            tensors = load_stage(checkpoint, model, self.spec.start, self.spec.end, dtype=config.dtype,
-                                 device=self.spec.device)
+            try:
+                tensors = load_stage(checkpoint, model, self.spec.start, self.spec.end, dtype=config.dtype,
+                                     device=self.spec.device)
+            except torch.cuda.OutOfMemoryError:
+                raise InputError(f"layers [{self.spec.start}, {self.spec.end}) of {model.id} do not fit in "
+                                 f"{self.spec.device}'s memory", field=f"workers.{self.spec.node}",
+                                 fix="give this GPU fewer layers (re-plan with its real memory)") from None
             self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
-        self.kv = self.stage.new_kv(self.spec.kv_slots, config.limits.max_seq_len)
+        self.accelerated = self.stage.accelerate()
+        self.kv = new_pool(self.stage, config, self.spec)
+        # decode steps as CUDA graphs (not in a tensor-parallel group: its ranks run steps eagerly)
+        self.graphs = (DecodeGraphs(self.stage, self.kv, self.spec.kv_slots)
+                       if self.accelerated and config.limits.cuda_graphs and not self.spec.ranks else None)
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
         self.queue: deque[Item] = deque()
@@ -120,7 +131,8 @@ class Worker:
                 if self.group_failure is not None:
                     return   # no more beats: the host declares the unit dead
                 header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
-                          "free_slots": len(self.kv.free_slots), "queued": len(self.queue), "steps": self.steps}
+                          "free_slots": self.kv.free_slots, "queued": len(self.queue), "steps": self.steps,
+                          "kv_tokens": self.kv.capacity_tokens, "kv_used": self.kv.used_tokens}
                 try:
                     sock.send_multipart(wire.encode(header), flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -167,7 +179,7 @@ class Worker:
 
     def _fail_group(self, reason: str) -> None:
         """A rank died: every request this group holds or has queued fails, naming it; the face stops."""
-        rids = sorted(set(self.kv.slot_of) | {i.rid for i in self.queue})
+        rids = sorted(set(self.kv.pages_of) | {i.rid for i in self.queue})
         self.queue.clear()
         if rids:
             self._report(rids, f"tensor-parallel group broken: {reason}")
@@ -224,47 +236,68 @@ class Worker:
         return batch
 
     def _admit(self, batch: list[Item]) -> list[Item]:
-        """Give new requests a KV slot; report those that cannot run here."""
+        """Open new requests in the KV pool and give every item pages for its tokens; report those that
+        cannot run here."""
         ready = []
         for item in batch:
             if item.pos + item.count > self.kv.max_seq_len:
                 self._report([item.rid], f"position {item.pos + item.count} is past max_seq_len {self.kv.max_seq_len}")
-            elif item.pos == 0 or item.count > 1:
-                try:
-                    self.kv.allocate(item.rid)
-                except KeyError as exc:
-                    # The host admits no more requests than a worker has slots, but its "free" for an ended
-                    # request may still be on its way here: wait for it a while before giving up.
-                    first = self.kv_waits.setdefault(item.rid, time.monotonic())
-                    if time.monotonic() - first > KV_WAIT_S:
-                        self._report([item.rid], f"KV cache full for {KV_WAIT_S:g} s: {exc}")
-                    else:
-                        self.queue.appendleft(item)
+                continue
+            prompt = item.pos == 0 or item.count > 1
+            if not prompt and not self.kv.holds(item.rid):
+                self._report([item.rid], "decode step for a request this worker holds no KV for")
+                continue
+            try:
+                if prompt:
+                    self.kv.admit(item.rid)
+                self.kv.grow(item.rid, item.pos + item.count)
+            except KVFull as exc:
+                if not prompt:   # the host reserves every request's KV at admission: this is a bug, not load
+                    self._report([item.rid], f"KV cache full mid-request: {exc}")
                     continue
+                # The host admits no more than a worker holds, but its "free" for an ended request may still
+                # be on its way here: wait for it a while before giving up.
+                first = self.kv_waits.setdefault(item.rid, time.monotonic())
+                if time.monotonic() - first > KV_WAIT_S:
+                    self._report([item.rid], f"KV cache full for {KV_WAIT_S:g} s: {exc}")
+                else:
+                    self.queue.appendleft(item)
+                continue
+            if prompt:
                 self.kv_waits.pop(item.rid, None)
                 if self.stage.last and item.sampling is not None:
                     self.sampling[item.rid] = SamplingParams.from_wire(item.sampling)
                     if item.sampling.get("logprobs") is not None:
                         self.logprobs[item.rid] = int(item.sampling["logprobs"])
-                ready.append(item)
-            elif item.rid not in self.kv.slot_of:
-                self._report([item.rid], "decode step for a request this worker holds no KV for")
-            else:
-                ready.append(item)
+            ready.append(item)
         return ready
+
+    def _run_stage(self, batch: list[Item]) -> torch.Tensor:
+        """The stage over the batch: a decode step through its CUDA graph, anything else eagerly."""
+        decode = next((n for n, i in enumerate(batch) if not (i.count == 1 and i.pos > 0)), len(batch))  # first
+        if self.graphs is not None and decode:
+            # the decode items as one graph replay; prompts (if any) in their own eager pass, so that a prompt
+            # joining never turns a decode step eager
+            head = batch[:decode]
+            out = self.graphs.run([i.rid for i in head], [i.pos for i in head], torch.cat([i.data for i in head]))
+            return out if decode == len(batch) else torch.cat([out, self._eager(batch[decode:])])
+        return self._eager(batch)
+
+    def _eager(self, batch: list[Item]) -> torch.Tensor:
+        inputs = torch.cat([i.data for i in batch])
+        items = [(self.kv.pages_of[i.rid], i.pos, i.count) for i in batch]
+        plan = BatchPlan.build(items, self.kv.page_tokens, self.spec.device)
+        if self.group is not None:   # the other ranks run the same step on the same hidden states
+            inputs = self.stage.embed(inputs)
+            self.group.step(items, inputs)
+        return self.stage(inputs, plan, self.kv)
 
     def _step(self, batch: list[Item]) -> None:
         batch = self._admit(batch)
         if not batch:
             return
-        items = [(self.kv.slot_of[i.rid], i.pos, i.count) for i in batch]
         try:
-            plan = BatchPlan.build(items, self.spec.device)
-            inputs = torch.cat([i.data for i in batch])
-            if self.group is not None:   # the other ranks run the same step on the same hidden states
-                inputs = self.stage.embed(inputs)
-                self.group.step(items, inputs)
-            out = self.stage(inputs, plan, self.kv)
+            out = self._run_stage(batch)
         except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the worker
             traceback.print_exc(file=self.log)
             if self.group is not None:   # ... but a group whose ranks fell out of step is broken; the
@@ -313,7 +346,8 @@ def run_worker(config: RuntimeConfig, node: str, checkpoint: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     print(f"worker {node}: layers [{worker.spec.start}, {worker.spec.end}) on {worker.spec.device}, "
-          f"{worker.spec.kv_slots} KV slots, listening on {worker.spec.endpoint}", file=sys.stderr, flush=True)
+          f"KV for {worker.kv.capacity_tokens} tokens and {worker.spec.kv_slots} requests"
+          f"{', decode as CUDA graphs' if worker.graphs else ''}, listening on {worker.spec.endpoint}", file=sys.stderr, flush=True)
     worker.serve()
     if worker.group_failure is not None:
         sys.exit(1)

@@ -24,7 +24,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 tokenizers = pytest.importorskip("tokenizers")
 
-from planner.export.runtime import Limits, runtime_config  # noqa: E402
+from planner.export.runtime import runtime_config  # noqa: E402
+from runtime.config import Limits  # noqa: E402
 from planner.layout import read_layout  # noqa: E402
 from runtime import http as http_api  # noqa: E402
 from runtime.chat import load_chat_template  # noqa: E402
@@ -459,7 +460,7 @@ def test_planner_host_command_serves_the_openai_client(checkpoint, forkserver, t
     import signal
     import subprocess
 
-    from planner.export.runtime import write_runtime_config
+    from runtime.config import write_runtime_config
 
     model = TINY_MODELS[MODEL]
     (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 4))

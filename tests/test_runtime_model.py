@@ -20,7 +20,7 @@ pytest.importorskip("msgpack")
 torch.set_num_threads(1)
 
 from planner.catalog import ModelSpec  # noqa: E402
-from planner.export.runtime import Shard  # noqa: E402
+from runtime.config import Shard  # noqa: E402
 from planner.layout import read_layout  # noqa: E402
 from runtime import checkpoint as ckpt  # noqa: E402
 from runtime import wire  # noqa: E402
@@ -77,8 +77,8 @@ class ThreadGroup:
         self.barrier.wait()
         return total
 
-    def new_kv(self, slots, max_seq_len):
-        return [s.new_kv(slots, max_seq_len) for s in self.ranks]
+    def new_kv(self, **size):
+        return [s.new_kv(**size) for s in self.ranks]
 
     def __call__(self, inputs, plan, pools):
         hidden = self.ranks[0].embed(inputs)
@@ -103,7 +103,9 @@ def generate_in_process(directory, ranges, prompts, new_tokens, join_at=(0, 2, 4
     model = read_checkpoint_model(directory)
     stages = [Stage.from_tensors(model, a, b, ckpt.load_stage(directory, model, a, b)) if tp == 1 else
               ThreadGroup(directory, model, a, b, tp) for a, b in ranges]
-    pools = [s.new_kv(len(prompts), 64) for s in stages]
+    pools = [s.new_kv(max_seqs=len(prompts), max_seq_len=64, tokens=len(prompts) * 64, page_tokens=4)
+             for s in stages]
+    every_pool = [p for pool in pools for p in (pool if isinstance(pool, list) else [pool])]
     out = [[] for _ in prompts]
     step = 0
     while any(len(o) < new_tokens for o in out):
@@ -119,7 +121,12 @@ def generate_in_process(directory, ranges, prompts, new_tokens, join_at=(0, 2, 4
         step += 1
         if not items:
             continue
-        plan = BatchPlan.build(items, "cpu")
+        for pool in every_pool:   # the same calls in the same order: every pool pages alike
+            for i, pos, count in items:
+                pool.admit(str(i))
+                pool.grow(str(i), pos + count)
+        plan = BatchPlan.build([(every_pool[0].pages_of[str(i)], pos, count) for i, pos, count in items],
+                               every_pool[0].page_tokens, "cpu")
         x = torch.tensor([t for chunk in inputs for t in chunk])
         for stage, pool in zip(stages, pools):
             x = stage(x, plan, pool)
@@ -352,7 +359,7 @@ def tiny_layout(tmp_path):
 
 
 def test_export_runtime_config_and_launch_scripts(tmp_path, tiny_layout, run_cli):
-    from planner.export.runtime import read_runtime_config
+    from runtime.config import read_runtime_config
 
     code, _, err = run_cli("export", tiny_layout, tmp_path / "out", "--to", "runtime", "--checkpoint", "/models/x",
                            "--device", "cpu", "--port", "7000")
@@ -377,7 +384,7 @@ def test_export_runtime_config_and_launch_scripts(tmp_path, tiny_layout, run_cli
 def test_export_starts_a_process_per_gpu_of_a_tensor_parallel_group(tmp_path, run_cli):
     """Refused before issue 18; now a group is one unit whose ranks each get a device, a port and a line
     in the launch script."""
-    from planner.export.runtime import read_runtime_config
+    from runtime.config import read_runtime_config
 
     model = TINY_MODELS["tiny-qwen3"]
     (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 4))
@@ -454,3 +461,93 @@ def test_model_spec_round_trips_through_config_json(tmp_path):
         back = model_from_hf_config(hf_config(model, "fp32"), model.id)
         assert back == model
     assert isinstance(back, ModelSpec)
+
+
+# ---- the paged KV pool ------------------------------------------------------------------------------
+
+def test_a_request_holds_only_the_pages_its_tokens_use():
+    from runtime.kvcache import SCRATCH_PAGE, KVFull, KVPool
+
+    pool = KVPool(2, pages=6, page_tokens=4, kv_heads=1, head_dim=8, max_seqs=3, max_seq_len=16,
+                  dtype=torch.float32, device="cpu")
+    assert (pool.capacity_tokens, pool.max_pages) == (24, 4)
+    pool.admit("a")
+    pool.grow("a", 5)                      # 5 tokens: two pages of 4
+    assert len(pool.pages_of["a"]) == 2 and SCRATCH_PAGE not in pool.pages_of["a"]
+    pool.grow("a", 8)                      # still two
+    assert len(pool.pages_of["a"]) == 2 and pool.used_tokens == 8
+    pool.admit("b")
+    pool.grow("b", 16)                     # four more: the pool is full
+    with pytest.raises(KVFull):
+        pool.grow("a", 9)
+    assert len(pool.pages_of["a"]) == 2    # a failed grow takes nothing
+    assert pool.page_table(["a"], rows=2) == [pool.pages_of["a"] + [SCRATCH_PAGE] * 2, [SCRATCH_PAGE] * 4]
+    pool.release("b")
+    pool.grow("a", 9)
+    assert pool.used_tokens == 12 and pool.free_slots == 2
+    pool.admit("c")
+    pool.admit("d")
+    with pytest.raises(KVFull, match="3 request slots"):
+        pool.admit("e")
+
+
+def test_paged_attention_matches_one_contiguous_cache(tiny):
+    """Pages scattered over the pool (another request's pages between them) give the logits a contiguous
+    cache gives: the same stage, one request in pages of 2 tokens and in one page of 64."""
+    model, directory, _ = tiny
+    stage = Stage.from_tensors(model, 0, model.layers, ckpt.load_stage(directory, model, 0, model.layers))
+    prompt = PROMPTS[0]
+
+    def logits(page_tokens: int) -> torch.Tensor:
+        pool = stage.new_kv(max_seqs=2, max_seq_len=64, tokens=128, page_tokens=page_tokens)
+        out = []
+        for step in range(len(prompt)):     # token by token: decode steps over more and more pages
+            for rid in ("other", "mine"):   # interleaved: the two requests' pages alternate in the pool
+                pool.admit(rid)
+                pool.grow(rid, step + 1)
+            count = 1
+            plan = BatchPlan.build([(pool.pages_of["mine"], step, count)], pool.page_tokens, "cpu")
+            out.append(stage(torch.tensor(prompt[step:step + 1]), plan, pool)[0])
+        return torch.stack(out)
+
+    assert torch.equal(logits(2), logits(64))
+
+
+def test_export_sizes_kv_by_memory_on_gpus_and_by_the_cost_model_on_cpus(tmp_path, tiny_layout, run_cli):
+    from runtime.config import MAX_KV_SLOTS, read_runtime_config
+
+    for device, options in (("cuda", []), ("cpu", []), ("cpu", ["--kv-tokens", "999", "--kv-slots", "5"])):
+        out = tmp_path / f"out-{device}-{len(options)}"
+        code, _, err = run_cli("export", tiny_layout, out, "--to", "runtime", "--device", device,
+                               "--max-seq-len", "128", "--gpu-memory-utilization", "0.5", *options)
+        assert code == 0, err
+        config = read_runtime_config(out / "runtime.json")
+        assert config.limits.gpu_memory_utilization == 0.5 and config.limits.cuda_graphs
+        for worker in config.workers:
+            if options:
+                assert (worker.kv_slots, worker.kv_tokens) == (5, 999)
+            elif device == "cuda":      # sized at start from the memory the worker finds
+                assert (worker.kv_slots, worker.kv_tokens) == (MAX_KV_SLOTS, None)
+            else:                       # what the cost model fits, at most every slot at max_seq_len
+                assert worker.kv_slots == MAX_KV_SLOTS and 0 < worker.kv_tokens <= MAX_KV_SLOTS * 128
+
+
+def test_a_worker_whose_minimum_kv_cannot_fit_says_so_in_one_line(tmp_path, tiny):
+    """A pool that cannot hold one request of max_seq_len tokens: one line naming the worker, exit 2."""
+    from planner.export.runtime import runtime_config
+    from runtime.config import Limits, write_runtime_config
+
+    model, directory, _ = tiny
+    (tmp_path / "cluster.ini").write_text(cpu_cluster(model, 1))
+    layout = tmp_path / "layout.ini"
+    layout.write_text(chain_layout("cluster.ini", model, [[(0, model.layers)]]))
+    config = runtime_config(read_layout(layout), device="cpu", local=True, kv_tokens=100,
+                            limits=Limits(max_seq_len=512))
+    write_runtime_config(config, tmp_path / "runtime.json")
+    result = subprocess.run([sys.executable, "-m", "runtime.worker", "--config", str(tmp_path / "runtime.json"),
+                             "--node", "local:0", "--checkpoint", str(directory)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "workers.local:0" in lines[0] and "less than one request of max_seq_len 512" in lines[0]

@@ -20,7 +20,8 @@ pytest.importorskip("zmq")
 pytest.importorskip("msgpack")
 pytest.importorskip("safetensors")
 
-from planner.export.runtime import Limits, runtime_config  # noqa: E402
+from planner.export.runtime import runtime_config  # noqa: E402
+from runtime.config import Limits  # noqa: E402
 from planner.layout import read_layout  # noqa: E402
 from runtime.checkpoint import make_checkpoint  # noqa: E402
 from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402

@@ -6,9 +6,9 @@ import click
 
 from planner.cli.console import make_console
 from planner.export import EXPORTERS
-from planner.export.runtime import DEFAULT_HTTP_PORT, DEFAULT_PORT, Limits
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
+from runtime.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, MAX_KV_SLOTS, Limits
 
 
 @click.command(name="export")
@@ -31,17 +31,27 @@ from planner.routing import DEFAULT_ROUTER, ROUTERS
               help="Most tokens (prompt + output) of one request (vLLM: --max-model-len).")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None,
               help="vLLM: --max-num-seqs of each server (default: what its KV memory holds, at most 256).")
-@click.option("--kv-slots", type=click.IntRange(min=1), default=None,
-              help="Requests each worker keeps KV for at once (default: what its memory holds, at most 64).")
+@click.option("--kv-slots", type=click.IntRange(1, MAX_KV_SLOTS), default=None,
+              help=f"Requests each worker holds KV for at once, its decode batch limit (default {MAX_KV_SLOTS}).")
+@click.option("--kv-tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens of KV each worker's paged pool holds (default: sized at start from the GPU memory "
+                   "left after the weights; on --device cpu, what the cost model fits).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
+              show_default=True, help="Share of each GPU's memory a worker may take (weights, KV and CUDA graphs).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="Replay decode steps as CUDA graphs (off: eager, for debugging).")
 def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | None, device: str, port: int,
-               http_port: int, routing: str, max_seq_len: int, max_num_seqs: int | None, kv_slots: int | None) -> None:
+               http_port: int, routing: str, max_seq_len: int, max_num_seqs: int | None, kv_slots: int | None,
+               kv_tokens: int | None, gpu_memory_utilization: float, cuda_graphs: bool) -> None:
     """Write the files that run a layout: the bundled runtime (runtime.json and a launch script per host),
     vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
     docs/exports.md walks through each."""
     layout = read_layout(layout_file)
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
-                               limits=Limits(max_seq_len=max_seq_len), kv_slots=kv_slots,
+                               limits=Limits(max_seq_len=max_seq_len, gpu_memory_utilization=gpu_memory_utilization,
+                                             cuda_graphs=cuda_graphs),
+                               kv_slots=kv_slots, kv_tokens=kv_tokens,
                                max_model_len=max_seq_len, max_num_seqs=max_num_seqs)
     console = make_console()
     for path in written:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from planner.export.runtime import read_runtime_config
+from runtime.config import read_runtime_config
 from planner.routing import ROUTERS
 
 

@@ -11,10 +11,11 @@ import click
 
 from planner.cli.console import make_console
 from planner.errors import InputError
-from planner.export.runtime import Limits, runtime_config
+from planner.export.runtime import runtime_config
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
 from planner.units import format_time
+from runtime.config import MAX_KV_SLOTS, Limits
 
 
 def _ids(text: str) -> list[int]:
@@ -46,10 +47,15 @@ def _ids(text: str) -> list[int]:
               help="torch threads per worker (default: this machine's cores / workers, at least 1).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Run one request before the measured ones.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="On GPUs, replay decode steps as CUDA graphs (off: eager, for debugging).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
+              show_default=True, help="Share of each GPU's memory a worker may take (weights, KV, graphs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device: str, prompt_ids: str,
             max_new_tokens: int, requests: int, concurrency: int | None, temperature: float, top_p: float,
-            seed: int, routing: str, threads: int | None, warmup: bool, as_json: bool) -> None:
+            seed: int, routing: str, threads: int | None, warmup: bool, cuda_graphs: bool,
+            gpu_memory_utilization: float, as_json: bool) -> None:
     """Serve a layout on this machine and generate: prints the ids, output tokens/s and time to first token.
     With no LAYOUT, a built-in demo: a random 6-layer Qwen3 on 3 CPU workers holding 1, 3 and 2 layers."""
     if (layout_file is None) != (checkpoint is None):
@@ -72,12 +78,13 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
         workers = len(units)
         processes = sum(len(layout.placement.members(u)) for u in units)   # a rank of a TP group: one each
         threads = threads or max(1, (os.cpu_count() or 1) // processes)
-        # KV for exactly this run: every request at once, each as long as it gets (a pool sized for 4k-token
-        # requests would take seconds to allocate on a CPU)
-        limits = Limits(max_seq_len=len(prompt) + max_new_tokens)
+        # requests as long as this run's (on a CPU the pool holds every request at once at that length; a GPU
+        # sizes its pool from its memory)
+        limits = Limits(max_seq_len=len(prompt) + max_new_tokens, cuda_graphs=cuda_graphs,
+                        gpu_memory_utilization=gpu_memory_utilization)
         config = runtime_config(layout, layout_path=str(layout_file), checkpoint=checkpoint, device=device,
                                 local=True, routing=routing, seed=seed, limits=limits, threads=threads,
-                                kv_slots=min(concurrency or requests, 64))
+                                kv_slots=min(concurrency or requests, MAX_KV_SLOTS))
         with LocalRun(config, checkpoint, workdir=Path(tmp)) as run:
             if warmup:  # the first steps of a process are slow (allocations, kernel selection): not measured
                 measure(run.host, [prompt], max_new_tokens, [SamplingParams()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from planner.errors import InputError
-from planner.export.runtime import read_runtime_config
+from runtime.config import read_runtime_config
 
 
 @click.command(name="worker")

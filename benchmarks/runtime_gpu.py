@@ -1,0 +1,261 @@
+"""The runtime on a GPU: per-layer decode against the HBM roofline, and serving end to end (docs/runtime.md).
+
+    python benchmarks/runtime_gpu.py [--model qwen3-8b] [--dtype bf16] [--checkpoint DIR] [--out DIR]
+                                     [--parts layers,serve,pipeline,profile]
+
+layers:   a middle stage of --layers layers with random weights shaped like --model, as the worker runs it
+          (q/k/v and gate/up fused, Triton RMSNorm and paged decode, the step replayed as a CUDA graph),
+          per-layer decode time at batch 1-256 and contexts 1k and 4k, against the roofline: the bytes a step
+          must read (the layer's weights, every request's cached keys and values) over the device's copy
+          bandwidth (measured here) and over its datasheet bandwidth; the same step eager for contrast.
+serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
+          checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
+          1/16/64/256: output tokens/s, TTFT, TPOT.
+pipeline: the same model as two stages on the one GPU (each worker 0.45 of its memory), greedy: does it
+          serve, and are its tokens the one-worker tokens (functional check, not a speed figure).
+profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on) written as a
+          cluster-file section, then the simulator's prediction for the serve runs from that section.
+Skips (exit 0, one line) where no CUDA device is. Prints tables; --out keeps every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from planner.catalog import load_gpu_catalog, load_model_catalog  # noqa: E402
+from runtime.graphs import DecodeGraphs  # noqa: E402
+from runtime.kvcache import KVPool  # noqa: E402
+from runtime.model import BatchPlan  # noqa: E402
+from runtime.profile import filled_pool, random_stage  # noqa: E402
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTEXTS = (1024, 4096)
+CONCURRENCY = (1, 16, 64, 256)
+
+
+def median_s(fn, runs: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy, counting bytes read and written."""
+    n = 1 << 29
+    a = torch.randn(n // 2, device="cuda", dtype=torch.bfloat16)
+    b = torch.empty_like(a)
+    return 2 * a.numel() * 2 / median_s(lambda: b.copy_(a), runs=10)
+
+
+def datasheet_bandwidth() -> tuple[str, float]:
+    name = torch.cuda.get_device_name()
+    gpus = load_gpu_catalog()
+    kind = "h200" if "H200" in name else "h100" if "H100" in name else None
+    return (kind or "unknown"), (gpus[kind].memory_bandwidth if kind else float("nan"))
+
+
+def layers_part(args, results: dict, work: Path) -> None:
+    model = load_model_catalog()[args.model]
+    stage = random_stage(model, args.layers, dtype=args.dtype, device="cuda")
+    stage.accelerate()
+    weight_bytes = sum(p.numel() * p.element_size() for p in stage.layers.parameters()) / args.layers
+    kind, sheet = datasheet_bandwidth()
+    copy = copy_bandwidth()
+    results["device"] = {"name": torch.cuda.get_device_name(), "catalog": kind, "datasheet_bytes_per_s": sheet,
+                         "copy_bytes_per_s": copy, "torch": torch.__version__}
+    rows = []
+    for context in CONTEXTS:
+        for batch in BATCHES:
+            kv, requests = filled_pool(stage, [context + 1] * batch)
+            per_token = KVPool.bytes_per_token(1, model.kv_heads, model.head_dim, kv.keys[0].dtype)
+            moved = weight_bytes + batch * (context + 1) * per_token      # weights + every cached K and V, once
+            hidden = torch.randn(batch, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
+            graphs = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+            graph_s = median_s(lambda: graphs.run(requests, [context] * batch, hidden)) / args.layers
+            plan = BatchPlan.build([(kv.pages_of[r], context, 1) for r in requests], kv.page_tokens, "cuda")
+            eager_s = median_s(lambda: stage(hidden, plan, kv), runs=10) / args.layers
+            rows.append({"context": context, "batch": batch, "graph_ms": graph_s * 1e3, "eager_ms": eager_s * 1e3,
+                         "bytes": moved, "roofline_copy_ms": moved / copy * 1e3, "roofline_sheet_ms": moved / sheet * 1e3,
+                         "efficiency_copy": moved / copy / graph_s, "efficiency_sheet": moved / sheet / graph_s})
+            del graphs, kv
+            torch.cuda.empty_cache()
+    results["layers"] = rows
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} layers in {args.dtype}, "
+          f"{time.strftime('%Y-%m-%d')}; copy {copy / 1e12:.2f} TB/s, datasheet {sheet / 1e12:.2f} TB/s")
+    print("| context | batch | graph ms/layer | eager ms/layer | roofline (datasheet) ms | of roofline (datasheet) | (copy) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['context']} | {r['batch']} | {r['graph_ms']:.4f} | {r['eager_ms']:.4f} | {r['roofline_sheet_ms']:.4f} "
+              f"| {r['efficiency_sheet']:.0%} | {r['efficiency_copy']:.0%} |")
+
+
+def write_checkpoint(args) -> str:
+    if args.checkpoint and Path(args.checkpoint, "config.json").exists():
+        return args.checkpoint
+    directory = args.checkpoint or str(Path(tempfile.gettempdir()) / f"ck-{args.model}")
+    if not Path(directory, "config.json").exists():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "planner", "make-checkpoint", directory, "--model", args.model,
+                        "--dtype", args.dtype], check=True, cwd=ROOT)
+        print(f"wrote a random {args.model} checkpoint in {time.perf_counter() - started:.0f} s", flush=True)
+    return directory
+
+
+def one_gpu_files(directory: Path, args, stages: int, gpu_section: str = "") -> Path:
+    """A cluster of one host with `stages` GPUs of this device's kind and a chain layout over them."""
+    kind, _ = datasheet_bandwidth()
+    model = load_model_catalog()[args.model]
+    gpu = kind if not gpu_section else "measured"
+    (directory / "cluster.ini").write_text(
+        f"[cluster]\nmodel = {args.model}\ndtype = {args.dtype}\ncoordinator = local\n\n[workload]\n"
+        f"prompt_tokens = {args.prompt}\noutput_tokens = {args.new_tokens}\n\n{gpu_section}\n"
+        f"[host local]\ngpus = {gpu} * {stages}\ngpu_link = 300 GB/s, 0.01 ms\naddress = 127.0.0.1\n")
+    bounds = [round(i * model.layers / stages) for i in range(stages + 1)]
+    nodes = "\n".join(f"local:{i} = {a}, {b}" for i, (a, b) in enumerate(zip(bounds, bounds[1:])))
+    hops = ["coordinator"] + [f"local:{i}" for i in range(stages)] + ["coordinator"]
+    flows = "\n".join(f"{a} -> {b} = 1000" for a, b in zip(hops, hops[1:]))
+    layout = directory / f"layout-{stages}.ini"
+    layout.write_text(f"[layout]\ncluster = cluster.ini\nmodel = {args.model}\ndtype = {args.dtype}\nmethod = hand\n\n"
+                      f"[nodes]\n{nodes}\n\n[flows]\n{flows}\n")
+    return layout
+
+
+def serve(layout: Path, checkpoint: str, args, concurrencies, utilization: float, same_gpu: bool) -> list[dict]:
+    from dataclasses import replace
+
+    from planner.export.runtime import runtime_config
+    from planner.layout import read_layout
+    from runtime.config import MAX_KV_SLOTS, Limits
+    from runtime.launch import LocalRun, measure
+    from runtime.sampling import SamplingParams
+
+    limits = Limits(max_seq_len=args.prompt + args.new_tokens, gpu_memory_utilization=utilization,
+                    cuda_graphs=not args.eager)
+    config = runtime_config(read_layout(layout), layout_path=str(layout), checkpoint=checkpoint, device="cuda",
+                            local=True, limits=limits, kv_slots=min(max(concurrencies), MAX_KV_SLOTS))
+    if same_gpu:  # every stage on cuda:0 (a functional pipeline on one card)
+        config = replace(config, workers=tuple(replace(w, device="cuda:0") for w in config.workers))
+    prompt = [(i * 7919) % 151000 + 11 for i in range(args.prompt)]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, LocalRun(config, checkpoint, workdir=Path(tmp)) as run:
+        measure(run.host, [prompt] * 4, 8, [SamplingParams()] * 4)      # warm-up
+        for c in concurrencies:
+            requests = max(8, 2 * c) if not args.quick else max(2, c)
+            stats = measure(run.host, [prompt] * requests, args.new_tokens, [SamplingParams()] * requests,
+                            concurrency=c)
+            stats.pop("paths")
+            runs.append(stats)
+            print(f"| {c} | {stats['completed']}/{requests} | {stats['output_tokens_per_s']:.0f} | "
+                  f"{1e3 * (stats['ttft_s']['mean'] or 0):.1f} | {1e3 * (stats['tpot_s']['mean'] or 0):.2f} | "
+                  f"{len(stats['errors'])} |", flush=True)
+    return runs
+
+
+def serve_part(args, results: dict, work: Path) -> None:
+    checkpoint = write_checkpoint(args)
+    layout = one_gpu_files(work, args, 1)
+    print(f"\nserving: one worker, all layers of {args.model} ({args.dtype}, random weights) on "
+          f"{torch.cuda.get_device_name()}, {args.prompt}-token prompts, {args.new_tokens} new tokens, "
+          f"graphs {'off' if args.eager else 'on'}")
+    print("| concurrency | completed | output tok/s | TTFT mean ms | TPOT mean ms | errors |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    results["serve"] = serve(layout, checkpoint, args, CONCURRENCY, 0.9, False)
+
+
+def pipeline_part(args, results: dict, work: Path) -> None:
+    checkpoint = write_checkpoint(args)
+    print("\npipeline: two stages on one GPU (functional), then one worker, greedy, same prompts")
+    print("| concurrency | completed | output tok/s | TTFT mean ms | TPOT mean ms | errors |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    two = serve(one_gpu_files(work, args, 2), checkpoint, args, (16,), 0.45, True)
+    one = results.get("serve") or serve(one_gpu_files(work, args, 1), checkpoint, args, (16,), 0.9, False)
+    same = sum(a == b for a, b in zip(two[0]["outputs"], one[0]["outputs"]))
+    results["pipeline"] = {"two_stages": two, "same_outputs": same, "of": len(two[0]["outputs"])}
+    print(f"two-stage outputs equal to one worker's: {same} of {len(two[0]['outputs'])} requests")
+
+
+def profile_part(args, results: dict, work: Path) -> None:
+    """`planner profile` on this GPU, and the simulator's prediction for the serve runs from it."""
+    kind, _ = datasheet_bandwidth()
+    section = subprocess.run(
+        [sys.executable, "-m", "planner", "profile", "--model", args.model, "--device", "cuda", "--dtype", args.dtype,
+         "--layers", "4", "--context", str(args.prompt + args.new_tokens // 2), "--prompt-tokens", str(args.prompt),
+         "--decode-batches", "1,2,4,8,16,32,64,128,256", "--prefill-tokens", "128,512,2048,8192",
+         "--name", "measured", "--memory", f"{torch.cuda.get_device_properties(0).total_memory // 2**20} MiB"],
+        check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    print("\n" + section)
+    layout = one_gpu_files(work, args, 1, gpu_section=section)
+    sims = []
+    for c in CONCURRENCY:
+        out = subprocess.run([sys.executable, "-m", "planner", "simulate", str(layout), "--workload", f"offline:{c}",
+                              "--duration", "120", "--warmup", "20", "--json"], check=True, capture_output=True,
+                             text=True, cwd=ROOT).stdout
+        sim = json.loads(out)
+        sims.append({"concurrency": c, "tokens_per_s": sim["decode_throughput_tokens_per_s"],
+                     "tpot_s": sim["tpot_s"]["mean"], "ttft_s": sim["ttft_s"]["mean"]})
+    results["profile"] = {"section": section, "simulated": sims}
+    print("| concurrency | simulated tok/s | served tok/s | error | simulated TPOT ms | served TPOT ms | error |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for sim, run in zip(sims, results.get("serve", [])):
+        tps, tpot = run["output_tokens_per_s"], run["tpot_s"]["mean"]
+        print(f"| {sim['concurrency']} | {sim['tokens_per_s']:.0f} | {tps:.0f} | {sim['tokens_per_s'] / tps - 1:+.0%} | "
+              f"{sim['tpot_s'] * 1e3:.2f} | {tpot * 1e3:.2f} | {sim['tpot_s'] / tpot - 1:+.0%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="qwen3-8b")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    parser.add_argument("--layers", type=int, default=4, help="layers of the timed stage (layers part)")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint of --model (written there if missing)")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--parts", default="layers,serve,pipeline,profile")
+    parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
+    parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
+    parser.add_argument("--out", default=None, help="directory for results.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("runtime_gpu: no CUDA device here; skipped")
+        return
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                     "device": {"name": torch.cuda.get_device_name()}}
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        try:
+            for part, fn in (("layers", layers_part), ("serve", serve_part), ("pipeline", pipeline_part),
+                             ("profile", profile_part)):
+                if part in parts:
+                    started = time.perf_counter()
+                    fn(args, results, work)
+                    print(f"({part}: {time.perf_counter() - started:.0f} s)", flush=True)
+        finally:
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

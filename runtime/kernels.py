@@ -1,0 +1,107 @@
+"""Triton kernels for the decode step on a GPU (imported only there: Triton ships with CUDA builds of torch).
+
+paged_decode: attention of one new token per request against the request's pages where they lie in the
+pool (no gather into a contiguous copy: each key and value is read once). One program per (request, KV
+head) walks the request's pages in tiles of TILE tokens with an online softmax (flash-decoding's
+arithmetic, without its split over the sequence); the GROUP query heads that share the KV head are the
+rows of one small matrix product, padded to 16 rows for the tensor cores.
+
+rms_norm: the stage's RMSNorm as transformers computes it (float32 statistics, the normalised row cast
+to the model's dtype, then scaled), one row per program; with `residual`, the residual add of the
+previous sub-layer is fused in (x + residual is both normalised and returned).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 64
+
+
+@triton.jit
+def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, scale,
+                  stride_qt, stride_qh, stride_kp, stride_kh, stride_kr, stride_table, stride_ot, stride_oh,
+                  GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, PAGE: tl.constexpr, TILE: tl.constexpr,
+                  HEAD_DIM: tl.constexpr):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    length = tl.load(lens_ptr + seq)
+    rows = tl.arange(0, GROUP_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    heads = kv_head * GROUP + rows
+    q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+                mask=(rows < GROUP)[:, None], other=0.0)                       # [GROUP_PAD, HEAD_DIM]
+    best = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    offsets = tl.arange(0, TILE)
+    for start in range(0, length, TILE):
+        tokens = start + offsets
+        valid = tokens < length
+        page = tl.load(table_ptr + seq * stride_table + tokens // PAGE, mask=valid, other=0).to(tl.int64)
+        where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
+        k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)   # [TILE, HEAD_DIM]
+        v = tl.load(v_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale                                # [GROUP_PAD, TILE], float32
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_best[:, None])
+        shrink = tl.exp(best - new_best)
+        total = total * shrink + tl.sum(weights, axis=1)
+        acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
+        best = new_best
+    out = acc / tl.maximum(total, 1e-30)[:, None]      # an empty (padded) row writes zeros, not NaN
+    tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(rows < GROUP)[:, None])
+
+
+def paged_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
+                 lengths: torch.Tensor) -> torch.Tensor:
+    """q [D, H, d]; keys/values [pages, Hkv, page_tokens, d]; table [D, max_pages] int32; lengths [D] int32
+    (tokens each request attends to, this one included; 0 for a padded row). Returns [D, H, d]."""
+    rows, heads, head_dim = q.shape
+    kv_heads, page = keys.shape[1], keys.shape[2]
+    group = heads // kv_heads
+    out = torch.empty_like(q)
+    _paged_decode[(rows, kv_heads)](
+        q, keys, values, table, lengths, out, head_dim ** -0.5,
+        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page, TILE=TILE, HEAD_DIM=head_dim,
+        num_warps=4, num_stages=2)
+    return out
+
+
+@triton.jit
+def _rms_norm(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, eps, inner, stride_outer, stride_inner,
+              SIZE: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < SIZE
+    x = tl.load(x_ptr + (row // inner) * stride_outer + (row % inner) * stride_inner + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:   # residual and sum are contiguous [rows, SIZE]
+        x = x + tl.load(residual_ptr + row * SIZE + cols, mask=mask, other=0.0)   # rounded as torch rounds
+        tl.store(sum_ptr + row * SIZE + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / SIZE + eps)
+    normed = (xf * rstd).to(x.dtype)
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * SIZE + cols, (weight.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + residual) * weight, x + residual) over the last dimension, both contiguous. x is [T, size]
+    or [T, heads, size] (e.g. the query heads, a strided view of the fused q/k/v product) with unit stride
+    in its last dimension; residual (2-D only) is contiguous."""
+    size = x.shape[-1]
+    outer, inner = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
+    stride_inner = x.stride(1) if x.dim() == 3 else 0
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(out) if residual is not None else out
+    _rms_norm[(outer * inner,)](x, residual if residual is not None else x, weight, out, summed, eps, inner,
+                                x.stride(0), stride_inner, SIZE=size, BLOCK=triton.next_power_of_2(size),
+                                HAS_RESIDUAL=residual is not None, num_warps=4 if size <= 2048 else 8)
+    return out, summed
