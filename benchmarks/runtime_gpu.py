@@ -158,7 +158,7 @@ def serve(layout: Path, checkpoint: str, args, concurrencies, utilization: float
         config = replace(config, workers=tuple(replace(w, device="cuda:0") for w in config.workers))
     prompt = [(i * 7919) % 151000 + 11 for i in range(args.prompt)]
     runs = []
-    with tempfile.TemporaryDirectory() as tmp, LocalRun(config, checkpoint, workdir=Path(tmp)) as run:
+    with tempfile.TemporaryDirectory() as tmp, LocalRun(config, checkpoint, workdir=Path(tmp), start_timeout_s=600) as run:
         measure(run.host, [prompt] * 4, 8, [SamplingParams()] * 4)      # warm-up
         for c in concurrencies:
             requests = max(8, 2 * c) if not args.quick else max(2, c)

@@ -85,7 +85,8 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
         config = runtime_config(layout, layout_path=str(layout_file), checkpoint=checkpoint, device=device,
                                 local=True, routing=routing, seed=seed, limits=limits, threads=threads,
                                 kv_slots=min(concurrency or requests, MAX_KV_SLOTS))
-        with LocalRun(config, checkpoint, workdir=Path(tmp)) as run:
+        # a GPU worker loads its weights and captures its graphs before it answers
+        with LocalRun(config, checkpoint, workdir=Path(tmp), start_timeout_s=600 if device == "cuda" else 60) as run:
             if warmup:  # the first steps of a process are slow (allocations, kernel selection): not measured
                 measure(run.host, [prompt], max_new_tokens, [SamplingParams()])
             stats = measure(run.host, [prompt] * requests, max_new_tokens,
