@@ -75,6 +75,39 @@ def datasheet_bandwidth() -> tuple[str, float]:
     return (kind or "unknown"), (gpus[kind].memory_bandwidth if kind else float("nan"))
 
 
+def check_part(args, results: dict, work: Path) -> None:
+    """The accelerated stage (fused products, Triton kernels, graph replay with padded rows) against the
+    plain torch path on the same weights and the same cached keys and values: relative error."""
+    model = load_model_catalog()[args.model]
+    plain = random_stage(model, 2, dtype=args.dtype, device="cuda", seed=3)
+    fast = random_stage(model, 2, dtype=args.dtype, device="cuda", seed=3)
+    fast.accelerate()
+    lengths = [300, 17, 1000, 64, 1]
+    pools = []
+    for stage in (plain, fast):
+        kv, requests = filled_pool(stage, lengths)
+        torch.manual_seed(0)
+        for tensor in kv.keys + kv.values:
+            tensor.normal_()
+        pools.append(kv)
+    hidden = torch.randn(len(lengths), model.hidden_size, device="cuda").to(pools[0].keys[0].dtype)
+    plan = BatchPlan.build([(pools[0].pages_of[r], n - 1, 1) for r, n in zip(requests, lengths)], 16, "cuda")
+    reference = plain(hidden, plan, pools[0]).float()
+    graphs = DecodeGraphs(fast, pools[1], 8, sizes=(8,))      # 5 requests in a graph of 8: padded rows
+    decoded = graphs.run(requests, [n - 1 for n in lengths], hidden).float()
+    eager = fast(hidden, plan, pools[1]).float()
+    prompt = torch.randn(40, model.hidden_size, device="cuda").to(hidden.dtype)
+    kv_plain, kv_fast = (filled_pool(s, [24, 16])[0] for s in (plain, fast))
+    prefill = BatchPlan.build([(kv_plain.pages_of["r0"], 0, 24), (kv_plain.pages_of["r1"], 0, 16)], 16, "cuda")
+    prompt_error = ((fast(prompt, prefill, kv_fast).float() - plain(prompt, prefill, kv_plain).float()).norm()
+                    / plain(prompt, prefill, kv_plain).float().norm())
+    errors = {"decode_graph": float((decoded - reference).norm() / reference.norm()),
+              "decode_eager": float((eager - reference).norm() / reference.norm()),
+              "prefill": float(prompt_error)}
+    results["check"] = errors
+    print("accelerated vs plain torch, relative error:", {k: f"{v:.2e}" for k, v in errors.items()}, flush=True)
+
+
 def layers_part(args, results: dict, work: Path) -> None:
     model = load_model_catalog()[args.model]
     stage = random_stage(model, args.layers, dtype=args.dtype, device="cuda")
@@ -231,7 +264,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a checkpoint of --model (written there if missing)")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--parts", default="layers,serve,pipeline,profile")
+    parser.add_argument("--parts", default="check,layers,serve,pipeline,profile")
     parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
     parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
     parser.add_argument("--out", default=None, help="directory for results.json")
@@ -245,7 +278,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         try:
-            for part, fn in (("layers", layers_part), ("serve", serve_part), ("pipeline", pipeline_part),
+            for part, fn in (("check", check_part), ("layers", layers_part), ("serve", serve_part), ("pipeline", pipeline_part),
                              ("profile", profile_part)):
                 if part in parts:
                     started = time.perf_counter()

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from planner.catalog import ModelSpec
 from runtime.checkpoint import TORCH_DTYPES, load_stage
@@ -42,6 +43,11 @@ class Profile:
     prefill_ms: tuple[tuple[int, float], ...]   # (tokens, ms per layer)
     memory_bytes: int
     bf16: bool  # the device runs bfloat16 (the catalog's `bf16` key; fp16 every device runs)
+    # the work outside the layers (docs/formats.md): the last stage's final norm + LM head + sampling per
+    # decode step of N sequences, the first stage's embedding of N tokens, one hop's fixed cost
+    head_ms: tuple[tuple[int, float], ...] = ()
+    embed_ms: tuple[tuple[int, float], ...] = ()
+    hop_ms: float | None = None
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -137,14 +143,70 @@ def runs_bf16(device: str) -> bool:
         return False
 
 
+def time_head(model: ModelSpec, batch: int, *, dtype: str, device: str) -> float:
+    """Seconds of the last stage's work after its layers for one decode step of `batch` sequences: the
+    final norm, the LM head (vocab x hidden, the largest matrix of a small model) and greedy sampling,
+    ending when the ids are on the host (as the worker's sample_batch ends)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    head = (torch.randn(model.vocab_size, model.hidden_size, generator=gen, device=device)
+            / math.sqrt(model.hidden_size)).to(TORCH_DTYPES[dtype])
+    norm = torch.ones(model.hidden_size, dtype=head.dtype, device=device)
+    hidden = torch.randn(batch, model.hidden_size, generator=gen, device=device).to(head.dtype)
+
+    def step() -> list[int]:
+        x = hidden.float()
+        x = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + model.rms_norm_eps)).to(head.dtype) * norm
+        return torch.argmax(F.linear(x, head).float(), dim=-1).tolist()
+
+    return _time(step, device)
+
+
+def time_embed(model: ModelSpec, tokens: int, *, dtype: str, device: str) -> float:
+    """Seconds of the first stage's embedding of `tokens` token ids."""
+    table = torch.zeros(model.vocab_size, model.hidden_size, dtype=TORCH_DTYPES[dtype], device=device)
+    ids = torch.randint(0, model.vocab_size, (tokens,), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return _time(lambda: (F.embedding(ids, table), sync()), device)
+
+
+def time_hop(model: ModelSpec, *, dtype: str, device: str) -> float:
+    """Seconds of one message between stages beyond its bytes on the link: one decode token's hidden state
+    taken off the device, framed (runtime.wire), sent and received over ZeroMQ on loopback TCP, decoded
+    and put back on the device."""
+    import zmq
+
+    from runtime import wire
+
+    context = zmq.Context()
+    inbox, outbox = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    outbox.connect(f"tcp://127.0.0.1:{port}")
+    hidden = torch.randn(1, model.hidden_size, device=device).to(TORCH_DTYPES[dtype])
+    header = {"kind": "work", "items": [{"rid": "r1", "pos": 100, "n": 1, "path": ["a", "b"], "hop": 1}]}
+
+    def hop() -> None:
+        outbox.send_multipart(wire.encode(header, (hidden,)), copy=False)
+        wire.decode(inbox.recv_multipart(copy=False), device)
+
+    try:
+        return _time(hop, device, min_runs=50)
+    finally:
+        inbox.close(linger=0)
+        outbox.close(linger=0)
+        context.term()
+
+
 def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
             decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
     name, memory = device_memory(device)
     stage.accelerate()   # time what the worker runs
     decode = tuple((b, 1e3 * time_decode(stage, b, context, device)) for b in decode_batches)
     prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
-    return Profile(device, name, dtype, stage.model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device))
+    model = stage.model
+    head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device)) for b in decode_batches)
+    embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
+    return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
+                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device))
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
@@ -159,4 +221,8 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
         f"runs over {result.layers_timed} layers; decode at {result.context} cached tokens, prefill in prompts of "
         f"<= {result.prompt_tokens} tokens; {time.strftime('%Y-%m-%d')}",
         f"name = {result.device_name}", f"memory = {memory}", f"bf16 = {'yes' if result.bf16 else 'no'}",
-        f"decode_ms = {table(result.decode_ms)}", f"prefill_ms = {table(result.prefill_ms)}", ""])
+        f"decode_ms = {table(result.decode_ms)}", f"prefill_ms = {table(result.prefill_ms)}",
+        *([f"# outside the layers: final norm + LM head + greedy sampling per decode step, embedding per "
+           f"batch of tokens, one hop's message (ZeroMQ on loopback)",
+           f"head_ms = {table(result.head_ms)}", f"embed_ms = {table(result.embed_ms)}",
+           f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []), ""])
