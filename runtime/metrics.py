@@ -30,15 +30,24 @@ class _HostGauges:
         kv_used = GaugeMetricFamily("planner:worker_kv_slots_used", "KV slots in use at the worker (last heartbeat).",
                                     labels=["worker"])
         kv_total = GaugeMetricFamily("planner:worker_kv_slots", "KV slots of the worker.", labels=["worker"])
+        kv_usage = GaugeMetricFamily("vllm:gpu_cache_usage_perc", "Share of the worker's KV pages in use "
+                                     "(last heartbeat), as vLLM reports its KV cache.", labels=["worker"])
+        kv_reserved = GaugeMetricFamily("planner:worker_kv_tokens_reserved", "KV tokens the host has reserved "
+                                        "at the worker for the requests on it (prompt + max_tokens each).",
+                                        labels=["worker"])
+        kv_tokens = GaugeMetricFamily("planner:worker_kv_tokens", "Tokens the worker's KV pool holds.", labels=["worker"])
         for node, slots in host.slots.items():
             stats = host.worker_stats[node]
             alive.add_metric([node], 1.0 if host.state[node] == "alive" else 0.0)
             queued.add_metric([node], stats["queued"])
             kv_used.add_metric([node], slots - stats["free_slots"])
             kv_total.add_metric([node], slots)
+            kv_usage.add_metric([node], stats["kv_used"] / stats["kv_tokens"] if stats["kv_tokens"] else 0.0)
+            kv_reserved.add_metric([node], host.kv_reserved[node])
+            kv_tokens.add_metric([node], host.kv_tokens[node])
         engine = GaugeMetricFamily("planner:engine_alive", "1 while the host's engine thread runs.")
         engine.add_metric([], 1.0 if host.engine_alive() else 0.0)
-        return [running, waiting, alive, queued, kv_used, kv_total, engine]
+        return [running, waiting, alive, queued, kv_used, kv_total, kv_usage, kv_reserved, kv_tokens, engine]
 
 
 class Metrics:

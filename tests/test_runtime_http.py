@@ -84,10 +84,10 @@ class Live:
     def greedy(self, ids: list[int], n: int) -> list[int]:
         return self.host.generate(ids, n, SamplingParams(), timeout=TIMEOUT_S, ignore_eos=True)
 
-    def kv_used(self) -> dict[str, float]:
+    def kv_used(self, metric: str = "planner:worker_kv_slots_used") -> dict[str, float]:
         text = httpx.get(self.base + "/metrics").text
         return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("planner:worker_kv_slots_used{")}
+                if line.startswith(metric + "{")}
 
     def close(self) -> None:
         self.server.stop()
@@ -376,11 +376,17 @@ def test_a_client_leaving_mid_stream_frees_its_kv(live):
             while sum(live.kv_used().values()) < 3 and time.monotonic() < deadline:  # one slot on each of 3 stages
                 time.sleep(0.02)
             assert sum(live.kv_used().values()) == 3
+            # prompt + max_tokens reserved on each stage, in whole pages of 16 tokens: 253 -> 256
+            reserved = live.kv_used("planner:worker_kv_tokens_reserved")
+            assert sorted(reserved.values())[-3:] == [256.0] * 3 and sum(reserved.values()) == 3 * 256
+            usage = live.kv_used("vllm:gpu_cache_usage_perc")
+            assert all(0 < usage[node] < 0.5 for node, tokens in reserved.items() if tokens)
             (request,) = live.host.requests.values()
     deadline = time.monotonic() + 10
     while (sum(live.kv_used().values()) or live.host.requests) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sum(live.kv_used().values()) == 0 and not live.host.requests
+    assert set(live.kv_used("planner:worker_kv_tokens_reserved").values()) == {0.0}
     assert live.host.cancelled == cancelled + 1 and request.finish_reason == "abort" and len(request.tokens) < 250
     with pytest.raises(httpx.TimeoutException):  # a plain request whose client gives up is cancelled too
         httpx.post(live.base + "/v1/completions",  # 16 x 250 tokens through 8 KV slots: seconds of work
