@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_gpu_catalog, load_model_catalog  # noqa: E402
-from runtime.graphs import DecodeGraphs  # noqa: E402
+from runtime import kernels  # noqa: E402
+from runtime.graphs import DecodeGraphs, PrefillGraphs  # noqa: E402
 from runtime.kvcache import KVPool  # noqa: E402
 from runtime.model import BatchPlan  # noqa: E402
 from runtime.profile import filled_pool, random_stage  # noqa: E402
@@ -72,7 +73,7 @@ def datasheet_bandwidth() -> tuple[str, float]:
     name = torch.cuda.get_device_name()
     gpus = load_gpu_catalog()
     kind = "h200" if "H200" in name else "h100" if "H100" in name else None
-    return (kind or "unknown"), (gpus[kind].memory_bandwidth if kind else float("nan"))
+    return (kind or "unknown"), (gpus[kind].memory_bandwidth_bytes_per_s if kind else float("nan"))
 
 
 def check_part(args, results: dict, work: Path) -> None:
@@ -97,11 +98,15 @@ def check_part(args, results: dict, work: Path) -> None:
     decoded = graphs.run(requests, [n - 1 for n in lengths], hidden).float()
     eager = fast(hidden, plan, pools[1]).float()
     prompt = torch.randn(40, model.hidden_size, device="cuda").to(hidden.dtype)
-    kv_plain, kv_fast = (filled_pool(s, [24, 16])[0] for s in (plain, fast))
+    kv_plain, kv_fast = (filled_pool(s, [64, 64])[0] for s in (plain, fast))
     prefill = BatchPlan.build([(kv_plain.pages_of["r0"], 0, 24), (kv_plain.pages_of["r1"], 0, 16)], 16, "cuda")
     prompt_error = ((fast(prompt, prefill, kv_fast).float() - plain(prompt, prefill, kv_plain).float()).norm()
                     / plain(prompt, prefill, kv_plain).float().norm())
+    prefill_graphs = PrefillGraphs(fast, kv_fast, 64)               # 2 prompts of 24 and 16 in a (2, 32) graph
+    graphed = prefill_graphs.run(["r0", "r1"], [prompt[:24], prompt[24:]]).float()
+    hidden_rows = plain(prompt, prefill, kv_plain).float()
     errors = {"decode_graph": float((decoded - reference).norm() / reference.norm()),
+              "prefill_graph": float((graphed - hidden_rows).norm() / hidden_rows.norm()),
               "decode_eager": float((eager - reference).norm() / reference.norm()),
               "prefill": float(prompt_error)}
     results["check"] = errors
@@ -134,6 +139,20 @@ def layers_part(args, results: dict, work: Path) -> None:
             del graphs, kv
             torch.cuda.empty_cache()
     results["layers"] = rows
+    variants = []
+    for config in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 2), (64, 8, 2)):
+        kernels.DECODE_CONFIG = config
+        for context, batch in ((1024, 16), (1024, 64), (4096, 64)):
+            kv, requests = filled_pool(stage, [context + 1] * batch)
+            hidden = torch.randn(batch, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
+            graphs = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+            variants.append({"config": config, "context": context, "batch": batch,
+                             "graph_ms": median_s(lambda: graphs.run(requests, [context] * batch, hidden)) / args.layers * 1e3})
+            del graphs, kv
+    kernels.DECODE_CONFIG = (64, 4, 2)
+    results["decode_kernel_variants"] = variants
+    print("decode kernel (tile, warps, stages):", "; ".join(
+        f"{v['config']} ctx {v['context']} b {v['batch']}: {v['graph_ms']:.4f}" for v in variants))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} layers in {args.dtype}, "
           f"{time.strftime('%Y-%m-%d')}; copy {copy / 1e12:.2f} TB/s, datasheet {sheet / 1e12:.2f} TB/s")
     print("| context | batch | graph ms/layer | eager ms/layer | roofline (datasheet) ms | of roofline (datasheet) | (copy) |")

@@ -94,3 +94,96 @@ class DecodeGraphs:
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]
+
+
+PROMPT_COUNTS = (1, 2, 4, 8)
+PROMPT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class PrefillGraphs:
+    """Fresh prompts (position 0) captured as CUDA graphs: P prompts padded to L tokens each, for P in
+    1, 2, 4, 8 and L in 16 ... 2048 up to `max_tokens` in all. An eager prefill of a small prompt is
+    launch-bound (tens of ms through a 36-layer stage, as long as the compute of a thousand tokens);
+    replayed, it costs what its weights and tokens cost. Padded tokens write to the scratch page and come
+    after every real token of their prompt, so causal attention never lets a real token see them."""
+
+    def __init__(self, stage: Stage, kv: KVPool, max_tokens: int) -> None:
+        self.stage, self.kv = stage, kv
+        device = kv.keys[0].device
+        self.shapes = sorted({(p, n) for p in PROMPT_COUNTS for n in PROMPT_LENGTHS
+                              if p * n <= max_tokens and n <= kv.max_seq_len and n % kv.page_tokens == 0},
+                             key=lambda s: (s[0] * s[1], s[0]))
+        tokens = max((p * n for p, n in self.shapes), default=0)
+        long = dict(dtype=torch.long, device=device)
+        if stage.first:
+            self.inputs = torch.zeros(tokens, **long)
+        else:
+            self.inputs = torch.zeros(tokens, stage.model.hidden_size, dtype=kv.keys[0].dtype, device=device)
+        self.positions = torch.zeros(tokens, **long)
+        self.write_page = torch.full((tokens,), SCRATCH_PAGE, **long)
+        self.write_row = torch.zeros(tokens, **long)
+        self.pages = torch.full((tokens // kv.page_tokens,), SCRATCH_PAGE, **long)
+        self.last_index = torch.zeros(max(PROMPT_COUNTS), **long)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+        for shape in sorted(self.shapes, key=lambda s: -s[0] * s[1]):     # largest first: one memory pool
+            self._capture(*shape)
+
+    def _plan(self, prompts: int, length: int) -> BatchPlan:
+        tokens = prompts * length
+        empty = torch.zeros(0, dtype=torch.int32, device=self.positions.device)
+        return BatchPlan(self.positions[:tokens], self.write_page[:tokens], self.write_row[:tokens], 0, 0, empty,
+                         empty.view(0, 0), (), self.last_index[:prompts],
+                         self.pages[:tokens // self.kv.page_tokens].view(prompts, -1), length)
+
+    def _capture(self, prompts: int, length: int) -> None:
+        plan = self._plan(prompts, length)
+        tokens = prompts * length
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.stage(self.inputs[:tokens], plan, self.kv)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.stage(self.inputs[:tokens], plan, self.kv)
+        self.pool = graph.pool()
+        self.graphs[(prompts, length)] = (graph, out)
+
+    def fits(self, counts: list[int]) -> tuple[int, int] | None:
+        """The smallest captured shape that holds prompts of these lengths, or None."""
+        longest = max(counts)
+        return next(((p, n) for p, n in self.shapes if p >= len(counts) and n >= longest), None)
+
+    def run(self, requests: list[str], inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Fresh prompts (their pages grown to hold them): the last stage's logits [n, vocab], or the hidden
+        states of every real token [sum of lengths, hidden] in order."""
+        counts = [len(x) for x in inputs]
+        prompts, length = self.fits(counts)
+        rows, pages_per = self.kv.page_tokens, length // self.kv.page_tokens
+        positions, write_page, write_row, table, last, real = [], [], [], [], [], []
+        for p in range(prompts):
+            pages = self.kv.pages_of[requests[p]] if p < len(requests) else []
+            count = counts[p] if p < len(requests) else 0
+            positions += range(length)
+            write_page += [pages[t // rows] for t in range(count)] + [SCRATCH_PAGE] * (length - count)
+            write_row += [t % rows for t in range(length)]
+            table += pages[:pages_per] + [SCRATCH_PAGE] * (pages_per - len(pages[:pages_per]))
+            last.append(p * length + max(count, 1) - 1)
+            real += range(p * length, p * length + count)
+        tokens = prompts * length
+        staged = torch.tensor(positions + write_page + write_row + table + last, dtype=torch.long)
+        on_device = staged.pin_memory().to(self.positions.device, non_blocking=True)
+        self.positions[:tokens].copy_(on_device[:tokens])
+        self.write_page[:tokens].copy_(on_device[tokens:2 * tokens])
+        self.write_row[:tokens].copy_(on_device[2 * tokens:3 * tokens])
+        self.pages[:prompts * pages_per].copy_(on_device[3 * tokens:3 * tokens + prompts * pages_per])
+        self.last_index[:prompts].copy_(on_device[3 * tokens + prompts * pages_per:])
+        for p, x in enumerate(inputs):
+            self.inputs[p * length:p * length + len(x)].copy_(x)
+        graph, out = self.graphs[(prompts, length)]
+        graph.replay()
+        if self.stage.last:
+            return out[:len(requests)]
+        return out[torch.tensor(real, device=out.device)]

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 64
+# tokens per tile, warps and pipeline stages of the paged decode kernel (benchmarks/runtime_gpu.py tries others)
+DECODE_CONFIG = (64, 4, 2)
 
 
 @triton.jit
@@ -69,8 +70,8 @@ def paged_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tabl
         q, keys, values, table, lengths, out, head_dim ** -0.5,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
         out.stride(0), out.stride(1),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page, TILE=TILE, HEAD_DIM=head_dim,
-        num_warps=4, num_stages=2)
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page, TILE=DECODE_CONFIG[0],
+        HEAD_DIM=head_dim, num_warps=DECODE_CONFIG[1], num_stages=DECODE_CONFIG[2])
     return out
 
 
@@ -105,3 +106,74 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
                                 x.stride(0), stride_inner, SIZE=size, BLOCK=triton.next_power_of_2(size),
                                 HAS_RESIDUAL=residual is not None, num_warps=4 if size <= 2048 else 8)
     return out, summed
+
+
+@triton.jit
+def _qk_norm_rope_store(qkv_ptr, q_out_ptr, keys_ptr, values_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr,
+                        page_ptr, row_ptr, eps, stride_qkv, stride_cos, stride_kp, stride_kh, stride_kr,
+                        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NORM: tl.constexpr):
+    token = tl.program_id(0)
+    head = tl.program_id(1)                  # query heads, then KV heads
+    half: tl.constexpr = HEAD_DIM // 2
+    dims = tl.arange(0, HEAD_DIM)
+    partner = (dims + half) % HEAD_DIM       # rotate_half: (-x[half:], x[:half])
+    is_q = head < HEADS
+    column = head * HEAD_DIM                 # q heads then k heads lie in this order in the fused product
+    x = tl.load(qkv_ptr + token * stride_qkv + column + dims)
+    other = tl.load(qkv_ptr + token * stride_qkv + column + partner)
+    if NORM:   # Qwen3's per-head RMSNorm, as the module computes it
+        xf, of = x.to(tl.float32), other.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / HEAD_DIM + eps)
+        weight_ptr = tl.where(is_q, q_weight_ptr, k_weight_ptr)
+        x = (tl.load(weight_ptr + dims).to(tl.float32) * (xf * rstd).to(x.dtype).to(tl.float32)).to(x.dtype)
+        other = (tl.load(weight_ptr + partner).to(tl.float32) * (of * rstd).to(x.dtype).to(tl.float32)).to(x.dtype)
+    cos = tl.load(cos_ptr + token * stride_cos + dims).to(tl.float32)
+    sin = tl.load(sin_ptr + token * stride_cos + dims).to(tl.float32)
+    rotated = tl.where(dims < half, -other.to(tl.float32), other.to(tl.float32))
+    out = (x.to(tl.float32) * cos + rotated * sin).to(x.dtype)
+    if is_q:
+        tl.store(q_out_ptr + (token * HEADS + head) * HEAD_DIM + dims, out)
+    else:
+        kv_head = head - HEADS
+        where = tl.load(page_ptr + token) * stride_kp + kv_head * stride_kh + tl.load(row_ptr + token) * stride_kr
+        tl.store(keys_ptr + where + dims, out)
+        value = tl.load(qkv_ptr + token * stride_qkv + (HEADS + KV_HEADS + kv_head) * HEAD_DIM + dims)
+        tl.store(values_ptr + where + dims, value)
+
+
+def qk_norm_rope_store(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, q_weight: torch.Tensor | None,
+                       k_weight: torch.Tensor | None, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                       page: torch.Tensor, row: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """From the fused q/k/v product [T, (H + 2 Hkv) d]: q normalised (Qwen3) and rotated, returned [T, H, d];
+    k normalised and rotated and v, written into the pool at each token's page and row. One kernel instead
+    of the ~14 of the module path (two norms, two rotations, two scattered writes)."""
+    tokens = qkv.shape[0]
+    q = torch.empty(tokens, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    norm = q_weight is not None
+    _qk_norm_rope_store[(tokens, heads + kv_heads)](
+        qkv, q, keys, values, q_weight if norm else qkv, k_weight if norm else qkv, cos, sin, page, row, eps,
+        qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+        HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, NORM=norm, num_warps=1)
+    return q
+
+
+@triton.jit
+def _silu_mul(gate_up_ptr, out_ptr, columns, stride, BLOCK: tl.constexpr):
+    token = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < columns
+    gate = tl.load(gate_up_ptr + token * stride + cols, mask=mask, other=0.0)
+    up = tl.load(gate_up_ptr + token * stride + columns + cols, mask=mask, other=0.0)
+    gf = gate.to(tl.float32)
+    activated = (gf / (1.0 + tl.exp(-gf))).to(gate.dtype)          # F.silu, rounded as torch rounds it
+    tl.store(out_ptr + token * columns + cols, (activated.to(tl.float32) * up.to(tl.float32)).to(gate.dtype),
+             mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up from the fused gate/up product [T, 2 I]: [T, I], one kernel instead of two."""
+    tokens, columns = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(tokens, columns, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul[(tokens, triton.cdiv(columns, block))](gate_up, out, columns, gate_up.stride(0), BLOCK=block)
+    return out

@@ -52,6 +52,10 @@ class BatchPlan:
     decode_pages: torch.Tensor       # [D, pages] int32: each decode request's pages, padded with the scratch page
     prefill: tuple[tuple[torch.Tensor, int, int, int], ...]  # (pages, start position, tokens, offset in the batch)
     last_index: torch.Tensor         # [B] each request's last token in the batch (the one the LM head reads)
+    # a captured prefill (runtime.graphs): P fresh prompts padded to `prompt_length` tokens each, their
+    # pages [P, prompt_length / page_tokens] (padding: the scratch page); attention is one causal call
+    prompt_pages: torch.Tensor | None = None
+    prompt_length: int = 0
 
     @classmethod
     def build(cls, items: list[tuple[list[int], int, int]], page_tokens: int,
@@ -164,20 +168,28 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: BatchPlan,
                 keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         tokens = x.shape[0]
-        if self.qkv_proj is not None:   # one matrix product instead of three (Stage.accelerate)
-            q, k, v = self.qkv_proj(x).split([self.heads * self.head_dim, *[self.kv_heads * self.head_dim] * 2], -1)
+        if self.kernels is not None:   # one product for q/k/v, one kernel for norms, rotation and KV writes
+            norm = self.q_norm is not None
+            q = self.kernels.qk_norm_rope_store(
+                self.qkv_proj(x), self.heads, self.kv_heads, self.head_dim, self.q_norm.weight if norm else None,
+                self.k_norm.weight if norm else None, self.q_norm.eps if norm else 0.0, cos, sin,
+                plan.write_page, plan.write_row, keys, values)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(tokens, self.heads, self.head_dim)                     # [T, H, d]
-        k = k.view(tokens, self.kv_heads, self.head_dim)                  # [T, Hkv, d]
-        v = v.view(tokens, self.kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        keys[plan.write_page, :, plan.write_row] = k                      # pool [pages, Hkv, page_tokens, d]
-        values[plan.write_page, :, plan.write_row] = v
+            q = self.q_proj(x).view(tokens, self.heads, self.head_dim)        # [T, H, d]
+            k = self.k_proj(x).view(tokens, self.kv_heads, self.head_dim)     # [T, Hkv, d]
+            v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys[plan.write_page, :, plan.write_row] = k                      # pool [pages, Hkv, page_tokens, d]
+            values[plan.write_page, :, plan.write_row] = v
         if plan.decode_count == tokens:                                   # a decode step (what graphs replay)
             out = self._decode(q, plan, keys, values)
+        elif plan.prompt_length:                                          # padded fresh prompts (graphs)
+            length = plan.prompt_length
+            qs = q.view(-1, length, self.heads, self.head_dim).transpose(1, 2)       # [P, H, L, d]
+            ks, vs = (_contiguous(pool[plan.prompt_pages], length) for pool in (keys, values))
+            out = attend(qs, ks, vs, causal=True).transpose(1, 2).reshape(tokens, self.heads, self.head_dim)
         else:
             out = torch.empty_like(q)
             if plan.decode_count:
@@ -216,11 +228,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(columns, model.hidden_size, bias=False)
 
         self.gate_up_proj: nn.Linear | None = None   # gate and up in one product (Stage.accelerate)
+        self.kernels = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+        if self.kernels is not None:
+            return self.down_proj(self.kernels.silu_mul(self.gate_up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))      # SwiGLU
 
 
@@ -319,7 +331,7 @@ class Stage(nn.Module):
             attn.q_proj = attn.k_proj = attn.v_proj = None
             mlp.gate_up_proj = _fused(mlp.gate_proj, mlp.up_proj)
             mlp.gate_proj = mlp.up_proj = None
-            attn.kernels = kernels
+            attn.kernels = mlp.kernels = kernels
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.kernels = kernels

@@ -31,7 +31,7 @@ from planner.routing import COORDINATOR
 from runtime import wire
 from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
-from runtime.graphs import DecodeGraphs
+from runtime.graphs import DecodeGraphs, PrefillGraphs
 from runtime.kvcache import KVFull, new_pool
 from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
@@ -82,8 +82,9 @@ class Worker:
         self.accelerated = self.stage.accelerate()
         self.kv = new_pool(self.stage, config, self.spec)
         # decode steps as CUDA graphs (not in a tensor-parallel group: its ranks run steps eagerly)
-        self.graphs = (DecodeGraphs(self.stage, self.kv, self.spec.kv_slots)
-                       if self.accelerated and config.limits.cuda_graphs and not self.spec.ranks else None)
+        graphs = self.accelerated and config.limits.cuda_graphs and not self.spec.ranks
+        self.graphs = DecodeGraphs(self.stage, self.kv, self.spec.kv_slots) if graphs else None
+        self.prefill_graphs = PrefillGraphs(self.stage, self.kv, config.limits.max_batch_tokens) if graphs else None
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
         self.queue: deque[Item] = deque()
@@ -280,8 +281,16 @@ class Worker:
             # joining never turns a decode step eager
             head = batch[:decode]
             out = self.graphs.run([i.rid for i in head], [i.pos for i in head], torch.cat([i.data for i in head]))
-            return out if decode == len(batch) else torch.cat([out, self._eager(batch[decode:])])
-        return self._eager(batch)
+            return out if decode == len(batch) else torch.cat([out, self._prefill(batch[decode:])])
+        return self._prefill(batch) if not decode else self._eager(batch)
+
+    def _prefill(self, prompts: list[Item]) -> torch.Tensor:
+        """Prompts: fresh ones that fit a captured shape replay it, others (continued chunks, re-admitted
+        requests past the largest shape) run eagerly."""
+        if (self.prefill_graphs is not None and all(i.pos == 0 for i in prompts)
+                and self.prefill_graphs.fits([i.count for i in prompts])):
+            return self.prefill_graphs.run([i.rid for i in prompts], [i.data for i in prompts])
+        return self._eager(prompts)
 
     def _eager(self, batch: list[Item]) -> torch.Tensor:
         inputs = torch.cat([i.data for i in batch])
