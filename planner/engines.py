@@ -38,7 +38,7 @@ class Efficiency:
         return max(memory_s, compute_s) + (1.0 - self.overlap) * min(memory_s, compute_s) + self.layer_overhead_s
 
 
-# The runtime: measured on a lent H100 (bf16, Qwen3-8B layers inside a CUDA graph, benchmarks/runtime_layers.py,
+# The runtime: measured on a lent H100 (bf16, Qwen3-8B layers inside a CUDA graph, benchmarks/runtime_layers.py, since replaced by benchmarks/runtime_gpu.py,
 # docs/runtime.md "Measured: Qwen3-8B layers on an H100"): weight GEMVs reach 0.51-0.57 of datasheet
 # bandwidth, prefill GEMMs 0.70-0.74 of peak, everything else ~85 us per layer. One row for every GPU:
 # no other GPU has been measured with the runtime.
