@@ -221,7 +221,7 @@ def pack(problem: PlacementProblem, chains: list[Chain], deadline: float) -> tup
     for node in problem.nodes:
         stock[node.host, node.gpu] = stock.get((node.host, node.gpu), 0) + 1
     lp = pulp.LpProblem("vllm_chains", pulp.LpMaximize)
-    copies = [pulp.LpVariable(f"x{i}", lowBound=0, cat="Integer") for i in range(len(useful))]
+    copies = [lp.add_variable(f"x{i}", 0, cat="Integer") for i in range(len(useful))]
     lp += pulp.lpSum(c.rate * x for c, x in zip(useful, copies))
     users: dict[tuple[str, str], list] = {}
     for chain, x in zip(useful, copies):
