@@ -34,6 +34,9 @@ from planner.vllm_runnable import MAX_HOSTS_PER_CHAIN, NotRunnable, Unit, chain_
 TP_DEGREES = (1, 2, 4, 8)
 ROUNDS = 4
 STRETCH = (1.5, 2.25)  # each round also packs at these multiples of its round trip
+RESERVED_SCORINGS = 3  # kept for the caller's re-scoring (serving estimate, round-trip max flow), as the default method
+APART_SHARES = (0.97, 0.94, 0.9, 0.85, 0.8, 0.7)  # rates a chain may drop to, to keep its stage ends apart
+UNIFORM_SETS = 4  # shapes, by rate per GPU, also scored as uniform deployments (one shape, many copies)
 THREADS = 2  # every HiGHS run in one process uses one thread count (planner/solvers/milp.py)
 
 
@@ -125,6 +128,12 @@ class _Rates:
         rate, spans = self._chains[key]
         return Chain(template, rate, spans)
 
+    def most_layers(self, template: Template, rate: float) -> list[int]:
+        """Layers each stage of the template serves at `rate`, in its role."""
+        units = [self.representative(h, g, template.tp) for h, g in template.stages]
+        n = len(units)
+        return [_most_layers(self.table(u, i == 0, i == n - 1), rate) for i, u in enumerate(units)]
+
     def _best_split(self, tables: list[list[float]], hop: float) -> tuple[float, tuple[int, ...]]:
         layers = self.layers
         if len(tables) == 1:  # the whole model on one unit
@@ -211,15 +220,21 @@ def _host_options(stock: dict[str, int], tp: int) -> list[tuple[str, ...]]:
     return options
 
 
+def _stock(problem: PlacementProblem) -> dict[tuple[str, str], int]:
+    """GPUs per (host, type)."""
+    stock: dict[tuple[str, str], int] = {}
+    for node in problem.nodes:
+        stock[node.host, node.gpu] = stock.get((node.host, node.gpu), 0) + 1
+    return stock
+
+
 def pack(problem: PlacementProblem, chains: list[Chain], deadline: float) -> tuple[list[Chain], str]:
     """Copies of chains that use no more GPUs of any host and type than there are, with the most total
     rate; (chosen chains, HiGHS status: optimal | time_limit)."""
     useful = [c for c in chains if c.rate > 0]
     if not useful:
         return [], "optimal"
-    stock: dict[tuple[str, str], int] = {}
-    for node in problem.nodes:
-        stock[node.host, node.gpu] = stock.get((node.host, node.gpu), 0) + 1
+    stock = _stock(problem)
     lp = pulp.LpProblem("vllm_chains", pulp.LpMaximize)
     copies = [lp.add_variable(f"x{i}", 0, cat="Integer") for i in range(len(useful))]
     lp += pulp.lpSum(c.rate * x for c, x in zip(useful, copies))
@@ -266,6 +281,7 @@ def _candidates(problem: PlacementProblem, shapes: list[Template], deadline: flo
     each TP size alone, and the best single chain."""
     rates = _Rates(problem)
     chains = [rates.chain(t) for t in shapes]
+    stock = _stock(problem)
     best, status = pack(problem, chains, deadline)
     sets = [best] if best else []
     for tp in sorted({c.template.tp for c in chains if c.rate > 0}):
@@ -275,7 +291,87 @@ def _candidates(problem: PlacementProblem, shapes: list[Template], deadline: flo
     single = max((c for c in chains if c.rate > 0), key=lambda c: c.rate, default=None)
     if single is not None:
         sets.append([single])
-    return sets, status
+    # one shape copied as often as the GPUs allow, for the shapes with the most rate per GPU: uniform
+    # deployments that the packing, among its many optima, may not pick (it cannot see TPOT)
+    per_gpu = sorted((c for c in chains if c.rate > 0), key=lambda c: -c.rate / sum(c.template.usage().values()))
+    for chain in per_gpu[:UNIFORM_SETS]:
+        copies = min(stock[key] // n for key, n in chain.template.usage().items())
+        sets.append([chain] * copies)
+    return [_apart(rates, chains) for chains in sets], status
+
+
+def _apart(rates: _Rates, chains: list[Chain]) -> list[Chain]:
+    """The same chains, each split (at its own rate) so that no two chains of different shapes end a stage at
+    the same layer, and every stage as far below its most layers as the others (more KV room): where two
+    chains meet at a layer, the flow evaluator would pass tokens from one to the other, which two vLLM
+    deployments cannot do. Copies of one shape share their split (they are interchangeable). A chain that
+    cannot keep apart at its rate may drop to APART_SHARES of it; one that cannot at all keeps its split
+    (the set is then not scored: chains_meet)."""
+    layers = rates.layers
+    taken: dict[tuple, set[int]] = {}
+    placed: dict[tuple, tuple[int, ...]] = {}
+    spread = []
+    for chain in chains:
+        kind = (chain.template.tp, tuple(gpu for _, gpu in chain.template.stages), chain.rate)
+        if kind not in placed:
+            forbidden = set().union(*(b for k, b in taken.items() if k != kind)) if taken else set()
+            spans = None
+            # a little below its rate a chain's stages take more layers, so there is room to keep apart
+            for share in (1.0, *APART_SHARES) if len(chain.spans) > 1 else ():
+                spans = _split_avoiding(rates.most_layers(chain.template, chain.rate * share), layers, forbidden)
+                if spans:
+                    break
+            placed[kind] = spans or chain.spans
+            taken[kind] = set(itertools.accumulate(placed[kind][:-1]))
+        spread.append(Chain(chain.template, chain.rate, placed[kind]))
+    return spread
+
+
+def chains_meet(problem: PlacementProblem, chains: list[list[Unit]]) -> bool:
+    """Whether two chains of different make-up end a stage at the same layer. The flow evaluator and the
+    serving estimate would pass tokens from one to the other there, which two vLLM deployments cannot
+    do, so such a plan's figures would overstate it (on a generated 12-GPU cluster, 698 tokens/s predicted
+    for chains that serve 494 apart). Copies of one make-up (same GPU types, TP size and spans) may meet:
+    they are interchangeable, and crossing between them serves no more."""
+    kinds = [tuple((problem.by_name[problem.group_members(u.name)[0]].gpu, u.tp, u.start, u.end) for u in chain)
+             for chain in chains]
+    seen: dict[int, tuple] = {}
+    for kind, chain in zip(kinds, chains):
+        for u in chain[:-1]:
+            if seen.setdefault(u.end, kind) != kind:
+                return True
+    return False
+
+
+def _split_avoiding(most: list[int], layers: int, forbidden: set[int]) -> tuple[int, ...] | None:
+    """Spans k_i in 1..most[i] adding up to `layers`, no stage boundary in `forbidden`, the largest share
+    k_i / most[i] as small as it can be (dynamic programme over stage and boundary); None if none exists."""
+    n = len(most)
+    if min(most) < 1:
+        return None
+    # best[i][b]: (worst share so far, previous boundary) for stages 0..i-1 ending at layer b
+    best: list[dict[int, tuple[float, int]]] = [{0: (0.0, -1)}]
+    for i in range(n):
+        row: dict[int, tuple[float, int]] = {}
+        for b, (worst, _) in best[i].items():
+            for k in range(1, most[i] + 1):
+                end = b + k
+                if end > layers or (i < n - 1 and (end in forbidden or end == layers)):
+                    continue
+                if i == n - 1 and end != layers:
+                    continue
+                value = max(worst, k / most[i])
+                if end not in row or value < row[end][0]:
+                    row[end] = (value, b)
+        best.append(row)
+    if layers not in best[n]:
+        return None
+    spans, b = [], layers
+    for i in range(n, 0, -1):
+        previous = best[i][b][1]
+        spans.append(b - previous)
+        b = previous
+    return tuple(reversed(spans))
 
 
 def infeasible_reason(problem: PlacementProblem, shapes: list[Template]) -> str:
@@ -312,35 +408,36 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
     say = progress or (lambda message: None)
     shapes = templates(problem)
     say(f"vLLM chains: {len(shapes)} chain shapes")
-    scored: dict[tuple, tuple] = {}
+    scored: dict[tuple, tuple | None] = {}
     best = None
     status = "optimal"
 
+    slowest = 0.0  # longest scoring so far: a scoring starts only while it and the caller's re-scoring fit
+
     def consider(placement: Placement, what: str) -> None:
-        nonlocal best
+        nonlocal best, slowest, status
         key = tuple(sorted(placement.used().items())) + placement.tp_groups
         if key in scored or not placement.used():
             return
+        if best is not None and time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+            status = "time_limit"
+            return
+        if chains_meet(problem, vllm_chains(problem.cluster, placement)):
+            scored[key] = None  # its figures would credit tokens crossing between deployments
+            return
+        scoring = time.perf_counter()
         served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        slowest = max(slowest, time.perf_counter() - scoring)
         rank = (served.throughput, -(served.tpot_s or 0.0))
         scored[key] = rank
         if best is None or rank > best[0]:
             best = (rank, placement, what, served)
 
-    # what people run on vLLM today (tp-pp, replicas, ...), where vLLM can run it: never below them
-    for name, method in baselines.METHODS.items():
-        try:
-            placement = method(problem, time_limit=max(1.0, time_limit / 20), seed=seed,
-                               progress=lambda m: None).placement
-            vllm_chains(problem.cluster, placement)
-        except (SolveError, NotRunnable):
-            continue
-        consider(placement, f"as --method {name}")
     rtt = 0.0
     for round_no in range(1 if problem.static else ROUNDS):
         quotes = [rtt] + ([rtt * s for s in STRETCH] if rtt > 0 else [])
         for quote in quotes:
-            if time.perf_counter() > deadline and best is not None:
+            if best is not None and time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
                 status = "time_limit"
                 break
             sets, packed = _candidates(problem.with_rtt(quote), shapes, deadline)
@@ -348,6 +445,18 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
             for chains in sets:
                 consider(placement_of(problem, chains), "; ".join(
                     f"{c.template.describe()}, stages {'/'.join(map(str, c.spans))}" for c in chains))
+        if round_no == 0:
+            # what people run on vLLM today (tp-pp, replicas, ...), where vLLM can run it: never below them
+            for name, method in baselines.METHODS.items():
+                if time.perf_counter() > deadline:
+                    break
+                try:
+                    placement = method(problem, time_limit=max(1.0, time_limit / 20), seed=seed,
+                                       progress=lambda m: None).placement
+                    vllm_chains(problem.cluster, placement)
+                except (SolveError, NotRunnable):
+                    continue
+                consider(placement, f"as --method {name}")
         if best is None:
             raise SolveError(infeasible_reason(problem, shapes))
         served = best[3]
@@ -361,6 +470,7 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
     except NotRunnable as exc:
         raise SolveError(f"internal: the vLLM search built a plan vLLM cannot run: {exc}") from None
     notes = (f"vLLM-runnable: {len(chains)} deployment(s) ({what})",
-             f"vLLM chains: {len(shapes)} chain shapes, {len(scored)} chain sets scored by the serving estimate"
+             f"vLLM chains: {len(shapes)} chain shapes, {sum(v is not None for v in scored.values())} chain sets "
+             "scored by the serving estimate"
              + ("" if problem.static else " with capacities consistent with their own round trips"))
     return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None, bound=None, notes=notes)
