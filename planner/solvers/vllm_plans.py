@@ -12,6 +12,8 @@ total rate (HiGHS through pulp). Chains are independent deployments behind a rou
 
 With latency models a rate depends on the round trip, as in the default method: rounds quote capacities
 at the best candidate's TPOT (and 1.5x, 2.25x of it), re-pack, and the serving estimator picks the plan.
+Chains are kept apart (no two of different make-up end a stage at one layer), so that the estimate does
+not credit tokens crossing between deployments. docs/planner.md#plans-an-engine-can-run.
 """
 
 from __future__ import annotations
