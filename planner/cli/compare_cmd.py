@@ -11,8 +11,11 @@ from rich.table import Table
 
 from planner import sp_pp
 from planner.cluster import Cluster, load_cluster
+from planner.engines import ENGINES
 from planner.errors import InputError, SolveError
-from planner.plan import Plan, served_at_tpot, solve as solve_plan
+from planner.plan import Plan, score, served_at_tpot, solve as solve_plan
+from planner.problem import PlacementProblem
+from planner.vllm_runnable import NotRunnable, vllm_chains
 from planner.report import plan_layout
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from simulator import SimConfig, simulate
@@ -34,6 +37,39 @@ def _simulated(plan: Plan, seed: int) -> dict:
     return {"sim_throughput_tokens_per_s": offline.decode_throughput,
             "sim_tpot_s": loaded.tpot.get("mean") if loaded else None,
             "sim_ttft_s": loaded.ttft.get("mean") if loaded else None}
+
+
+def _engine_plans(cluster_file: str, own: Plan, time_limit: float, seed: int, max_tpot_s: float | None,
+                  max_ttft_s: float | None) -> list[dict]:
+    """The default method's best plan for each engine (for vllm: only what vLLM can run), each predicted
+    with every engine's cost model: what the vLLM-runnable constraint costs."""
+    clusters = {engine: load_cluster(cluster_file, engine=engine) for engine in ENGINES}
+    entries = []
+    for engine in ENGINES:
+        try:
+            plan = own if engine == own.cluster.engine else solve_plan(
+                clusters[engine], DEFAULT_METHOD, time_limit=time_limit, seed=seed, max_tpot_s=max_tpot_s,
+                max_ttft_s=max_ttft_s)
+        except SolveError as exc:
+            entries.append({"solved_for": engine, "error": str(exc)})
+            continue
+        try:
+            vllm_chains(plan.cluster, plan.placement)
+            refusal = None
+        except NotRunnable as exc:
+            refusal = exc.problem
+        predictions = {}
+        for judge in ENGINES:
+            problem = PlacementProblem(clusters[judge], max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
+            try:
+                s = plan.serving if judge == engine else score(problem, plan.result, max_tpot_s, max_ttft_s).serving
+            except SolveError:
+                predictions[judge] = None
+                continue
+            predictions[judge] = {"throughput_tokens_per_s": s.throughput, "tpot_s": s.tpot_s, "ttft_s": s.ttft_s}
+        entries.append({"solved_for": engine, "vllm_runnable": refusal is None, "vllm_refusal": refusal,
+                        "gpus_used": len(plan.placement.used()), "predictions": predictions})
+    return entries
 
 
 def _sp_pp_row(cluster: Cluster) -> dict:
@@ -66,11 +102,14 @@ def _sp_pp_row(cluster: Cluster) -> dict:
 @click.option("--match-tpot/--no-match-tpot", default=True, show_default=True,
               help=f"Re-solve with {DEFAULT_METHOD} held to each other method's TPOT (half the time limit each).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart of the methods to this PNG.")
+@click.option("--engines/--no-engines", "with_engines", default=True, show_default=True,
+              help=f"Also solve {DEFAULT_METHOD} for the other engine and predict both engines' best plans "
+                   "with both cost models: what the vLLM-runnable constraint costs.")
 @engine_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, one object per method.")
 def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpot: float | None,
-            max_ttft: float | None, with_sim: bool, match_tpot: bool, plot: str | None, engine: str,
-            as_json: bool) -> None:
+            max_ttft: float | None, with_sim: bool, match_tpot: bool, with_engines: bool, plot: str | None,
+            engine: str, as_json: bool) -> None:
     """Solve with every method and print one table: max flow, predicted serving throughput, TPOT and
     TTFT (planner and simulator), GPUs, solve time, and what the default method serves at each other
     method's TPOT."""
@@ -78,6 +117,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
     console = make_console(stderr=as_json)
     latency = cluster.has_latency
     rows = []
+    plans: dict[str, Plan] = {}
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     for name in chosen:
         if name not in METHODS and name != SP_PP:
@@ -92,6 +132,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             except SolveError as exc:
                 rows.append({"method": name, "error": str(exc)})
                 continue
+            plans[name] = plan
             s = plan.serving
             row = {"method": name, "max_flow_tokens_per_s": s.max_flow, "throughput_tokens_per_s": s.throughput,
                    "tpot_s": s.tpot_s, "ttft_s": s.ttft_s, "gpus_used": len(plan.placement.used()),
@@ -108,6 +149,12 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             limit = row["tpot_s"] if max_tpot is None else min(row["tpot_s"], max_tpot / 1e3)
             with console.status(f"{DEFAULT_METHOD} at {row['method']}'s TPOT ..."):
                 row["default_at_this_tpot_tokens_per_s"] = served_at_tpot(cluster, limit, time_limit=time_limit / 2, seed=seed)
+    if latency and with_engines and DEFAULT_METHOD in plans:
+        with console.status("the best plan for each engine ..."):
+            default_row = next(row for row in rows if row["method"] == DEFAULT_METHOD)
+            default_row["engine_plans"] = _engine_plans(
+                cluster_file, plans[DEFAULT_METHOD], time_limit, seed,
+                max_tpot / 1e3 if max_tpot else None, max_ttft / 1e3 if max_ttft else None)
     if plot:
         from planner.plot import plot_comparison  # matplotlib only when a plot is asked for
         plot_comparison(rows, f"{cluster.model.id} on {cluster.name}", plot)
@@ -115,6 +162,45 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
         click.echo(json.dumps(rows, indent=2))
         return
     _print_table(console, cluster, rows, latency and with_sim, latency and match_tpot)
+    for row in rows:
+        if "engine_plans" in row:
+            _print_engine_plans(console, row["engine_plans"])
+
+
+def _print_engine_plans(console, entries: list[dict]) -> None:
+    """The best plan for each engine beside each other, both engines' predictions, and what it costs
+    to plan only what vLLM can run."""
+    table = Table(title=f"what vLLM can run: {DEFAULT_METHOD}'s best plan for each engine, predicted on both")
+    for col in ("plan", "runs on vLLM", *(f"{e} {what}" for e in ENGINES for what in ("tok/s", "TPOT ms")), "GPUs"):
+        table.add_column(col, justify="left" if col in ("plan", "runs on vLLM") else "right")
+    for entry in entries:
+        label = f"--engine {entry['solved_for']}"
+        if "error" in entry:
+            table.add_row(label, "[red]failed[/]", *[""] * (2 * len(ENGINES) + 1))
+            continue
+        cells = [label, "yes" if entry["vllm_runnable"] else "no"]
+        for judge in ENGINES:
+            p = entry["predictions"][judge]
+            cells += [f"{p['throughput_tokens_per_s']:,.0f}", f"{p['tpot_s'] * 1e3:.1f}" if p["tpot_s"] else "-"] \
+                if p else ["-", "-"]
+        table.add_row(*cells, str(entry["gpus_used"]))
+    console.print(table)
+    by_engine = {e["solved_for"]: e for e in entries}
+    free, runnable = by_engine.get("runtime", {}), by_engine.get("vllm", {})
+    for entry in entries:
+        if "error" in entry:
+            console.print(f"[red]--engine {entry['solved_for']} failed[/]: {entry['error']}")
+        elif not entry["vllm_runnable"]:
+            console.print(f"--engine {entry['solved_for']}'s plan is not vLLM-runnable: {entry['vllm_refusal']}")
+    if "error" in free or "error" in runnable or not free or not runnable:
+        return
+    a, b = free["predictions"].get("vllm"), runnable["predictions"].get("vllm")
+    if a and b and a["throughput_tokens_per_s"] > 0:
+        cost = 1 - b["throughput_tokens_per_s"] / a["throughput_tokens_per_s"]
+        verdict = (f"costs {cost:.0%}" if cost > 0.005 else "costs nothing here")
+        console.print(f"on the vllm engine's cost model, planning only what vLLM can run {verdict}: "
+                      f"{b['throughput_tokens_per_s']:,.0f} tokens/s against {a['throughput_tokens_per_s']:,.0f} "
+                      "for the --engine runtime plan (docs/exports.md#what-vllm-can-run)")
 
 
 def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, match_tpot: bool) -> None:

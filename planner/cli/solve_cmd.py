@@ -14,6 +14,7 @@ from planner.plan import solve as solve_plan
 from planner.errors import SolveError
 from planner.report import chain_text, plan_json, plan_layout, print_plan, versus_text
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
+from planner.vllm_runnable import NotRunnable, vllm_chains
 
 
 @click.command()
@@ -52,6 +53,12 @@ def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot
     print_plan(console, plan)
     console.print(f"costed for the {cluster.engine} engine (--engine; docs/cost-model.md#engines-and-calibration)")
     console.print(chain_text(plan))
+    if cluster.engine == "vllm" and method != DEFAULT_METHOD:  # only the default method keeps to what vLLM runs
+        try:
+            vllm_chains(cluster, plan.placement)
+        except NotRunnable as exc:
+            console.print(f"note: vLLM cannot run this layout ({exc.problem}); `--method {DEFAULT_METHOD} "
+                          "--engine vllm` plans only what it can")
     if method != "even":  # the hand split people start from (seed 000): say by how much and why
         try:
             even = solve_plan(cluster, "even", max_tpot_s=max_tpot / 1e3 if max_tpot else None,

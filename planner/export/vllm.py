@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError
 from planner.layout import Layout
 from planner.problem import PlacementProblem
 from planner.routing import COORDINATOR
+from planner.vllm_runnable import NotRunnable, Unit, units_of
+from planner.vllm_runnable import vllm_chains as runnable_chains
 
 VLLM_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 BASE_PORT = 8001              # vllm-replicas: each host's first instance; the next ones count up
@@ -30,26 +31,8 @@ MAX_NUM_SEQS = 256            # vLLM's own default: the most we ever write
 DEFAULT_MAX_MODEL_LEN = 4096
 
 
-@dataclass(frozen=True)
-class Unit:
-    name: str                 # the layout's unit name (GPU or 'h:0+h:1')
-    host: str
-    indices: tuple[int, ...]  # CUDA device indices on the host
-    start: int
-    end: int
-
-    @property
-    def tp(self) -> int:
-        return len(self.indices)
-
-
 def _units(layout: Layout) -> list[Unit]:
-    by_name = {n.name: n for n in layout.cluster.nodes()}
-    units = []
-    for name, (start, end) in layout.placement.units().items():
-        members = layout.placement.members(name)
-        units.append(Unit(name, by_name[members[0]].host, tuple(by_name[m].index for m in members), start, end))
-    return units
+    return units_of(layout.cluster, layout.placement)
 
 
 def _refuse(layout_path, problem: str, fix: str, field: str | None = None) -> InputError:
@@ -164,73 +147,12 @@ def export_vllm_replicas(layout: Layout, out_dir: str | Path, *, layout_path: st
 
 def vllm_chains(layout: Layout, layout_path: str = "") -> list[list[Unit]]:
     """The layout's chains, each a list of units in stage order from layer 0 to the last layer; raises
-    InputError (one line) when vLLM cannot run the layout as independent uniform-TP pipelines."""
-    layers = layout.cluster.model.layers
-    units = _units(layout)
-    if not units:
-        raise _refuse(layout_path, "no GPU holds layers", "re-plan the layout", "[nodes]")
-    starting: dict[int, list[Unit]] = {}
-    ending: dict[int, list[Unit]] = {}
-    for u in units:
-        starting.setdefault(u.start, []).append(u)
-        ending.setdefault(u.end, []).append(u)
-    for b in sorted(set(starting) | set(ending)):
-        ins, outs = ending.get(b, []) if b else [], starting.get(b, []) if b < layers else []
-        if b in (0, layers):
-            continue
-        if not ins or not outs:
-            u = (outs or ins)[0]
-            raise _refuse(layout_path, f"{u.name} holds [{u.start}, {u.end}) but no GPU "
-                          f"{'ends' if outs else 'starts'} at layer {b}: vLLM pipelines need each stage to "
-                          f"start where the previous one ends", "re-plan with `--method tp-pp` or `chains`")
-        if len(ins) != len(outs):
-            raise _refuse(layout_path, f"at layer {b}, {len(ins)} stage(s) ({', '.join(u.name for u in ins)}) "
-                          f"feed {len(outs)} ({', '.join(u.name for u in outs)}): stages shared between "
-                          f"chains, which vLLM pipelines cannot do", "re-plan with `--method tp-pp` or `chains`")
-    firsts = starting.get(0, [])
-    if len(firsts) != len(ending.get(layers, [])):
-        raise _refuse(layout_path, f"{len(firsts)} stage(s) hold layer 0 but {len(ending.get(layers, []))} "
-                      f"hold the last layer: chains cannot be separated", "re-plan with `--method tp-pp`")
-    chains = []
-    taken: set[str] = set()
-    for first in firsts:
-        chain, current = [first], first
-        taken.add(first.name)
-        while current.end < layers:
-            options = [u for u in starting[current.end] if u.name not in taken]
-            # prefer the same host, then the most flow from the current stage, then file order
-            options.sort(key=lambda u: (u.host != current.host, -layout.flows.get((current.name, u.name), 0.0)))
-            current = options[0]
-            taken.add(current.name)
-            chain.append(current)
-        chains.append(chain)
-    for chain in chains:
-        sizes = sorted({u.tp for u in chain})
-        if len(sizes) > 1:
-            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} mixes tensor-parallel "
-                          f"sizes {'/'.join(map(str, sizes))}; vLLM runs one TP size on every pipeline stage",
-                          "re-plan with `--method tp-pp`, or export with `--to runtime`")
-        hosts = [u.host for u in chain]
-        seen = list(dict.fromkeys(hosts))
-        if [h for i, h in enumerate(hosts) if i == 0 or hosts[i - 1] != h] != seen:
-            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} leaves a host and comes "
-                          f"back; Ray numbers a host's GPUs together, so vLLM's stage order would not match",
-                          "re-plan so each host's stages are consecutive")
-    for chain in chains:
-        # vLLM's Ray executor (0.33) ranks the driver's node first and the others by Ray node id, which
-        # `ray start` draws at random: over three or more hosts the plan's stage order cannot be pinned
-        hosts = list(dict.fromkeys(u.host for u in chain))
-        if len(hosts) > 2:
-            raise _refuse(layout_path, f"the chain {' -> '.join(u.name for u in chain)} spans {len(hosts)} hosts; "
-                          f"vLLM's Ray executor ranks the hosts after the driver's ({hosts[0]}) by Ray node id, "
-                          "which is random per `ray start`, so its stage order would not follow the plan",
-                          "export with `--to runtime`, or re-plan so that each chain spans at most two hosts")
-    heads = layout.cluster.model.attention_heads
-    for chain in chains:
-        if heads % chain[0].tp:
-            raise _refuse(layout_path, f"vLLM needs the {heads} attention heads to divide by the tensor-parallel "
-                          f"size {chain[0].tp}", "re-plan with another TP size")
-    return chains
+    InputError (one line) when vLLM cannot run the layout (the rules: planner/vllm_runnable.py, which the
+    optimiser builds `--engine vllm` plans by)."""
+    try:
+        return runnable_chains(layout.cluster, layout.placement, layout.flows)
+    except NotRunnable as exc:
+        raise _refuse(layout_path, exc.problem, exc.fix) from None
 
 
 def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", checkpoint: str | None = None,
@@ -238,13 +160,7 @@ def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", c
     """Per deployment (chain) dN: OUT/ray-dN-HOST.sh per host, OUT/serve-dN.sh (run on the head host);
     OUT/router.json: deployment endpoint -> share of the plan's flow."""
     out_dir = Path(out_dir)
-    chains = vllm_chains(layout, layout_path)
-    hosts = {u.host for chain in chains for u in chain}
-    if len(hosts) > 1:
-        missing = [h for h in sorted(hosts) if not layout.cluster.host(h).address]
-        if missing:
-            raise _refuse(layout_path, f"host {missing[0]} has no address, which Ray needs to join hosts",
-                          "add `address = IP` to its [host] section in the cluster file")
+    chains = vllm_chains(layout, layout_path)  # a multi-host chain's hosts have addresses (checked there)
     max_model_len = max_model_len or DEFAULT_MAX_MODEL_LEN
     model, served = _model_arg(layout, checkpoint), layout.cluster.model.id
     written, flows = [], {}

@@ -17,6 +17,7 @@ from planner.solvers.chains import chain_candidates
 from planner.solvers.milp import solve_max_flow
 from planner.solvers.pipeline_dp import disjoint_chains
 from planner.solvers.stage_pools import stage_pool_placements
+from planner.solvers.vllm_plans import vllm_plans
 
 FIXED_POINT_ROUNDS = 4
 EXPLORE_STRETCH = (1.5, 2.25)  # each round also scores the best pipelines quoted at these multiples of its round trip
@@ -84,7 +85,10 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     """Default method. Static tables: the max-flow MILP, solved to a proof or the time limit.
     Latency models: capacities are re-quoted at the round trip each candidate placement really has,
     re-solved, and the candidate that the serving estimator predicts to serve most under the problem's
-    latency limits wins. Returns within the time limit (plus one scoring of the last candidate)."""
+    latency limits wins. Returns within the time limit (plus one scoring of the last candidate).
+    For the vllm engine, only plans vLLM can run: planner/solvers/vllm_plans.py."""
+    if problem.cluster.engine == "vllm":
+        return vllm_plans(problem, time_limit=time_limit, seed=seed, progress=progress)
     began = time.perf_counter()
     say = progress or (lambda message: None)
     time_limit *= 1 - SCORING_SHARE  # the caller re-scores the placement within the user's limit
