@@ -9,6 +9,9 @@ GPUs); T is feasible when the types together cover the model, and bisection find
 Stage order decides which pools meet across a region link, so a few orders are scored by max flow and
 the best kept. On the Helix-shaped three-region cluster with a remote coordinator this reaches 95% of
 the upper bound in well under a second (docs/planner.md#optimiser).
+
+Region chains (below) are the other shape: regions one after another, a chain inside each, GPUs of
+any type side by side at each region crossing.
 """
 
 from __future__ import annotations
@@ -165,18 +168,18 @@ def stage_pool_placements(problem: PlacementProblem, deadline: float = math.inf)
     at the largest target each reaches and a few just below it (links or the edge stages may bind
     there), the pools each in a few orders."""
     scored: list[tuple[float, int, Placement]] = []
-    top = _largest_target(problem, deadline)
-    for placement in region_chain_placements(problem, deadline):
+    # region chains get half of the time, the pools the rest
+    halfway = time.perf_counter() + (deadline - time.perf_counter()) / 2 if math.isfinite(deadline) else deadline
+    chains = region_chain_placements(problem, halfway)
+    for placement in chains:
         scored.append((max_flow(problem, placement).value, -len(scored), placement))
-    if top <= 0:
-        scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
-        return [p for _, _, p in scored]
-    for share in NEAR_TOP:
+    top = _largest_target(problem, deadline)
+    for share in NEAR_TOP if top > 0 else ():
         stages = stages_at(problem, top * share)
         if stages is None:
             continue
         for order in _orders(problem, stages):
-            if time.perf_counter() > deadline and scored:
+            if time.perf_counter() > deadline and len(scored) > len(chains):
                 break
             placement = _placement(problem, order)
             if placement is not None:
