@@ -212,8 +212,16 @@ def _regions(problem: PlacementProblem) -> dict[str, list[str]]:
     return regions
 
 
-def _most_layers(problem: PlacementProblem, names: tuple[str, ...], target: float) -> int:
-    """Most layers the GPUs `names` hold side by side (one range) while serving `target` together."""
+def _most_layers(problem: PlacementProblem, names: tuple[str, ...], target: float, memo: dict) -> int:
+    """Most layers the GPUs `names` hold side by side (one range) while serving `target` together
+    (remembered in `memo` by GPU types: GPUs of one type hold alike)."""
+    key = (tuple(sorted(problem.by_name[n].gpu for n in names)), target)
+    if key not in memo:
+        memo[key] = _most_layers_uncached(problem, names, target)
+    return memo[key]
+
+
+def _most_layers_uncached(problem: PlacementProblem, names: tuple[str, ...], target: float) -> int:
     costs = [problem.cost(n) for n in names]
     top = min(min(c.max_layers() for c in costs), problem.layers)
     return max((k for k in range(1, top + 1)
@@ -221,7 +229,7 @@ def _most_layers(problem: PlacementProblem, names: tuple[str, ...], target: floa
 
 
 def _wide_stage(problem: PlacementProblem, free: list[str], width: int, target: float,
-                single: dict[str, int]) -> tuple[tuple[str, ...], int] | None:
+                single: dict[str, int], memo: dict) -> tuple[tuple[str, ...], int] | None:
     """`width` GPUs of `free` side by side serving `target`, losing the fewest layers against what they
     would hold one after another; GPUs of one type are interchangeable, so type mixes are enumerated."""
     by_type: dict[str, list[str]] = {}
@@ -232,26 +240,26 @@ def _wide_stage(problem: PlacementProblem, free: list[str], width: int, target: 
         if any(mix.count(t) > len(by_type[t]) for t in set(mix)):
             continue
         names = tuple(by_type[t][mix[:i].count(t)] for i, t in enumerate(mix))
-        k = _most_layers(problem, names, target)
+        k = _most_layers(problem, names, target, memo)
         if k and (best is None or k - sum(single[n] for n in names) > best[0]):
             best = (k - sum(single[n] for n in names), names, k)
     return None if best is None else (best[1], best[2])
 
 
 def _segment(problem: PlacementProblem, names: list[str], target: float, width_in: int,
-             width_out: int) -> _Segment | None:
+             width_out: int, memo: dict) -> _Segment | None:
     """The chain through one region's GPUs `names` covering the most layers at `target`, its first stage
     `width_in` GPUs side by side and its last `width_out` (a width of 1: one GPU)."""
-    single = {n: _most_layers(problem, (n,), target) for n in names}
+    single = {n: _most_layers(problem, (n,), target, memo) for n in names}
     free = [n for n in names if single[n] > 0 or width_in > 1 or width_out > 1]
     first = last = None
     if width_in > 1:
-        first = _wide_stage(problem, free, width_in, target, single)
+        first = _wide_stage(problem, free, width_in, target, single, memo)
         if first is None:
             return None
         free = [n for n in free if n not in first[0]]
     if width_out > 1:
-        last = _wide_stage(problem, free, width_out, target, single)
+        last = _wide_stage(problem, free, width_out, target, single, memo)
         if last is None:
             return None
         free = [n for n in free if n not in last[0]]
@@ -270,13 +278,16 @@ def _region_chain_at(problem: PlacementProblem, target: float, regions: dict[str
     """Regions in the order (and subset) whose segments cover the model at `target` with the fewest
     regions, or None."""
     names = list(regions)
+    if "links" not in segments:  # the mean host-pair link between every two regions, once
+        segments["links"] = {(a, b): _mean_link(problem, regions[a], regions[b]) for a in names for b in names if a != b}
+    links = segments["links"]
     coordinator = {r: sum(problem.coordinator_capacity(problem.by_name[n].host) for n in regions[r])
                    / len(regions[r]) for r in names}
 
     def segment(region: str, width_in: int, width_out: int) -> _Segment | None:
         key = (region, width_in, width_out, target)
         if key not in segments:
-            segments[key] = _segment(problem, regions[region], target, width_in, width_out)
+            segments[key] = _segment(problem, regions[region], target, width_in, width_out, segments)
         return segments[key]
 
     def widths(link: float) -> list[tuple[int, int]]:  # fewest GPUs on each side of a crossing
@@ -295,8 +306,7 @@ def _region_chain_at(problem: PlacementProblem, target: float, regions: dict[str
             for i, region in enumerate(order):
                 grown = []
                 last = i == len(order) - 1
-                exits = [(w, 0) for w in tails] if last else \
-                    widths(_mean_link(problem, regions[region], regions[order[i + 1]]))
+                exits = [(w, 0) for w in tails] if last else widths(links[region, order[i + 1]])
                 for width_in, done, covered in paths:
                     for width_out, width_next in exits:
                         seg = segment(region, width_in, width_out)
