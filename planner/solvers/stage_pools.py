@@ -172,9 +172,14 @@ def stage_pool_placements(problem: PlacementProblem, deadline: float = math.inf)
     halfway = time.perf_counter() + (deadline - time.perf_counter()) / 2 if math.isfinite(deadline) else deadline
     chains = region_chain_placements(problem, halfway)
     for placement in chains:
+        if scored and time.perf_counter() > halfway:
+            break  # a max flow each: seconds on 100-GPU clusters
         scored.append((max_flow(problem, placement).value, -len(scored), placement))
+    chains = chains[:len(scored)]
     top = _largest_target(problem, deadline)
     for share in NEAR_TOP if top > 0 else ():
+        if time.perf_counter() > deadline and len(scored) > len(chains):
+            break
         stages = stages_at(problem, top * share)
         if stages is None:
             continue
