@@ -209,11 +209,13 @@ class _Segment:
 
 
 def _regions(problem: PlacementProblem) -> dict[str, list[str]]:
-    """GPUs by region (a host without one is its own), in host order."""
+    """GPUs by the region their cluster file names, in host order; empty when a GPU's host names none."""
     regions: dict[str, list[str]] = {}
     for node in problem.nodes:
-        host = problem.cluster.host(node.host)
-        regions.setdefault(host.region or host.name, []).append(node.name)
+        region = problem.cluster.host(node.host).region
+        if region is None:
+            return {}
+        regions.setdefault(region, []).append(node.name)
     return regions
 
 
@@ -355,9 +357,10 @@ def _chain_placement(problem: PlacementProblem, segments: list[_Segment]) -> Pla
 
 def region_chain_placements(problem: PlacementProblem, deadline: float = math.inf) -> list[Placement]:
     """Region chains at the largest target they reach (bisection) and a few targets just below it; none
-    on clusters of one region or more than MAX_REGIONS."""
+    with latency models (built and measured for static tables; the serving objective's rounds are left
+    as they were), on clusters whose file names no regions, of one region or of more than MAX_REGIONS."""
     regions = _regions(problem)
-    if not 1 < len(regions) <= MAX_REGIONS:
+    if not problem.static or not 1 < len(regions) <= MAX_REGIONS:
         return []
     cache: dict = {}
     low, high = 0.0, problem.upper_bound()
