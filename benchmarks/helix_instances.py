@@ -96,7 +96,8 @@ def instance_text(helix: Path, name: str) -> str:
     lines += ["[host coord]", "gpus =", ""]
     region = _regions((helix / cluster_file).read_text(), count)
     for i, kind in enumerate(types):
-        lines += [f"[host n{i}]", f"gpus = {kind.lower()}-helix"] + ([f"region = r{region[i]}"] if region else []) + [""]
+        lines += [f"[host n{i}]", f"gpus = {kind.lower()}-helix"]
+        lines += ([f"region = r{region[i]}"] if region else []) + [""]
     lines.append("[network]")
     links = {}
     for section in config.sections():

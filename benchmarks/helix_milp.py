@@ -41,7 +41,8 @@ def helix_style_milp(problem: PlacementProblem, time_limit: float, initial: Plac
         end[name] = start[name] + pulp.lpSum(k * v for k, v in hold[name].items())
         lp += end[name] <= layers
         # static tables do not depend on position; a GPU's capacity for k layers anywhere in the model
-        cap[name] = pulp.lpSum(min(problem.cost(name).capacity(k, problem.rtt_s), ub) * v for k, v in hold[name].items())
+        cap[name] = pulp.lpSum(min(problem.cost(name).capacity(k, problem.rtt_s), ub) * v
+                               for k, v in hold[name].items())
     inflow = {n: [] for n in names}
     outflow = {n: [] for n in names}
     source = []

@@ -161,7 +161,8 @@ def _targets(problem: PlacementProblem, nodes: list[str]) -> list[float]:
 
 
 def _chains_at(problem: PlacementProblem, nodes: list[str], target: float, count: int,
-               links: dict[tuple[str, str], float], deadline: float = math.inf) -> list[list[tuple[str, int, int]]] | None:
+               links: dict[tuple[str, str], float],
+               deadline: float = math.inf) -> list[list[tuple[str, int, int]]] | None:
     """`count` disjoint chains each serving `target`, taken one after another (each with the fewest
     GPUs the DP finds), or None."""
     left, found = list(nodes), []

@@ -286,7 +286,8 @@ def _region_chain_at(problem: PlacementProblem, target: float, regions: dict[str
     regions, or None."""
     names = list(regions)
     if "links" not in segments:  # the mean host-pair link between every two regions, once
-        segments["links"] = {(a, b): _mean_link(problem, regions[a], regions[b]) for a in names for b in names if a != b}
+        segments["links"] = {(a, b): _mean_link(problem, regions[a], regions[b])
+                             for a in names for b in names if a != b}
     links = segments["links"]
     coordinator = {r: sum(problem.coordinator_capacity(problem.by_name[n].host) for n in regions[r])
                    / len(regions[r]) for r in names}
