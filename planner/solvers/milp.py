@@ -155,7 +155,8 @@ def _covering_refutes(problem: PlacementProblem, target: float, time_limit: floa
 
 
 def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts: list[Placement] | None = None,
-                   pooled: bool | None = None, threads: int = 2, seed: int = 0) -> MilpOutcome:
+                   pooled: bool | None = None, threads: int = 2, seed: int = 0,
+                   reserve_scorings: int = 0) -> MilpOutcome:
     """Placement with the most static max flow at the problem's capacities (its rtt_s).
 
     Exact model (default up to EXACT_GPUS GPUs): one group per host and GPU type, per-host-pair link
@@ -164,15 +165,21 @@ def solve_max_flow(problem: PlacementProblem, *, time_limit: float, warm_starts:
     narrower side, and layer boundaries on a grid of `step` layers. A pooled solution is re-scored
     exactly, and its status is never 'optimal' unless it meets the exact upper bound. The best of
     `warm_starts` is the starting incumbent (planner.solvers.optimiser.heuristic_starts finds them).
-    Building the model counts against `time_limit`: past it, the incumbent is returned."""
+    Building the model counts against `time_limit`: past it, the incumbent is returned. The solve
+    keeps time for re-scoring what it found, and for `reserve_scorings` more scorings of the caller's
+    (each counted as the slowest max flow of a warm start: on 128 GPUs about a second)."""
     began = time.perf_counter()
     deadline = began + time_limit
     ub = problem.upper_bound()
     scored = []  # each warm start costs a max flow: on 100-GPU clusters, seconds for a long list
+    slowest = 0.0
     for i, placement in enumerate(warm_starts or []):
         if scored and time.perf_counter() > began + time_limit * WARM_SCORING_SHARE:
             break
+        scoring = time.perf_counter()
         scored.append((max_flow(problem, placement).value, i, placement))
+        slowest = max(slowest, time.perf_counter() - scoring)
+    deadline -= min((1 + reserve_scorings) * slowest, time_limit / 4)
     incumbent_value, _, incumbent = max(scored, default=(0.0, 0, None), key=lambda t: (t[0], -t[1]))
     try:
         return _solve_max_flow(problem, began, deadline, incumbent, incumbent_value, pooled, threads, seed)

@@ -98,7 +98,9 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     if problem.static:
         say("max-flow MILP (static throughput tables)")
         starts = heuristic_starts(problem, seed, began, time_limit)
-        outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed)
+        # plan.score re-scores the placement after: three max flows (static, balanced, round trip)
+        outcome = solve_max_flow(problem, time_limit=deadline - time.perf_counter(), warm_starts=starts, seed=seed,
+                                 reserve_scorings=3)
         gap = (outcome.bound - outcome.objective) / outcome.bound if outcome.bound > 0 else 0.0
         return SolveResult("milp", outcome.placement, outcome.status, time.perf_counter() - began,
                            gap=max(gap, 0.0), bound=outcome.bound)

@@ -9,10 +9,14 @@ GPUs); T is feasible when the types together cover the model, and bisection find
 Stage order decides which pools meet across a region link, so a few orders are scored by max flow and
 the best kept. On the Helix-shaped three-region cluster with a remote coordinator this reaches 95% of
 the upper bound in well under a second (docs/planner.md#optimiser).
+
+Region chains (below) are the other shape: regions one after another, a chain inside each, GPUs of
+any type side by side at each region crossing.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from planner.solvers.base import Progress, SolveResult
 
 BISECTION_STEPS = 40
 NEAR_TOP = (1.0, 0.99, 0.98, 0.96, 0.93, 0.9)  # targets below the largest feasible one also tried
+MAX_WIDTH = 4  # most GPUs side by side on either side of a region crossing
+MAX_REGIONS = 4  # region orders are enumerated only up to this many regions
 
 
 @dataclass(frozen=True)
@@ -158,24 +164,224 @@ def _largest_target(problem: PlacementProblem, deadline: float) -> float:
 
 
 def stage_pool_placements(problem: PlacementProblem, deadline: float = math.inf) -> list[Placement]:
-    """Placements of stages of identical GPU groups, best first by max flow: at the largest target the
-    pools reach and a few just below it (links or the edge stages may bind there), each in a few orders."""
-    top = _largest_target(problem, deadline)
-    if top <= 0:
-        return []
+    """Placements of stages of identical GPU groups and of region chains (below), best first by max flow:
+    at the largest target each reaches and a few just below it (links or the edge stages may bind
+    there), the pools each in a few orders."""
     scored: list[tuple[float, int, Placement]] = []
-    for share in NEAR_TOP:
+    # region chains get half of the time, the pools the rest
+    halfway = time.perf_counter() + (deadline - time.perf_counter()) / 2 if math.isfinite(deadline) else deadline
+    chains = region_chain_placements(problem, halfway)
+    for placement in chains:
+        if scored and time.perf_counter() > halfway:
+            break  # a max flow each: seconds on 100-GPU clusters
+        scored.append((max_flow(problem, placement).value, -len(scored), placement))
+    chains = chains[:len(scored)]
+    top = _largest_target(problem, deadline)
+    for share in NEAR_TOP if top > 0 else ():
+        if time.perf_counter() > deadline and len(scored) > len(chains):
+            break
         stages = stages_at(problem, top * share)
         if stages is None:
             continue
         for order in _orders(problem, stages):
-            if time.perf_counter() > deadline and scored:
+            if time.perf_counter() > deadline and len(scored) > len(chains):
                 break
             placement = _placement(problem, order)
             if placement is not None:
                 scored.append((max_flow(problem, placement).value, -len(scored), placement))
     scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
     return [p for _, _, p in scored]
+
+
+# ---- region chains ---------------------------------------------------------------------------------
+# Clusters whose regions each lack something (the Helix paper's three regions: all A100s in one, no
+# region holds the model) need every token to cross regions over slow host-pair links, each carrying a
+# fraction of what a GPU serves. A region chain visits regions one after another; inside a region one
+# chain of GPUs (fast links), each GPU holding the most layers it serves at the target T; at a crossing,
+# the last stage of one region and the first of the next are each a few GPUs side by side holding one
+# range (together serving T), so the crossing is spread over every pair of them (w_out x w_in links).
+
+
+@dataclass(frozen=True)
+class _Segment:
+    stages: tuple[tuple[tuple[str, ...], int], ...]  # (GPUs side by side on one range, layers), in order
+    layers: int
+
+
+def _regions(problem: PlacementProblem) -> dict[str, list[str]]:
+    """GPUs by the region their cluster file names, in host order; empty when a GPU's host names none."""
+    regions: dict[str, list[str]] = {}
+    for node in problem.nodes:
+        region = problem.cluster.host(node.host).region
+        if region is None:
+            return {}
+        regions.setdefault(region, []).append(node.name)
+    return regions
+
+
+def _most_layers(problem: PlacementProblem, names: tuple[str, ...], target: float, memo: dict) -> int:
+    """Most layers the GPUs `names` hold side by side (one range) while serving `target` together
+    (remembered in `memo` by GPU types: GPUs of one type hold alike)."""
+    key = (tuple(sorted(problem.by_name[n].gpu for n in names)), target)
+    if key not in memo:
+        memo[key] = _most_layers_uncached(problem, names, target)
+    return memo[key]
+
+
+def _most_layers_uncached(problem: PlacementProblem, names: tuple[str, ...], target: float) -> int:
+    costs = [problem.cost(n) for n in names]
+    top = min(min(c.max_layers() for c in costs), problem.layers)
+    return max((k for k in range(1, top + 1)
+                if sum(c.capacity(k, problem.rtt_s) for c in costs) >= target), default=0)
+
+
+def _wide_stage(problem: PlacementProblem, free: list[str], width: int, target: float,
+                single: dict[str, int], memo: dict) -> tuple[tuple[str, ...], int] | None:
+    """`width` GPUs of `free` side by side serving `target`, losing the fewest layers against what they
+    would hold one after another; GPUs of one type are interchangeable, so type mixes are enumerated."""
+    by_type: dict[str, list[str]] = {}
+    for name in free:
+        by_type.setdefault(problem.by_name[name].gpu, []).append(name)
+    best = None
+    for mix in itertools.combinations_with_replacement(sorted(by_type), width):
+        if any(mix.count(t) > len(by_type[t]) for t in set(mix)):
+            continue
+        names = tuple(by_type[t][mix[:i].count(t)] for i, t in enumerate(mix))
+        k = _most_layers(problem, names, target, memo)
+        if k and (best is None or k - sum(single[n] for n in names) > best[0]):
+            best = (k - sum(single[n] for n in names), names, k)
+    return None if best is None else (best[1], best[2])
+
+
+def _segment(problem: PlacementProblem, names: list[str], target: float, width_in: int,
+             width_out: int, memo: dict) -> _Segment | None:
+    """The chain through one region's GPUs `names` covering the most layers at `target`, its first stage
+    `width_in` GPUs side by side and its last `width_out` (a width of 1: one GPU)."""
+    single = {n: _most_layers(problem, (n,), target, memo) for n in names}
+    free = [n for n in names if single[n] > 0 or width_in > 1 or width_out > 1]
+    first = last = None
+    if width_in > 1:
+        first = _wide_stage(problem, free, width_in, target, single, memo)
+        if first is None:
+            return None
+        free = [n for n in free if n not in first[0]]
+    if width_out > 1:
+        last = _wide_stage(problem, free, width_out, target, single, memo)
+        if last is None:
+            return None
+        free = [n for n in free if n not in last[0]]
+    middle = [((n,), single[n]) for n in free if single[n] > 0]
+    stages = ([first] if first else []) + middle + ([last] if last else [])
+    return _Segment(tuple(stages), sum(k for _, k in stages)) if stages else None
+
+
+def _mean_link(problem: PlacementProblem, a: list[str], b: list[str]) -> float:
+    caps = [problem.link_capacity(problem.by_name[x].host, problem.by_name[y].host) for x in a for y in b]
+    return sum(caps) / len(caps)
+
+
+def _region_chain_at(problem: PlacementProblem, target: float, regions: dict[str, list[str]],
+                     segments: dict) -> list[_Segment] | None:
+    """Regions in the order (and subset) whose segments cover the model at `target` with the fewest
+    regions, or None."""
+    names = list(regions)
+    if "links" not in segments:  # the mean host-pair link between every two regions, once
+        segments["links"] = {(a, b): _mean_link(problem, regions[a], regions[b])
+                             for a in names for b in names if a != b}
+    links = segments["links"]
+    coordinator = {r: sum(problem.coordinator_capacity(problem.by_name[n].host) for n in regions[r])
+                   / len(regions[r]) for r in names}
+
+    def segment(region: str, width_in: int, width_out: int) -> _Segment | None:
+        key = (region, width_in, width_out, target)
+        if key not in segments:
+            segments[key] = _segment(problem, regions[region], target, width_in, width_out, segments)
+        return segments[key]
+
+    def widths(link: float) -> list[tuple[int, int]]:  # fewest GPUs on each side of a crossing
+        return [(a, b) for a in range(1, MAX_WIDTH + 1) for b in range(1, MAX_WIDTH + 1)
+                if a * b * link >= target and not ((a - 1) * b * link >= target or a * (b - 1) * link >= target)]
+
+    best: tuple[int, list[_Segment]] | None = None
+    for count in range(1, len(names) + 1):
+        for order in itertools.permutations(names, count):
+            ends = [w for w in range(1, MAX_WIDTH + 1) if w * coordinator[order[0]] >= target][:1]
+            tails = [w for w in range(1, MAX_WIDTH + 1) if w * coordinator[order[-1]] >= target][:1]
+            if not ends or not tails:
+                continue
+            # paths: (width entering the current region, segments so far, layers so far)
+            paths = [(ends[0], [], 0)]
+            for i, region in enumerate(order):
+                grown = []
+                last = i == len(order) - 1
+                exits = [(w, 0) for w in tails] if last else widths(links[region, order[i + 1]])
+                for width_in, done, covered in paths:
+                    for width_out, width_next in exits:
+                        seg = segment(region, width_in, width_out)
+                        if seg is not None:
+                            grown.append((width_next, done + [seg], covered + seg.layers))
+                # the best per entry width of the next region: the enumeration stays small
+                best_by_width: dict[int, tuple] = {}
+                for path in grown:
+                    if path[0] not in best_by_width or path[2] > best_by_width[path[0]][2]:
+                        best_by_width[path[0]] = path
+                paths = list(best_by_width.values())
+            for _, done, covered in paths:
+                if covered >= problem.layers and (best is None or covered > best[0]):
+                    best = (covered, done)
+        if best is not None:
+            return best[1]
+    return None
+
+
+def _chain_placement(problem: PlacementProblem, segments: list[_Segment]) -> Placement | None:
+    """Ranges for the stages of `segments` in order, the surplus taken from the longest stages first."""
+    stages = [stage for seg in segments for stage in seg.stages]
+    lengths = [k for _, k in stages]
+    surplus = sum(lengths) - problem.layers
+    while surplus > 0:
+        i = max(range(len(lengths)), key=lambda j: (lengths[j], j))
+        lengths[i] -= 1
+        surplus -= 1
+    ranges = dict.fromkeys((n.name for n in problem.nodes), (0, 0))
+    start = 0
+    for (names, _), k in zip(stages, lengths):
+        if k <= 0:
+            continue
+        for name in names:
+            if not problem.fits(name, start, start + k):
+                return None
+            ranges[name] = (start, start + k)
+        start += k
+    return Placement(ranges) if start == problem.layers else None
+
+
+def region_chain_placements(problem: PlacementProblem, deadline: float = math.inf) -> list[Placement]:
+    """Region chains at the largest target they reach (bisection) and a few targets just below it; none
+    with latency models (built and measured for static tables; the serving objective's rounds are left
+    as they were), on clusters whose file names no regions, of one region or of more than MAX_REGIONS."""
+    regions = _regions(problem)
+    if not problem.static or not 1 < len(regions) <= MAX_REGIONS:
+        return []
+    cache: dict = {}
+    low, high = 0.0, problem.upper_bound()
+    for _ in range(BISECTION_STEPS):
+        if time.perf_counter() > deadline:
+            break
+        mid = (low + high) / 2
+        if _region_chain_at(problem, mid, regions, cache) is not None:
+            low = mid
+        else:
+            high = mid
+    placements = []
+    for share in NEAR_TOP if low > 0 else ():
+        if time.perf_counter() > deadline and placements:
+            break
+        segments = _region_chain_at(problem, low * share, regions, cache)
+        placement = _chain_placement(problem, segments) if segments else None
+        if placement is not None and placement not in placements:
+            placements.append(placement)
+    return placements
 
 
 def stage_pools(problem: PlacementProblem, *, time_limit: float = 10.0, seed: int = 0,
