@@ -10,7 +10,7 @@ KV bottleneck is under 0.8, Azure-conversation lengths, seed 0, 60 s warm-up + 6
 per layout: decode tokens/s in the window, mean per-token (decode) latency, mean prompt latency.
 
 Helix's code is run, never copied: `--helix-repo` is a checkout or a bare clone (its HEAD is unpacked
-into a temporary folder). When it is absent the script says so and exits 0. Helix needs networkx,
+into a temporary folder; default $HELIX_REPO). When it is absent the script says so and exits 0. Helix needs networkx,
 matplotlib and gurobipy importable by `--python` (a separate virtual environment; the project does not
 depend on them); the gurobipy import is only needed because Helix's layout module imports it.
 
@@ -31,7 +31,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-DEFAULT_REPO = Path(os.environ.get("HELIX_REPO", "/work/.mirror/Thesys-lab+Helix-ASPLOS25/repo"))
+HELIX_REPO = os.environ.get("HELIX_REPO")  # a checkout or bare clone of Thesys-lab/Helix-ASPLOS25
 PUBLISHED = "artifact_evaluation/single_cluster"  # the paper's single-region 24-GPU cluster
 # all the judge needs of Helix's repository: its simulator, and the published layout's files
 HELIX_PARTS = ("simulator", f"{PUBLISHED}/config", f"{PUBLISHED}/layout_llama70b/ilp")
@@ -187,7 +187,8 @@ def _run_child(work: Path, helix: Path, python: str, warmup: float, duration: fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("layouts", nargs="*", type=Path)
-    parser.add_argument("--helix-repo", type=Path, default=DEFAULT_REPO)
+    parser.add_argument("--helix-repo", type=Path, default=Path(HELIX_REPO) if HELIX_REPO else None,
+                        help="Helix's repository, a checkout or a bare clone (default: $HELIX_REPO)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with Helix's dependencies")
     parser.add_argument("--published", action="store_true",
                         help="also run Helix's own ILP layout of its 24-GPU cluster (LLaMA-2-70B) from its files")
@@ -201,7 +202,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory(prefix="helix-src-") as tmp:
-        helix = _helix_tree(args.helix_repo, Path(tmp))
+        helix = _helix_tree(args.helix_repo, Path(tmp)) if args.helix_repo else None
         if helix is None:
             print(f"skipped: no Helix repository at {args.helix_repo} (set --helix-repo or HELIX_REPO)", file=sys.stderr)
             return 0
