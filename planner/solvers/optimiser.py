@@ -130,8 +130,11 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
             break
         consider(placement)
     # chains with short round trips: under KV-bound admission a path serves in flight / round trip,
-    # which the max-flow candidates below, quoted at one round trip for every GPU, cannot rank
-    for placement in short_trip_placements(problem, starts_deadline):
+    # which the max-flow candidates below, quoted at one round trip for every GPU, cannot rank. Not
+    # under latency limits: there, scored this early, they displaced better plans within tight time
+    # limits (compare's "milp at this TPOT" on hetero with 10 s fell below tp-pp's own 458 tokens/s)
+    limited = problem.max_tpot_s is not None or problem.max_ttft_s is not None
+    for placement in [] if limited else short_trip_placements(problem, starts_deadline):
         starts.append(placement)
         if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
             break
