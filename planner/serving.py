@@ -9,7 +9,9 @@ Model and assumptions: docs/planner.md#serving-estimator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from scipy.optimize import linprog
 
 from planner.cluster import Link
 from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
@@ -199,6 +201,27 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
     return flow, capacity
 
 
+def _within_kv(problem: PlacementProblem, placement: Placement, paths: list[PathEstimate]) -> list[PathEstimate]:
+    """KV-bound admission along a path: an admitted request holds KV for its whole prompt + output on
+    every stage of its path until its last token, so the sequences in flight through a unit, summed over
+    the paths through it (rate x round trip each), fit its KV-limited batch. The fixed point meets this
+    only approximately (its capacities see the round trips of the flow before last); where it does not,
+    path rates are trimmed to fit, keeping the most tokens/s (an LP over the paths)."""
+    ranges = placement.units()
+    units = sorted({n for p in paths for n in p.nodes})
+    slots = {n: problem.cost(n).max_batch(ranges[n][1] - ranges[n][0], ranges[n][0] == 0,
+                                          ranges[n][1] == problem.layers) for n in units}
+    held = {n: sum(p.tokens_per_s * p.tpot_s for p in paths if n in p.nodes) for n in units}
+    if all(held[n] <= slots[n] * (1 + 1e-6) for n in units):
+        return paths
+    rows = [[p.tpot_s if n in p.nodes else 0.0 for p in paths] for n in units]
+    fit = linprog([-1.0] * len(paths), A_ub=rows, b_ub=[float(slots[n]) for n in units],
+                  bounds=[(0.0, p.tokens_per_s) for p in paths], method="highs")
+    if not fit.success:
+        return paths
+    return [replace(p, tokens_per_s=float(rate)) for p, rate in zip(paths, fit.x)]
+
+
 def round_trip_max_flow(problem: PlacementProblem, placement: Placement) -> float:
     """Max flow with every unit's batch turned over once per the shortest round trip its paths allow
     (compute and transfers, no waiting): unlike static max flow it sees that a pipeline's stages share
@@ -237,9 +260,14 @@ def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: flo
         if load < 1e-6:
             notes.append("the latency limits cannot be met by this placement even when idle")
     final, batch = _latencies(problem, placement, paths, flow.node_flow, max(load, 1e-9))
+    offered = sum(p.tokens_per_s for p in final)
+    final = _within_kv(problem, placement, final)
+    kept = sum(p.tokens_per_s for p in final) / offered if offered > 0 else 1.0
+    if kept < 0.98:  # the fixed point is within a few per cent almost everywhere; say so when it is not
+        notes.append(f"path rates trimmed to {kept:.1%} so the sequences in flight fit every stage's KV")
     weights = [(p.tpot_s, p.tokens_per_s) for p in final]
     return ServingEstimate(
-        throughput=flow.value * load, max_flow=static.value,
+        throughput=flow.value * load * kept, max_flow=static.value,
         tpot_s=_mean(weights) if final else None,
         ttft_s=_mean([(p.ttft_s, p.tokens_per_s) for p in final]) if final else None,
         load=load, flow=flow, node_capacity=capacity, node_batch=batch, paths=tuple(final), notes=tuple(notes))

@@ -10,8 +10,9 @@ import re
 import pytest
 
 from planner.cluster import load_cluster
-from planner.layout import read_layout, write_layout
+from planner.layout import Layout, read_layout, write_layout
 from planner.plan import solve
+from planner.problem import Placement
 from planner.report import plan_layout
 from planner.solvers.registry import METHODS
 
@@ -356,3 +357,49 @@ def test_helix_export_refuses_tp_groups(run_cli, tmp_path):
     line = cli_error(run_cli, "export", layout_of(tmp_path, PROFILES / "l20x4.ini", "tp-pp"), "--to", "helix",
                      tmp_path / "o")
     assert "tensor-parallel groups" in line
+
+
+def test_helix_export_of_the_helix_cluster_with_idle_gpus(run_cli, tmp_path):
+    """profiles/helix-single24.ini planned as A100s (12 layers) + L4s (4 each) with the 12 T4s idle: the
+    files name Helix's machine types, form the complete graph Helix's LoadExistingLayout asserts, give
+    every compute node a contiguous range, and the KV capacity Helix itself derives (blocks x 16 x layers).
+    Played by Helix's simulator in benchmarks/helix_judge.py (docs/simulator.md#helixs-simulator-as-a-judge)."""
+    text = (PROFILES / "helix-single24.ini").read_text()
+    for i in range(24):  # the real-system file needs addresses; the cluster file has none
+        text = text.replace(f"[host n{i:02d}]\n", f"[host n{i:02d}]\naddress = 10.0.0.{i + 1}\n")
+    text = text.replace("[host coord]\n", "[host coord]\naddress = 10.0.0.100\n")
+    (tmp_path / "helix-single24.ini").write_text(text)
+    cluster = load_cluster(tmp_path / "helix-single24.ini")
+    a100s = [n.name for n in cluster.nodes() if n.gpu == "a100-40gb"]
+    l4s = [n.name for n in cluster.nodes() if n.gpu == "l4"]
+    ranges = {n.name: (0, 0) for n in cluster.nodes()}
+    ranges.update({name: (12 * i, 12 * i + 12) for i, name in enumerate(a100s)})
+    ranges.update({name: (48 + 4 * i, 52 + 4 * i) for i, name in enumerate(l4s)})
+    layout_path = tmp_path / "layout.ini"
+    write_layout(layout_path, Layout(cluster, "test", Placement(ranges), {}, {}))
+    out = tmp_path / "out"
+    code, _, err = run_cli("export", layout_path, "--to", "helix", out)
+    assert code == 0, err
+
+    used = [n for n in cluster.nodes() if ranges[n.name][1] > ranges[n.name][0]]
+    assert len(used) == 12
+    solution = helix_ini(out / "solution.ini")
+    for i, node in enumerate(used):
+        ids = ast.literal_eval(solution["Solution"][f"compute_node_{i + 2}"])
+        assert ids and ids == list(range(*ranges[node.name]))
+    topo = helix_ini(out / "cluster.ini")
+    n = int(topo["NodeNames"]["total_compute_nodes"])
+    assert n == 12
+    assert sorted(ast.literal_eval(topo["SourceNode"]["connected_nodes"])) == list(range(n))
+    assert sorted(ast.literal_eval(topo["SinkNode"]["connected_nodes"])) == list(range(n))
+    for i, node in enumerate(used):
+        assert ast.literal_eval(topo[f"ComputeNode-{i}"]["connected_nodes"]) == \
+            ["source"] + [j for j in range(n) if j != i] + ["sink"]
+        assert topo[f"ComputeNode-{i}"]["type"] == {"a100-40gb": "A100", "l4": "L4"}[node.gpu]
+    sim = helix_ini(out / "simulator_cluster.ini")
+    assert ast.literal_eval(sim["MachineTypes"]["types"]) == ["L4", "A100"]
+    # Helix: kv_cache_capacity = 16-token blocks per layer x 16 x layers (A100 12 layers: 17,591 blocks; L4 4: 46,944)
+    blocks = {"A100": 17591 * 12, "L4": 46944 * 4}
+    for i in range(n):
+        section = sim[f"compute_node_{i + 2}"]
+        assert int(section["kv_cache_capacity"]) == 16 * blocks[ast.literal_eval(section["machine_type"])]

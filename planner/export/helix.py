@@ -23,6 +23,13 @@ from planner.problem import PlacementProblem
 
 OFFSET = 2
 DISK_SPEED = "1000.0 * mbps"   # not in our cluster files; Helix's machine profiles use this figure
+# Helix's simulator looks a GPU's profile up by its own machine-type name (simulator/model_manager/)
+HELIX_MACHINE_TYPES = {"a100-40gb": "A100", "l4": "L4", "t4": "T4", "v100": "V100"}
+
+
+def machine_type(gpu: str) -> str:
+    """Helix's name for a GPU type where Helix has a profile of it; else our type id."""
+    return HELIX_MACHINE_TYPES.get(gpu, gpu)
 
 
 def _bw(link: Link) -> str:
@@ -110,7 +117,7 @@ def topology_text(layout: Layout) -> str:
              "[SourceNode]", f"connected_nodes={reach}", "", "[SinkNode]", f"connected_nodes={reach}", ""]
     for i, node in enumerate(nodes):
         connected = (["source"] if i in reach else []) + neighbours[i] + (["sink"] if i in reach else [])
-        lines += [f"[ComputeNode-{i}]", f"type={node.gpu}", f"connected_nodes={connected}", ""]
+        lines += [f"[ComputeNode-{i}]", f"type={machine_type(node.gpu)}", f"connected_nodes={connected}", ""]
     for i in reach:
         link = cluster.coordinator_link(nodes[i].host)
         lines += [f"[Link-source-{i}]", f"bandwidth={_bw(link)}", f"latency={_lat(link)}", ""]
@@ -142,7 +149,7 @@ def simulator_text(layout: Layout) -> str:
     coord = _bw(max((l for l in coord_links if l), key=lambda l: l.bandwidth_bytes_per_s))
     links = helix_links(layout)
     lines = ["[Coordinator]", f"inbound_nic_speed={coord}", f"outbound_nic_speed={coord}", "",
-             "[MachineTypes]", f"types={list(dict.fromkeys(n.gpu for n in nodes))}", "",
+             "[MachineTypes]", f"types={list(dict.fromkeys(machine_type(n.gpu) for n in nodes))}", "",
              "[ComputeNodes]", f"names={[_name(i) for i in range(len(nodes))]}", ""]
     for i, node in enumerate(nodes):
         start, end = layout.placement.ranges[node.name]
@@ -151,7 +158,7 @@ def simulator_text(layout: Layout) -> str:
         memory = cluster.gpu_types[node.gpu].memory_bytes or 0
         nic = _nic(layout, node.host)
         lines += [f"[{_name(i)}]", f"vram_size={memory / 1e6:.1f} * MB", f"inbound_nic_speed={nic}",
-                  f"outbound_nic_speed={nic}", f"disk_speed={DISK_SPEED}", f'machine_type="{node.gpu}"',
+                  f"outbound_nic_speed={nic}", f"disk_speed={DISK_SPEED}", f'machine_type="{machine_type(node.gpu)}"',
                   f"kv_cache_capacity={int(kv)}", "activation_backup_capacity=0", ""]
     names = [f"link_{_name(a)}_{_name(b)}" for a, b in links]
     lines += ["[Links]", f"names={names}", ""]

@@ -16,6 +16,7 @@ from planner.solvers.base import Progress, SolveResult
 from planner.solvers.chains import chain_candidates
 from planner.solvers.milp import solve_max_flow
 from planner.solvers.pipeline_dp import disjoint_chains
+from planner.solvers.short_trips import short_trip_placements
 from planner.solvers.stage_pools import stage_pool_placements
 from planner.solvers.vllm_plans import vllm_plans
 
@@ -130,6 +131,16 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     # what people do today: every baseline's own placement is scored while one more scoring and the
     # final re-scoring fit at all (the plan is never below a baseline for want of time) ...
     for placement in method_placements(problem, seed, deadline, starts_deadline):
+        starts.append(placement)
+        if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+            break
+        consider(placement)
+    # chains with short round trips: under KV-bound admission a path serves in flight / round trip,
+    # which the max-flow candidates below, quoted at one round trip for every GPU, cannot rank. Not
+    # under latency limits: there, scored this early, they displaced better plans within tight time
+    # limits (compare's "milp at this TPOT" on hetero with 10 s fell below tp-pp's own 458 tokens/s)
+    limited = problem.max_tpot_s is not None or problem.max_ttft_s is not None
+    for placement in [] if limited else short_trip_placements(problem, starts_deadline):
         starts.append(placement)
         if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
             break
