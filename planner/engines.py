@@ -75,9 +75,11 @@ class Overheads:
     host_step_s: float  # the coordinator's loop, once per message it sends to a path's first stage
 
 
-# The runtime: msgpack + ZeroMQ over TCP and a Python loop per step, measured on the 2-core development
-# machine (benchmarks/runtime_overheads.py, docs/cost-model.md#work-outside-the-layers).
-_RUNTIME_OVERHEADS = Overheads(hop_s=0.40e-3, step_s=0.30e-3, host_step_s=0.30e-3)
+# The runtime: msgpack + ZeroMQ over loopback TCP and the worker's Python bookkeeping per step, measured at
+# a batch of 8-16 on the 2-core development machine (benchmarks/runtime_overheads.py: hop 0.40-0.47 ms,
+# step 0.15-0.22 ms; docs/cost-model.md#work-outside-the-layers). The host's loop per round is the same
+# kind of O(batch) Python and is given the worker's figure (not measured apart).
+_RUNTIME_OVERHEADS = Overheads(hop_s=0.45e-3, step_s=0.20e-3, host_step_s=0.20e-3)
 # vLLM: not measured here. Stages exchange intermediate tensors with torch.distributed send/recv, and
 # since v0.6 the scheduler's CPU work overlaps the GPU's (multi-step / async scheduling), so only a
 # small gap between CUDA-graph replays is exposed; an order-of-magnitude assumption, stated as such.
