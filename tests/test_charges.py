@@ -246,3 +246,15 @@ def test_a_cluster_with_the_keys_solves_and_simulates(tmp_path):
     # the charges move both alike: simulated throughput within the agreement band of the prediction
     predicted = result["reference"]["predicted_throughput_tokens_per_s"]
     assert predicted and abs(result["decode_throughput_tokens_per_s"] / predicted - 1) <= 0.15, (plan, result)
+
+
+def test_show_json_tells_the_charges(tmp_path):
+    path = tmp_path / "measured.ini"
+    path.write_text(cluster_text("head_ms = 1: 0.9, 64: 1.1\nhop_ms = 0.3"))
+    result = run_planner("show", path, "--json")
+    assert result.returncode == 0, result.stderr
+    outside = json.loads(result.stdout)["gpu_types"]["m"]["outside_layers"]
+    assert outside["head_ms"]["1"] == pytest.approx(0.9) and outside["head_ms"]["64"] == pytest.approx(1.1)
+    assert outside["hop_ms"] == pytest.approx(0.3)
+    assert outside["step_overhead_ms"] == pytest.approx(overheads("runtime").step_s * 1e3)
+    assert outside["host_step_ms"] == pytest.approx(overheads("runtime").host_step_s * 1e3)
