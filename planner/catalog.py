@@ -63,6 +63,11 @@ class GpuSpec:
     prefill_ms: LatencyTable | None = None
     kv_tokens: tuple[tuple[int, int], ...] | None = None  # (layers held, KV tokens per layer)
     throughput: tuple[float, ...] | None = None  # tokens/s holding 1, 2, ... layers
+    # measured work outside the layers (optional; the engine's constants stand in where absent):
+    head_ms: LatencyTable | None = None     # seconds: last stage's final norm + LM head + sampling, batch of N
+    embed_ms: LatencyTable | None = None    # seconds: first stage's embedding of N tokens
+    hop_s: float | None = None              # fixed cost of one message between stages
+    step_overhead_s: float | None = None    # fixed cost of one iteration at a stage (batch formation)
 
     @property
     def is_static(self) -> bool:
@@ -162,16 +167,38 @@ def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[
     return points
 
 
+def _milliseconds(reader: SectionReader, key: str) -> float:
+    """A plain number of milliseconds, zero or more, as seconds."""
+    raw = reader.text(key)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise reader.fail(key, f"'{raw}' is not a number of milliseconds", "write e.g. '0.25' (milliseconds)") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise reader.fail(key, f"must be a finite number of milliseconds >= 0, got {raw}", "write e.g. '0.25'")
+    return value / 1e3
+
+
+def _table(reader: SectionReader, key: str) -> LatencyTable | None:
+    """An optional 'N: MS, ...' table in milliseconds, as seconds."""
+    if not reader.has(key):
+        return None
+    return LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(reader, key, False)))
+
+
+MEASURED_KEYS = ("decode_ms", "prefill_ms", "kv_tokens", "head_ms", "embed_ms", "hop_ms", "step_overhead_ms")
+
+
 def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.SectionProxy) -> GpuSpec:
     r = SectionReader(file, section, values)
     r.unknown_keys({"name", "memory", "memory_bandwidth", "fp16_tflops", "fp32_tflops", "bf16", "max_layers",
-                    "decode_ms", "prefill_ms", "kv_tokens", "throughput", "source"})
+                    "throughput", "source", *MEASURED_KEYS})
     r.text("source", "")  # provenance note, kept in the file for people
     max_layers = r.positive_int("max_layers") if r.has("max_layers") else None
     memory = r.quantity("memory", parse_memory) if r.has("memory") else None
     common = dict(id=gpu_id, name=r.text("name", gpu_id), memory_bytes=memory, bf16=r.boolean("bf16", False),
                   max_layers=max_layers)
-    forms = [form for form, keys in (("static", ("throughput",)), ("measured", ("decode_ms", "prefill_ms", "kv_tokens")),
+    forms = [form for form, keys in (("static", ("throughput",)), ("measured", MEASURED_KEYS),
                                       ("roofline", ("memory_bandwidth", "fp16_tflops"))) if any(r.has(k) for k in keys)]
     if len(forms) > 1:
         raise r.fail(", ".join(forms), f"mixes the {' and '.join(forms)} forms of a GPU",
@@ -191,9 +218,12 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
                          "give at most one entry per layer count up to max_layers, or raise max_layers")
         _warn_if_rising(r, "throughput", list(enumerate(table, 1)), "tokens/s")
         return GpuSpec(throughput=table, **common)
-    if r.has("decode_ms") or r.has("prefill_ms"):
+    if any(r.has(key) for key in MEASURED_KEYS if key != "kv_tokens"):
         decode = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "decode_ms", False)))
         prefill = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "prefill_ms", False)))
+        outside = dict(head_ms=_table(r, "head_ms"), embed_ms=_table(r, "embed_ms"),
+                       hop_s=_milliseconds(r, "hop_ms") if r.has("hop_ms") else None,
+                       step_overhead_s=_milliseconds(r, "step_overhead_ms") if r.has("step_overhead_ms") else None)
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))
@@ -204,7 +234,7 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         if memory is None and (kv is None or max_layers is None):
             raise r.fail("memory", "missing", "a measured GPU needs 'memory', or both 'kv_tokens' and 'max_layers'")
         fp32 = r.positive_float("fp32_tflops") * 1e12 if r.has("fp32_tflops") else None
-        return GpuSpec(decode_ms=decode, prefill_ms=prefill, kv_tokens=kv, fp32_flops=fp32, **common)
+        return GpuSpec(decode_ms=decode, prefill_ms=prefill, kv_tokens=kv, fp32_flops=fp32, **outside, **common)
     if memory is None:
         raise r.fail("memory", "missing", "add 'memory = 24 GiB'")
     return GpuSpec(memory_bandwidth_bytes_per_s=r.quantity("memory_bandwidth", parse_bandwidth),

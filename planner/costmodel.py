@@ -15,9 +15,10 @@ from functools import lru_cache
 from typing import Protocol
 
 from planner.catalog import DTYPE_BYTES, GpuSpec, ModelSpec
-from planner.engines import DEFAULT_ENGINE, Efficiency, efficiency as engine_efficiency
+from planner.engines import DEFAULT_ENGINE, Efficiency, Overheads, efficiency as engine_efficiency, overheads
 
 GIB = 1024.0**3
+LOGIT_BYTES = 4  # logits are float32 for sampling (the runtime and vLLM upcast them)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class GpuCost:
             raise ValueError(f"tensor-parallel degree must be at least 1, got {tp}")
         self.gpu, self.model, self.dtype, self.workload, self.params = gpu, model, dtype, workload, params
         self.efficiency = efficiency or engine_efficiency(params.engine, gpu.id)
+        self.overheads: Overheads = overheads(params.engine)
         self.tp, self.tp_link = tp, tp_link
         self.dtype_bytes = DTYPE_BYTES[dtype]
         self.layer_bytes = model.layer_params() * self.dtype_bytes
@@ -173,6 +175,45 @@ class GpuCost:
                  + 4 * q_width * tokens * (context + tokens / 2))      # causal attention, half the square
         return layers * (self._roofline(moved, flops, self.efficiency.compute_efficiency) + 2 * self.all_reduce_s(tokens))
 
+    # ---- work outside the layers (docs/cost-model.md#work-outside-the-layers) ----------------------
+
+    @property
+    def hop_s(self) -> float:
+        """Fixed cost of one message this unit sends (or the coordinator sends it), beyond its bytes."""
+        return self.gpu.hop_s if self.gpu.hop_s is not None else self.overheads.hop_s
+
+    @property
+    def step_overhead_s(self) -> float:
+        """Fixed cost of one iteration at this unit, whatever it computes."""
+        return self.gpu.step_overhead_s if self.gpu.step_overhead_s is not None else self.overheads.step_s
+
+    def head_s(self, batch: float) -> float:
+        """The last stage's final norm + LM head + sampling for `batch` rows (decode sequences, or prompts
+        whose last token this pass computed): the head's weights read once, its logits written and read."""
+        if self.gpu.is_static:
+            raise NoLatencyModel(self.gpu.id)
+        if self.gpu.head_ms is not None:
+            return self.gpu.head_ms.seconds(batch) / self.tp
+        vocab, hidden = self.model.vocab_size, self.model.hidden_size
+        moved = self.head_bytes + batch * hidden * self.dtype_bytes + 2 * batch * vocab * LOGIT_BYTES
+        return self._outside_s(moved, 2 * batch * vocab * hidden, batch)
+
+    def embed_s(self, tokens: float) -> float:
+        """The first stage's embedding of `tokens` tokens: one row of the table read and written per token."""
+        if self.gpu.is_static:
+            raise NoLatencyModel(self.gpu.id)
+        if self.gpu.embed_ms is not None:
+            return self.gpu.embed_ms.seconds(tokens) / self.tp
+        return self._outside_s(2 * tokens * self.model.hidden_size * self.dtype_bytes, 0.0, tokens)
+
+    def _outside_s(self, moved_bytes: float, flops: float, batch: float) -> float:
+        """Time of kernels outside the layers without a measured table: on a roofline GPU, the roofline at
+        the engine's decode efficiency; on a measured GPU (no datasheet figures), a layer's measured decode
+        time scaled by the bytes moved against a layer's."""
+        if self.gpu.decode_ms is not None:
+            return self.gpu.decode_ms.seconds(batch) / self.tp * moved_bytes / self.layer_bytes
+        return self._roofline(moved_bytes, flops, self.efficiency.decode_compute_efficiency)
+
     def all_reduce_s(self, rows: float) -> float:
         """One ring all-reduce of `rows` hidden vectors across the tensor-parallel group (0 when tp = 1)."""
         if self.tp == 1 or self.tp_link is None:
@@ -188,16 +229,27 @@ class GpuCost:
             peak = self.gpu.fp16_flops / 4  # no fp32 figure: tensor cores unused, a quarter of fp16
         return self.efficiency.roofline_s(moved_bytes / bandwidth, flops / (peak * self.tp * compute_efficiency))
 
-    def seconds_per_output_token(self, layers: int, batch: float) -> float:
+    def seconds_per_output_token(self, layers: int, batch: float, first: bool = False, last: bool = False) -> float:
         """Node time one output token costs: its share of a decode step of `batch` sequences plus its
         request's prefill, amortised over the request's output tokens. The prompt goes through in chunks
         of what an iteration's token budget leaves after the decode batch (chunked prefill, decode first,
-        as vLLM and the simulator schedule it), each chunk a pass of its own that reads the weights."""
-        prompt = self.workload.prompt_tokens
+        as vLLM and the simulator schedule it), each chunk a pass of its own that reads the weights.
+        The unit holding layer 0 (`first`) also embeds every token, the one holding the last layer (`last`)
+        runs the head for every decode step and once per prompt, and every iteration pays the step
+        overhead: as many iterations as decode steps or prompt chunks, whichever are more."""
+        prompt, output = self.workload.prompt_tokens, self.workload.output_tokens
         chunk = min(prompt, max(1.0, self.params.prefill_chunk_tokens - batch))
         # chunk j attends over the j chunks before it: the passes' causal attention sums to prompt^2 / 2
-        prefill = prompt / chunk * self.prefill_s(layers, chunk, (prompt - chunk) / 2)
-        return self.decode_s(layers, batch) / batch + prefill / self.workload.output_tokens
+        prefill = prompt / chunk * (self.prefill_s(layers, chunk, (prompt - chunk) / 2)
+                                    + (self.embed_s(chunk) if first else 0.0))
+        decode = self.decode_s(layers, batch)
+        if first:
+            decode += self.embed_s(batch)
+        if last:
+            decode += self.head_s(batch)
+            prefill += self.head_s(1)   # the head reads only each prompt's last token
+        iterations = max(1.0 / batch, prompt / (chunk * output))
+        return decode / batch + prefill / output + iterations * self.step_overhead_s
 
     # ---- capacity -----------------------------------------------------------------------------
 
@@ -215,7 +267,7 @@ class GpuCost:
         if batch == 0:
             return 0.0
         # Batch and per-token work both grow with the batch, so the largest batch a step runs is best:
-        compute_bound = 1.0 / self.seconds_per_output_token(layers, self.step_batch(layers, first, last))
+        compute_bound = 1.0 / self.seconds_per_output_token(layers, self.step_batch(layers, first, last), first, last)
         # each sequence yields one token per round trip, so B sequences give at most B / rtt tokens/s
         trip_bound = batch / rtt_s if rtt_s > 0 else math.inf
         return min(compute_bound, trip_bound)

@@ -65,6 +65,36 @@ _VLLM_BY_CLASS: dict[str, Efficiency] = {
 GPU_CLASS = {"a100-40gb": "a100", "a100-80gb": "a100", "v100": "v100", "v100-32gb": "v100", "l4": "l4", "t4": "t4"}
 
 
+@dataclass(frozen=True)
+class Overheads:
+    """An engine's fixed costs outside the layers' kernels (docs/cost-model.md#work-outside-the-layers).
+    A measured GPU section's `hop_ms` / `step_overhead_ms` replace the first two for that GPU type."""
+
+    hop_s: float        # one message between stages: serialise, send, receive, deserialise (not the bytes)
+    step_s: float       # one iteration at a stage: batch formation and bookkeeping outside the kernels
+    host_step_s: float  # the coordinator's loop, once per message it sends to a path's first stage
+
+
+# The runtime: msgpack + ZeroMQ over loopback TCP and the worker's Python bookkeeping per step, measured at
+# a batch of 8-16 on the 2-core development machine (benchmarks/runtime_overheads.py: hop 0.40-0.47 ms,
+# step 0.15-0.22 ms; docs/cost-model.md#work-outside-the-layers). The host's loop per round is the same
+# kind of O(batch) Python and is given the worker's figure (not measured apart).
+_RUNTIME_OVERHEADS = Overheads(hop_s=0.45e-3, step_s=0.20e-3, host_step_s=0.20e-3)
+# vLLM: not measured here. Stages exchange intermediate tensors with torch.distributed send/recv, and
+# since v0.6 the scheduler's CPU work overlaps the GPU's (multi-step / async scheduling), so only a
+# small gap between CUDA-graph replays is exposed; an order-of-magnitude assumption, stated as such.
+_VLLM_OVERHEADS = Overheads(hop_s=0.10e-3, step_s=0.10e-3, host_step_s=0.0)
+
+
+def overheads(engine: str) -> Overheads:
+    """The fixed costs outside the layers that `engine` runs with."""
+    if engine == "runtime":
+        return _RUNTIME_OVERHEADS
+    if engine == "vllm":
+        return _VLLM_OVERHEADS
+    raise ValueError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+
+
 def efficiency(engine: str, gpu_id: str) -> Efficiency:
     """The constants `engine` runs with on GPU type `gpu_id`."""
     if engine == "runtime":

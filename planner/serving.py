@@ -50,15 +50,16 @@ class ServingEstimate:
 def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int], rate: float) -> float:
     """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
     cost, layers = problem.cost(node), span[1] - span[0]
-    ceiling = max(1.0, cost.step_batch(layers, first=span[0] == 0, last=span[1] == problem.layers))
+    first, last = span[0] == 0, span[1] == problem.layers
+    ceiling = max(1.0, cost.step_batch(layers, first=first, last=last))
     if rate <= 0:
         return 1.0
     low, high = 1e-6, float(ceiling)
-    if high / (cost.seconds_per_output_token(layers, high) * high) <= rate:
+    if high / (cost.seconds_per_output_token(layers, high, first, last) * high) <= rate:
         return high  # saturated: it runs its largest batch
     for _ in range(60):  # rate * step(b) - b is positive below the fixed point, negative above
         mid = (low + high) / 2
-        if rate * cost.seconds_per_output_token(layers, mid) * mid > mid:
+        if rate * cost.seconds_per_output_token(layers, mid, first, last) * mid > mid:
             low = mid
         else:
             high = mid
@@ -66,8 +67,11 @@ def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int]
 
 
 def _step_s(problem: PlacementProblem, node: str, span: tuple[int, int], batch: float) -> float:
-    """One iteration of a node: a decode step of `batch` sequences plus its share of prefill work."""
-    return problem.cost(node).seconds_per_output_token(span[1] - span[0], max(batch, 1.0)) * max(batch, 1.0)
+    """One iteration of a node: a decode step of `batch` sequences plus its share of prefill work (with
+    the embedding, head and step overhead a first or last stage pays, as the simulator charges them)."""
+    batch = max(batch, 1.0)
+    return problem.cost(node).seconds_per_output_token(span[1] - span[0], batch, span[0] == 0,
+                                                       span[1] == problem.layers) * batch
 
 
 def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
@@ -103,9 +107,18 @@ def _hop(problem: PlacementProblem, a: str, b: str) -> tuple[Link, float]:
 
 
 def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
-    """Latency plus transfer time of `vectors` tokens' vectors over a hop."""
+    """Latency plus transfer time of `vectors` tokens' vectors over a hop, plus the message's fixed cost."""
     link, size = _hop(problem, a, b)
-    return link.latency_s + size * vectors / link.bandwidth_bytes_per_s
+    return link.latency_s + size * vectors / link.bandwidth_bytes_per_s + _message_s(problem, a, b)
+
+
+def _message_s(problem: PlacementProblem, a: str, b: str) -> float:
+    """Fixed cost of one message over a hop: the sending unit's hop cost; a message from the coordinator
+    costs its receiver's hop cost plus the coordinator's loop (the simulator charges the same)."""
+    if a == COORDINATOR:
+        cost = problem.cost(b)
+        return cost.hop_s + cost.overheads.host_step_s
+    return problem.cost(a).hop_s
 
 
 def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
@@ -158,10 +171,22 @@ def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow
             if waiting else 0.0
         tpot = sum(step[n] for n in nodes) + stage_wait + queued \
             + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
-        ttft = sum(problem.cost(n).prefill_s(ranges[n][1] - ranges[n][0], prompt) + step[n] / 2 for n in nodes) \
+        ttft = sum(_prefill_stage_s(problem, n, ranges[n], prompt) + step[n] / 2 for n in nodes) \
             + queued + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
         estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
     return estimates, batch
+
+
+def _prefill_stage_s(problem: PlacementProblem, node: str, span: tuple[int, int], prompt: int) -> float:
+    """A whole prompt's pass through a unit: its layers, the embedding on the first stage, the head for
+    the prompt's last token on the last, and one step overhead."""
+    cost = problem.cost(node)
+    seconds = cost.prefill_s(span[1] - span[0], prompt) + cost.step_overhead_s
+    if span[0] == 0:
+        seconds += cost.embed_s(prompt)
+    if span[1] == problem.layers:
+        seconds += cost.head_s(1)
+    return seconds
 
 
 def _mean(values: list[tuple[float, float]]) -> float:

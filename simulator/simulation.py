@@ -234,7 +234,7 @@ class Simulation:
             for stage in path:
                 stage.reserve(need, now)
             first = path[0]
-            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt)
+            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_s
             first.receive(arrive, [], [[request, request.prompt, 0]], events)
 
     def arrive(self, now: float, item: tuple[float, int, int]) -> list:
@@ -302,7 +302,8 @@ class Simulation:
         events: list = []
         for first, sent in outgoing.items():
             sequences = sum(len(c.members) for c in sent)
-            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences), sent, [], events)
+            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences) + first.inbound_s,
+                          sent, [], events)
         if finished:
             self.admit(now, events)
         return events

@@ -8,9 +8,12 @@ Iteration policy (vLLM's chunked-prefill scheduler, decode first):
      first served; a prompt longer than what is left is split, its remainder heads the queue;
   3. the iteration takes decode_s(layers, decode batch, mean context) + prefill_s(layers, chunk tokens,
      context) of the cost model (measured tables when the cluster has them): a mixed iteration is
-     charged as a decode step plus a prefill pass, as the planner charges it;
-  4. when it ends, outputs leave as one transfer per next hop, and the next iteration starts at once
-     with whatever has arrived meanwhile; with nothing waiting the stage idles until the next arrival.
+     charged as a decode step plus a prefill pass, as the planner charges it; plus the work outside
+     the layers: the step overhead, the embedding of both passes' tokens on the first stage, and on the
+     last the head for the decode batch and, as a pass of its own, for the prompts this pass finished;
+  4. when it ends, outputs leave as one transfer per next hop, each message landing its fixed cost
+     (hop_s) after its bytes, and the next iteration starts at once with whatever has arrived
+     meanwhile; with nothing waiting the stage idles until the next arrival.
 
 Work moves in cohorts: the decode sequences of one lane of one path, travelling together. Parts of one
 cohort that meet at a stage merge, so per-iteration work grows with the number of paths, not of
@@ -52,6 +55,11 @@ class Stage:
         self.layers = end - start
         self.budget = budget                      # tokens per iteration (decode tokens + prompt chunks)
         self.activation_bytes = activation_bytes  # bytes per token sent to the next stage
+        # work outside the layers (docs/cost-model.md#work-outside-the-layers)
+        self.first, self.last = start == 0, end == model_layers
+        self.step_overhead_s = cost.step_overhead_s
+        self.hop_s = cost.hop_s                                          # each message it sends
+        self.inbound_s = cost.hop_s + cost.overheads.host_step_s         # each message the coordinator sends it
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
@@ -78,6 +86,8 @@ class Stage:
         self.decoded = 0
         self._decode_memo: dict[tuple[int, int], float] = {}
         self._prefill_memo: dict[tuple[int, int], float] = {}
+        self._head_memo: dict[int, float] = {0: 0.0}
+        self._embed_memo: dict[int, float] = {0: 0.0}
 
     # ---- cost model, memoised ---------------------------------------------------------------------
 
@@ -95,6 +105,18 @@ class Stage:
         if seconds is None:
             seconds = self.cost.prefill_s(self.layers, tokens, (key[1] + 0.5) * CONTEXT_BUCKET)
             self._prefill_memo[key] = seconds
+        return seconds
+
+    def head_time(self, rows: int) -> float:
+        seconds = self._head_memo.get(rows)
+        if seconds is None:
+            seconds = self._head_memo[rows] = self.cost.head_s(rows)
+        return seconds
+
+    def embed_time(self, tokens: int) -> float:
+        seconds = self._embed_memo.get(tokens)
+        if seconds is None:
+            seconds = self._embed_memo[tokens] = self.cost.embed_s(tokens)
         return seconds
 
     # ---- KV admission -----------------------------------------------------------------------------
@@ -169,8 +191,9 @@ class Stage:
 
         chunks = []
         room = self.budget - sequences
+        tokens = finished = 0
         if prefill and room > 0:
-            tokens, attention = 0, 0.0
+            attention = 0.0
             while prefill and room > 0:
                 head = prefill[0]
                 request, left, before = head
@@ -181,12 +204,18 @@ class Stage:
                     head[1] -= take
                     head[2] += take
                 chunks.append((request, take, before))
+                finished += before + take == request.prompt
                 room -= take
                 tokens += take
                 attention += take * (before + take / 2)
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
             seconds += self.prefill_time(tokens, attention / tokens - tokens / 2)
+        seconds += self.step_overhead_s
+        if self.first:
+            seconds += self.embed_time(sequences) + self.embed_time(tokens)
+        if self.last:
+            seconds += self.head_time(sequences) + self.head_time(finished)
 
         self.busy = True
         self.wake_at = INF
@@ -231,10 +260,10 @@ class Stage:
         for nxt, (cohorts, chunks, firsts, vectors) in outputs.items():
             link = self.link_to[nxt]
             if nxt is None:  # sampled token ids back to the coordinator
-                arrive = link.send(now, 4 * vectors)
+                arrive = link.send(now, 4 * vectors) + self.hop_s
                 events.append((arrive, self.deliver_to_coordinator, (cohorts, firsts)))
             else:            # hidden states to the next stage
-                nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, chunks, events)
+                nxt.receive(link.send(now, self.activation_bytes * vectors) + self.hop_s, cohorts, chunks, events)
         started = self.start(now)
         if started:
             events += started

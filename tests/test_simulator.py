@@ -152,7 +152,8 @@ def test_a_faster_gpu_never_lowers_throughput(write_ini):
 
 
 def test_idle_latency_is_the_sum_of_stage_and_link_times(tmp_path):
-    """Requests 30 s apart never meet: TTFT and TPOT are sums of cost-model times and link times."""
+    """Requests 30 s apart never meet: TTFT and TPOT are sums of cost-model times and link times, with
+    the work outside the layers (step overheads, embedding, head, each message's fixed cost)."""
     prompt, output = 1000, 40
     trace = tmp_path / "sparse.csv"
     trace.write_text("arrival_s,input_tokens,output_tokens\n"
@@ -168,17 +169,25 @@ def test_idle_latency_is_the_sum_of_stage_and_link_times(tmp_path):
     def hop(a, b, size):
         link = cluster.coordinator_link(problem.host_of(b if a == COORDINATOR else a)) \
             if COORDINATOR in (a, b) else cluster.link(problem.host_of(a), problem.host_of(b))
-        return link.latency_s + size / link.bandwidth_bytes_per_s
+        message = problem.cost(b).hop_s + problem.cost(b).overheads.host_step_s if a == COORDINATOR \
+            else problem.cost(a).hop_s
+        return link.latency_s + size / link.bandwidth_bytes_per_s + message
+
+    def outside(n, tokens, rows):
+        """Step overhead, embedding of `tokens` on the first stage, head of `rows` rows on the last."""
+        cost = problem.cost(n)
+        return cost.step_overhead_s + (cost.embed_s(tokens) if n == stages[0] else 0.0) \
+            + (cost.head_s(rows) if n == stages[-1] else 0.0)
 
     def links(first_bytes, vector_bytes, last_bytes):
         hops = [hop(COORDINATOR, stages[0], first_bytes), hop(stages[-1], COORDINATOR, last_bytes)]
         return sum(hops) + sum(hop(a, b, vector_bytes) for a, b in zip(stages, stages[1:]))
 
     layers = {n: e - s for n, (s, e) in CHAIN.items()}
-    ttft = sum(problem.cost(n).prefill_s(layers[n], prompt, 0.0) for n in stages) \
+    ttft = sum(problem.cost(n).prefill_s(layers[n], prompt, 0.0) + outside(n, prompt, 1) for n in stages) \
         + links(4 * prompt, prompt * vector, 4)
-    rounds = [sum(problem.cost(n).decode_s(layers[n], 1, prompt + j) for n in stages) + links(4, vector, 4)
-              for j in range(1, output)]
+    rounds = [sum(problem.cost(n).decode_s(layers[n], 1, prompt + j) + outside(n, 1, 1) for n in stages)
+              + links(4, vector, 4) for j in range(1, output)]
     assert result.requests_completed == 6
     assert result.ttft["mean"] == pytest.approx(ttft, rel=0.01)
     assert result.tpot["mean"] == pytest.approx(sum(rounds) / len(rounds), rel=0.01)

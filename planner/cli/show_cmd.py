@@ -112,8 +112,13 @@ def show_json(cluster: Cluster) -> dict:
                  "layer_bytes": cost.layer_bytes,
                  "max_layers": {"plain": cost.max_layers(), "with_embeddings": cost.max_layers(first=True),
                                 "with_lm_head": cost.max_layers(last=True)},
-                 "capacity": rows, "decode_ms": None, "prefill_ms": None}
+                 "capacity": rows, "decode_ms": None, "prefill_ms": None, "outside_layers": None}
         if cost.has_latency:
+            entry["outside_layers"] = {  # docs/cost-model.md#work-outside-the-layers
+                "head_ms": {str(b): cost.head_s(b) * 1e3 for b in DECODE_BATCHES},
+                "embed_ms": {str(t): cost.embed_s(t) * 1e3 for t in (1, *PREFILL_TOKENS)},
+                "hop_ms": cost.hop_s * 1e3, "step_overhead_ms": cost.step_overhead_s * 1e3,
+                "host_step_ms": cost.overheads.host_step_s * 1e3}
             entry["decode_ms"] = {str(c): {str(b): cost.decode_s(1, b, c) * 1e3 for b in DECODE_BATCHES}
                                   for c in DECODE_CONTEXTS}
             entry["prefill_ms"] = {str(t): cost.prefill_s(1, t) * 1e3 for t in PREFILL_TOKENS}
