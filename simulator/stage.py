@@ -29,9 +29,11 @@ from simulator.network import Link
 
 INF = math.inf
 CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
+MEMO_KEY_SPAN = 1 << 32  # memo key: context bucket * MEMO_KEY_SPAN + batch (or prompt tokens); an int hashes fast
 
 
 LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
+NO_PATH, MIXED = object(), object()   # Stage.only_next before any path is added; paths with different next hops
 
 
 class Cohort:
@@ -46,7 +48,8 @@ class Cohort:
 
 class Stage:
     def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
-                 budget: int, activation_bytes: int, window: tuple[float, float]) -> None:
+                 budget: int, activation_bytes: int, window: tuple[float, float],
+                 memos: dict | None = None) -> None:
         start, end = span
         self.name, self.host, self.cost, self.span = name, host, cost, span
         self.layers = end - start
@@ -59,6 +62,7 @@ class Stage:
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
         self.next_of: dict[int, Stage | None] = {}
+        self.only_next: Stage | None | object = NO_PATH   # the next hop of every path, MIXED if they differ
         self.link_to: dict[Stage | None, Link] = {}
         self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
         # queues
@@ -76,24 +80,33 @@ class Stage:
         self.kv_peak = 0
         self.iterations = 0
         self.decoded = 0
-        self._decode_memo: dict[tuple[int, int], float] = {}
-        self._prefill_memo: dict[tuple[int, int], float] = {}
+        # memoised step times, shared by every stage of one cost and layer range shape (`memos`, owned by
+        # the simulation): stages of one GPU type holding as many layers time alike, so they fill one table
+        shape = (id(cost), self.layers, start == 0, end == model_layers)
+        tables = (memos if memos is not None else {}).setdefault(shape, ({}, {}))
+        self._decode_memo: dict[int, float] = tables[0]
+        self._prefill_memo: dict[int, float] = tables[1]
+        # handlers bound once: a bound method is a new object at every attribute lookup
+        self._on_finish = self.finish
+        self._on_wake = self.wake
 
     # ---- cost model, memoised ---------------------------------------------------------------------
 
     def decode_time(self, batch: int, context: float) -> float:
-        key = (batch, int(context) // CONTEXT_BUCKET)
+        bucket = int(context) // CONTEXT_BUCKET
+        key = bucket * MEMO_KEY_SPAN + batch
         seconds = self._decode_memo.get(key)
         if seconds is None:
-            seconds = self.cost.decode_s(self.layers, batch, (key[1] + 0.5) * CONTEXT_BUCKET)
+            seconds = self.cost.decode_s(self.layers, batch, (bucket + 0.5) * CONTEXT_BUCKET)
             self._decode_memo[key] = seconds
         return seconds
 
     def prefill_time(self, tokens: int, context: float) -> float:
-        key = (tokens, int(context) // CONTEXT_BUCKET)
+        bucket = int(context) // CONTEXT_BUCKET
+        key = bucket * MEMO_KEY_SPAN + tokens
         seconds = self._prefill_memo.get(key)
         if seconds is None:
-            seconds = self.cost.prefill_s(self.layers, tokens, (key[1] + 0.5) * CONTEXT_BUCKET)
+            seconds = self.cost.prefill_s(self.layers, tokens, (bucket + 0.5) * CONTEXT_BUCKET)
             self._prefill_memo[key] = seconds
         return seconds
 
@@ -112,6 +125,16 @@ class Stage:
         self.kv_used -= kv_tokens
         self.resident -= 1
 
+    # ---- routing ----------------------------------------------------------------------------------
+
+    def add_path(self, pid: int, nxt: Stage | None) -> None:
+        """Path `pid` continues to `nxt` after this stage (None: back to the coordinator)."""
+        self.next_of[pid] = nxt
+        if self.only_next is NO_PATH:
+            self.only_next = nxt
+        elif self.only_next is not nxt:
+            self.only_next = MIXED
+
     # ---- events -----------------------------------------------------------------------------------
 
     def receive(self, arrive: float, cohorts: list, chunks: list, events: list) -> None:
@@ -120,7 +143,7 @@ class Stage:
         self._received += 1
         if not self.busy and arrive < self.wake_at:
             self.wake_at = arrive
-            events.append((arrive, self.wake, None))
+            events.append((arrive, self._on_wake, None))
 
     def wake(self, now: float, _payload) -> list | None:
         if self.busy or now != self.wake_at:
@@ -134,9 +157,10 @@ class Stage:
         while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
             _, _, cohorts, chunks = heappop(inbox)
             for cohort in cohorts:
-                have = ready.get(cohort.key)
+                key = cohort.key
+                have = ready.get(key)
                 if have is None:
-                    ready[cohort.key] = cohort
+                    ready[key] = cohort
                 else:  # the same micro-batch, arrived in parts
                     have.members += cohort.members
                     have.ctx += cohort.ctx
@@ -146,26 +170,32 @@ class Stage:
             self.busy = False
             if inbox:
                 self.wake_at = inbox[0][0]
-                return [(self.wake_at, self.wake, None)]
+                return [(self.wake_at, self._on_wake, None)]
             return None
 
         # one micro-batch per path per iteration, the longest waiting (dicts keep arrival order)
         if len(ready) == 1:
-            batch = list(ready.values())
-            ready.clear()
+            cohort = ready.popitem()[1]
+            batch = [cohort]
+            sequences, context = len(cohort.members), cohort.ctx
         else:
             batch, taken = [], set()
+            sequences = context = 0
             for cohort in ready.values():
                 if cohort.pid not in taken:
                     taken.add(cohort.pid)
                     batch.append(cohort)
+                    sequences += len(cohort.members)
+                    context += cohort.ctx
             for cohort in batch:
                 del ready[cohort.key]
-        sequences = context = 0
-        for cohort in batch:
-            sequences += len(cohort.members)
-            context += cohort.ctx
-        seconds = self.decode_time(sequences, context / sequences) if sequences else 0.0
+        if sequences:
+            mean = context / sequences
+            seconds = self._decode_memo.get(int(mean) // CONTEXT_BUCKET * MEMO_KEY_SPAN + sequences)
+            if seconds is None:
+                seconds = self.decode_time(sequences, mean)
+        else:
+            seconds = 0.0
 
         chunks = []
         room = self.budget - sequences
@@ -174,19 +204,23 @@ class Stage:
             while prefill and room > 0:
                 head = prefill[0]
                 request, left, before = head
-                take = left if left <= room else room
-                if take == left:
+                if left <= room:   # the whole (rest of the) prompt: the queued chunk itself moves on
+                    take = left
                     prefill.popleft()
-                else:
+                    chunks.append(head)
+                else:              # split: the remainder heads the queue
+                    take = room
                     head[1] -= take
                     head[2] += take
-                chunks.append((request, take, before))
+                    chunks.append([request, take, before])
                 room -= take
                 tokens += take
                 attention += take * (before + take / 2)
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
-            seconds += self.prefill_time(tokens, attention / tokens - tokens / 2)
+            context = attention / tokens - tokens / 2
+            pass_s = self._prefill_memo.get(int(context) // CONTEXT_BUCKET * MEMO_KEY_SPAN + tokens)
+            seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
 
         self.busy = True
         self.wake_at = INF
@@ -197,22 +231,56 @@ class Stage:
             self.iterations += 1
             self.decoded += sequences
         if end > low and now < high:
-            self.busy_s += min(end, high) - max(now, low)
-        return [(end, self.finish, None)]
+            self.busy_s += (end if end < high else high) - (now if now > low else low)
+        return [(end, self._on_finish, None)]
 
     def finish(self, now: float, _payload) -> list | None:
         """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
         self.busy = False
+        batch, chunks = self._batch, self._chunks
+        self._batch = self._chunks = ()
+        events: list = []
+        nxt = self.only_next
+        if nxt is MIXED:
+            self._send_by_hop(now, batch, chunks, events)
+        elif nxt is None:    # the last stage of every path: sampled token ids back to the coordinator
+            firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]  # prompts done
+            if batch or firsts:
+                vectors = len(firsts)
+                for cohort in batch:
+                    vectors += len(cohort.members)
+                events.append((self.link_to[None].send(now, 4 * vectors), self.deliver_to_coordinator,
+                               (batch, firsts)))
+        elif batch or chunks:   # one next stage for every path: hidden states to it
+            vectors = 0
+            for cohort in batch:
+                vectors += len(cohort.members)
+            for chunk in chunks:
+                vectors += chunk[1]
+            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * vectors), batch, chunks, events)
+        if self.ready or self.prefill or (self.inbox and self.inbox[0][0] <= now):
+            started = self.start(now)
+            if started:
+                events += started
+        elif self.inbox:   # idle until the next transfer lands (Stage.start, inlined: most stages idle here)
+            self.wake_at = self.inbox[0][0]
+            events.append((self.wake_at, self._on_wake, None))
+        return events
+
+    def _send_by_hop(self, now: float, batch: list, chunks: list, events: list) -> None:
+        """Outputs of a stage whose paths continue to different next hops: one transfer per hop, in the
+        order the hops first appear among the iteration's cohorts, then its prompt chunks."""
         outputs: dict[Stage | None, list] = {}    # next hop -> [cohorts, chunks, first tokens, vectors]
         next_of = self.next_of
-        for cohort in self._batch:
+        for cohort in batch:
             nxt = next_of[cohort.pid]
             out = outputs.get(nxt)
             if out is None:
                 out = outputs[nxt] = [[], [], [], 0]
             out[0].append(cohort)
             out[3] += len(cohort.members)
-        for request, take, before in self._chunks:
+        for chunk in chunks:
+            request, take, before = chunk
             nxt = next_of[request.pid]
             if nxt is None and before + take < request.prompt:
                 continue  # a prompt chunk that is not the last: nothing leaves the last stage
@@ -223,19 +291,12 @@ class Stage:
                 out[2].append(request)      # the prompt is done: its first token goes back
                 out[3] += 1
             else:
-                out[1].append([request, take, before])
+                out[1].append(chunk)
                 out[3] += take
-        self._batch, self._chunks = [], []
-
-        events: list = []
-        for nxt, (cohorts, chunks, firsts, vectors) in outputs.items():
+        for nxt, (cohorts, sent, firsts, vectors) in outputs.items():
             link = self.link_to[nxt]
             if nxt is None:  # sampled token ids back to the coordinator
                 arrive = link.send(now, 4 * vectors)
                 events.append((arrive, self.deliver_to_coordinator, (cohorts, firsts)))
             else:            # hidden states to the next stage
-                nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, chunks, events)
-        started = self.start(now)
-        if started:
-            events += started
-        return events
+                nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, sent, events)
