@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from math import trunc  # int(x) for a float, without the cost of calling the int type
 from heapq import heappop, heappush
 from typing import Callable
 
@@ -191,7 +192,7 @@ class Stage:
                 del ready[cohort.key]
         if sequences:
             mean = context / sequences
-            seconds = self._decode_memo.get(int(mean) // CONTEXT_BUCKET * MEMO_KEY_SPAN + sequences)
+            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * MEMO_KEY_SPAN + sequences)
             if seconds is None:
                 seconds = self.decode_time(sequences, mean)
         else:
@@ -219,7 +220,7 @@ class Stage:
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
             context = attention / tokens - tokens / 2
-            pass_s = self._prefill_memo.get(int(context) // CONTEXT_BUCKET * MEMO_KEY_SPAN + tokens)
+            pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * MEMO_KEY_SPAN + tokens)
             seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
 
         self.busy = True
