@@ -30,7 +30,6 @@ from simulator.network import Link
 
 INF = math.inf
 CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
-MEMO_KEY_SPAN = 1 << 32  # memo key: context bucket * MEMO_KEY_SPAN + batch (or prompt tokens); an int hashes fast
 
 
 LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
@@ -83,7 +82,10 @@ class Stage:
         self.decoded = 0
         # memoised step times, shared by every stage of one cost and layer range shape (`memos`, owned by
         # the simulation): stages of one GPU type holding as many layers time alike, so they fill one table
-        shape = (id(cost), self.layers, start == 0, end == model_layers)
+        # Keys are one small int, context bucket * span + batch (or prompt tokens), unique as 0 < batch
+        # <= max_seqs and 0 < tokens <= budget: cheaper to build, hash and compare than a tuple or a big int.
+        self._span = max(self.max_seqs, budget) + 1
+        shape = (id(cost), self.layers, start == 0, end == model_layers, self._span)
         tables = (memos if memos is not None else {}).setdefault(shape, ({}, {}))
         self._decode_memo: dict[int, float] = tables[0]
         self._prefill_memo: dict[int, float] = tables[1]
@@ -95,7 +97,7 @@ class Stage:
 
     def decode_time(self, batch: int, context: float) -> float:
         bucket = int(context) // CONTEXT_BUCKET
-        key = bucket * MEMO_KEY_SPAN + batch
+        key = bucket * self._span + batch
         seconds = self._decode_memo.get(key)
         if seconds is None:
             seconds = self.cost.decode_s(self.layers, batch, (bucket + 0.5) * CONTEXT_BUCKET)
@@ -104,7 +106,7 @@ class Stage:
 
     def prefill_time(self, tokens: int, context: float) -> float:
         bucket = int(context) // CONTEXT_BUCKET
-        key = bucket * MEMO_KEY_SPAN + tokens
+        key = bucket * self._span + tokens
         seconds = self._prefill_memo.get(key)
         if seconds is None:
             seconds = self.cost.prefill_s(self.layers, tokens, (bucket + 0.5) * CONTEXT_BUCKET)
@@ -192,7 +194,7 @@ class Stage:
                 del ready[cohort.key]
         if sequences:
             mean = context / sequences
-            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * MEMO_KEY_SPAN + sequences)
+            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * self._span + sequences)
             if seconds is None:
                 seconds = self.decode_time(sequences, mean)
         else:
@@ -220,7 +222,7 @@ class Stage:
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
             context = attention / tokens - tokens / 2
-            pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * MEMO_KEY_SPAN + tokens)
+            pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
             seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
 
         self.busy = True
