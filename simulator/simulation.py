@@ -306,7 +306,9 @@ class Simulation:
         recorder.tokens(now, tokens)
         events: list = []
         for first, sent in outgoing.items():
-            sequences = sum(len(c.members) for c in sent)
+            sequences = 0
+            for cohort in sent:
+                sequences += len(cohort.members)
             first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences), sent, [], events)
         if finished:
             self.admit(now, events)
