@@ -4,7 +4,7 @@
     python benchmarks/simulate.py --target        # the 24-GPU, three-region, offline 60 s + 600 s run
     python benchmarks/simulate.py --sizes 8,24 --runs 1 --duration 120
     python benchmarks/simulate.py --busy          # the busy case (issue 15): 24 GPUs, 3 regions, Qwen3-32B
-    python benchmarks/simulate.py --busy --layout busy.ini --baseline /path/to/old/checkout --runs 5
+    python benchmarks/simulate.py --busy --baseline /path/to/old/checkout --runs 5
 
 Clusters are generated into a temporary folder: hosts of 4 GPUs of one catalog type, spread over
 regions (fast links inside a region, slower ones between regions, the coordinator in the first), and
@@ -12,14 +12,17 @@ placed with the `chains` method (fast) through planner.plan.solve. Not part of t
 
 `--busy`: a 24-GPU three-region cluster from planner.synthetic.regional_cluster_text (RTX 4090, RTX
 2080 Ti, A10 and L20, one GPU per host, a remote coordinator, 10-15 MB/s links between regions),
-Qwen3-32B, placed by the default method (a time-limited MILP: `--layout FILE` keeps the placement of
-an earlier run, written there when FILE does not exist), simulated offline for 60 s + 600 s. Each run
+Qwen3-32B, placed by the default method, simulated offline for 60 s + 600 s. The MILP is time-limited,
+so its placement can move between solves: the one timed is kept in benchmarks/busy/ (cluster.ini, the
+generator's output; layout.ini, a 60 s solve); `--layout FILE` times another (solved now and written
+there when FILE does not exist, `--layout new.ini` to re-solve). Each run
 is a fresh process (`planner simulate` as a user runs it); with `--baseline DIR` every run of this
 checkout is paired with one of the checkout at DIR (its `simulator` and `planner` put first on the
 path) on the same layout, alternating, so both see the same machine load. Printed per checkout:
 process wall seconds (interpreter start, imports, reading the layout and the run), seconds inside the
-run (the result's wall_seconds), events, events/s, simulated seconds per wall second inside the run,
-and the process's peak RSS; medians over the runs.
+run (the result's wall_seconds) and the CPU seconds of the run (less sensitive to other jobs on a shared
+machine), events, events/s, simulated seconds per wall second inside the run, and the process's peak
+RSS; medians over the runs.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ INTER_REGION = ("1 Gbit/s, 10 ms", "1 Gbit/s, 25 ms", "500 Mbit/s, 40 ms")
 BUSY_REGIONS = ({"rtx4090": 6, "l20": 2}, {"rtx2080ti": 6, "a10": 2}, {"a10": 4, "l20": 4})
 BUSY_MODEL = "qwen3-32b"
 BUSY_SOLVE_S = 60.0
+BUSY_LAYOUT = Path(__file__).resolve().parent / "busy" / "layout.ini"
 
 
 def cluster_text(gpus: int, regions: int, model: str = "llama-2-70b") -> str:
@@ -93,28 +97,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def busy_layout(path: Path | None, folder: Path) -> Path:
-    """The busy case's layout file: `path` if it exists, else solved now (and written to `path`)."""
-    if path is not None and path.exists():
+def busy_layout(path: Path) -> Path:
+    """The busy case's layout file: `path` if it exists, else solved now and written there, its cluster
+    file beside it (a layout names its cluster file)."""
+    if path.exists():
         return path
-    cluster = folder / "busy-24gpu-3r.ini"
+    cluster = path.parent / f"{path.stem}-cluster.ini"
     cluster.write_text(regional_cluster_text(BUSY_REGIONS, model=BUSY_MODEL, seed=0))
-    layout = plan_layout(solve(load_cluster(cluster), DEFAULT_METHOD, time_limit=BUSY_SOLVE_S))
-    if path is not None:   # keep the cluster beside it: a layout names its cluster file
-        kept = path.parent / f"{path.stem}-cluster.ini"
-        kept.write_text(cluster.read_text())
-        layout = Layout(load_cluster(kept), layout.method, layout.placement, layout.flows, layout.figures)
-    out = path or folder / "busy-layout.ini"
-    write_layout(out, layout)
-    return out
+    write_layout(path, plan_layout(solve(load_cluster(cluster), DEFAULT_METHOD, time_limit=BUSY_SOLVE_S)))
+    return path
 
 
 def child(layout_path: str, duration: float, warmup: float) -> None:
     """One run in this process (the simulator on sys.path, whichever checkout that is); JSON on stdout."""
     began = time.perf_counter()
     layout = read_layout(layout_path)
+    cpu = time.process_time()
     result = simulate(layout, SimConfig(workload=parse_workload("offline"), duration_s=duration, warmup_s=warmup))
-    print(json.dumps({"run_s": result.wall_seconds, "events": result.events, "tokens": result.decode_throughput,
+    cpu = time.process_time() - cpu
+    print(json.dumps({"run_s": result.wall_seconds, "run_cpu_s": cpu, "events": result.events,
+                      "tokens": result.decode_throughput,
                       "after_import_s": time.perf_counter() - began, "peak_rss_mb": peak_rss_mb(),
                       "simulator": str(Path(sys.modules["simulator"].__file__).parent)}))
 
@@ -130,8 +132,8 @@ def timed_process(checkout: Path, layout: Path, duration: float, warmup: float) 
     return figures
 
 
-def busy(args: argparse.Namespace, folder: Path) -> None:
-    layout = busy_layout(Path(args.layout) if args.layout else None, folder)
+def busy(args: argparse.Namespace) -> None:
+    layout = busy_layout(Path(args.layout) if args.layout else BUSY_LAYOUT)
     here = Path(__file__).resolve().parent.parent
     checkouts = {"this checkout": here} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
     runs: dict[str, list[dict]] = {name: [] for name in checkouts}
@@ -141,21 +143,26 @@ def busy(args: argparse.Namespace, folder: Path) -> None:
     simulated = args.duration + args.warmup
     print(f"busy case: {layout.name}, offline, {args.warmup:g} s warm-up + {args.duration:g} s, "
           f"medians of {args.runs} runs, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'checkout':>14} {'wall s':>7} {'run s':>6} {'events':>9} {'events/s':>9} {'sim s / run s':>13} "
-          f"{'peak RSS MB':>11} {'tokens/s':>9}")
+    print(f"{'checkout':>14} {'wall s':>7} {'run s':>6} {'run CPU s':>9} {'events':>9} {'events/s':>9} "
+          f"{'sim s / run s':>13} {'peak RSS MB':>11} {'tokens/s':>9}")
     for name, figures in runs.items():
         wall = statistics.median(f["wall_s"] for f in figures)
         run_s = statistics.median(f["run_s"] for f in figures)
+        cpu_s = statistics.median(f["run_cpu_s"] for f in figures)
         events = figures[0]["events"]
-        print(f"{name:>14} {wall:>7.2f} {run_s:>6.2f} {events:>9,} {events / run_s:>9,.0f} {simulated / run_s:>13.0f} "
-              f"{statistics.median(f['peak_rss_mb'] for f in figures):>11.0f} {figures[0]['tokens']:>9,.1f}")
+        print(f"{name:>14} {wall:>7.2f} {run_s:>6.2f} {cpu_s:>9.2f} {events:>9,} {events / run_s:>9,.0f} "
+              f"{simulated / run_s:>13.0f} {statistics.median(f['peak_rss_mb'] for f in figures):>11.0f} "
+              f"{figures[0]['tokens']:>9,.1f}")
         print(f"{'':>14} seconds inside each run: {', '.join(format(f['run_s'], '.2f') for f in figures)}")
     if args.baseline:
         same = all(f["events"] == runs["baseline"][0]["events"] and f["tokens"] == runs["baseline"][0]["tokens"]
                    for figures in runs.values() for f in figures)
         ratio = statistics.median(f["run_s"] for f in runs["baseline"]) / statistics.median(
             f["run_s"] for f in runs["this checkout"])
-        print(f"speed-up inside the run: {ratio:.2f}x; events and throughput identical: {same}")
+        cpu_ratio = statistics.median(f["run_cpu_s"] for f in runs["baseline"]) / statistics.median(
+            f["run_cpu_s"] for f in runs["this checkout"])
+        print(f"speed-up inside the run: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU; "
+              f"events and throughput identical: {same}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,18 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=60.0)
     parser.add_argument("--target", action="store_true", help="only the 24-GPU three-region offline run")
     parser.add_argument("--busy", action="store_true", help="the busy case: 24 GPUs, 3 regions, Qwen3-32B, MILP")
-    parser.add_argument("--layout", help="--busy: reuse this layout file (solved and written there if missing)")
+    parser.add_argument("--layout", help="--busy: time this layout file (solved and written there if missing)")
     parser.add_argument("--baseline", help="--busy: another checkout to time side by side, on the same layout")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.duration, args.warmup)
         return
+    if args.busy:
+        busy(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if args.busy:
-            busy(args, folder)
-            return
         if args.target:
             layout = make_layout(24, 3, folder)
             wall, events, tokens = run(layout, "offline", args.duration, args.warmup)
