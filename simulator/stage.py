@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from math import trunc  # int(x) for a float, without the cost of calling the int type
 from heapq import heappop, heappush
+from math import trunc  # int(x) of a float without calling the int type, which costs several times more
 from typing import Callable
 
 from planner.costmodel import GpuCost
@@ -80,10 +80,10 @@ class Stage:
         self.kv_peak = 0
         self.iterations = 0
         self.decoded = 0
-        # memoised step times, shared by every stage of one cost and layer range shape (`memos`, owned by
-        # the simulation): stages of one GPU type holding as many layers time alike, so they fill one table
-        # Keys are one small int, context bucket * span + batch (or prompt tokens), unique as 0 < batch
-        # <= max_seqs and 0 < tokens <= budget: cheaper to build, hash and compare than a tuple or a big int.
+        # Memoised step times, shared through `memos` (owned by the simulation) by every stage of one cost
+        # and layer range shape: stages of one GPU type holding as many layers time alike. A key is one
+        # small int, context bucket * span + batch (or prompt tokens), unique as a batch never exceeds
+        # max_seqs nor a prefill pass the budget: cheaper to build, hash and compare than a tuple.
         self._span = max(self.max_seqs, budget) + 1
         shape = (id(cost), self.layers, start == 0, end == model_layers, self._span)
         tables = (memos if memos is not None else {}).setdefault(shape, ({}, {}))
@@ -96,6 +96,7 @@ class Stage:
     # ---- cost model, memoised ---------------------------------------------------------------------
 
     def decode_time(self, batch: int, context: float) -> float:
+        """One decode step of `batch` (at most max_seqs) sequences at mean `context`, memoised."""
         bucket = int(context) // CONTEXT_BUCKET
         key = bucket * self._span + batch
         seconds = self._decode_memo.get(key)
@@ -105,6 +106,7 @@ class Stage:
         return seconds
 
     def prefill_time(self, tokens: int, context: float) -> float:
+        """One prefill pass of `tokens` (at most the budget) prompt tokens after `context`, memoised."""
         bucket = int(context) // CONTEXT_BUCKET
         key = bucket * self._span + tokens
         seconds = self._prefill_memo.get(key)
@@ -265,7 +267,7 @@ class Stage:
             started = self.start(now)
             if started:
                 events += started
-        elif self.inbox:   # idle until the next transfer lands (Stage.start, inlined: most stages idle here)
+        elif self.inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
             self.wake_at = self.inbox[0][0]
             events.append((self.wake_at, self._on_wake, None))
         return events
