@@ -246,6 +246,8 @@ class Stage:
         self._batch = self._chunks = ()
         events: list = []
         nxt = self.only_next
+        if nxt is MIXED:   # paths part here, but this iteration's outputs may still all take one hop
+            nxt = self._common_hop(batch, chunks)
         if nxt is MIXED:
             self._send_by_hop(now, batch, chunks, events)
         elif nxt is None:    # the last stage of every path: sampled token ids back to the coordinator
@@ -271,6 +273,24 @@ class Stage:
             self.wake_at = self.inbox[0][0]
             events.append((self.wake_at, self._on_wake, None))
         return events
+
+    def _common_hop(self, batch: list, chunks: list) -> Stage | None | object:
+        """The next hop of every cohort and prompt chunk of an iteration, or MIXED."""
+        next_of = self.next_of
+        hop = NO_PATH
+        for cohort in batch:
+            nxt = next_of[cohort.pid]
+            if hop is NO_PATH:
+                hop = nxt
+            elif nxt is not hop:
+                return MIXED
+        for chunk in chunks:
+            nxt = next_of[chunk[0].pid]
+            if hop is NO_PATH:
+                hop = nxt
+            elif nxt is not hop:
+                return MIXED
+        return hop
 
     def _send_by_hop(self, now: float, batch: list, chunks: list, events: list) -> None:
         """Outputs of a stage whose paths continue to different next hops: one transfer per hop, in the
