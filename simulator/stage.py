@@ -250,21 +250,20 @@ class Stage:
             nxt = self._common_hop(batch, chunks)
         if nxt is MIXED:
             self._send_by_hop(now, batch, chunks, events)
-        elif nxt is None:    # the last stage of every path: sampled token ids back to the coordinator
-            firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]  # prompts done
+        elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
+            firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
             if batch or firsts:
                 vectors = len(firsts)
                 for cohort in batch:
                     vectors += len(cohort.members)
-                events.append((self.link_to[None].send(now, 4 * vectors), self.deliver_to_coordinator,
-                               (batch, firsts)))
-        elif batch or chunks:   # one next stage for every path: hidden states to it
+                self._send(now, None, batch, [], firsts, vectors, events)
+        elif batch or chunks:   # every output goes on to one next stage
             vectors = 0
             for cohort in batch:
                 vectors += len(cohort.members)
             for chunk in chunks:
                 vectors += chunk[1]
-            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * vectors), batch, chunks, events)
+            self._send(now, nxt, batch, chunks, [], vectors, events)
         if self.ready or self.prefill or (self.inbox and self.inbox[0][0] <= now):
             started = self.start(now)
             if started:
@@ -319,9 +318,14 @@ class Stage:
                 out[1].append(chunk)
                 out[3] += take
         for nxt, (cohorts, sent, firsts, vectors) in outputs.items():
-            link = self.link_to[nxt]
-            if nxt is None:  # sampled token ids back to the coordinator
-                arrive = link.send(now, 4 * vectors)
-                events.append((arrive, self.deliver_to_coordinator, (cohorts, firsts)))
-            else:            # hidden states to the next stage
-                nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, sent, events)
+            self._send(now, nxt, cohorts, sent, firsts, vectors, events)
+
+    def _send(self, now: float, nxt: Stage | None, cohorts: list, chunks: list, firsts: list, vectors: int,
+              events: list) -> None:
+        """One transfer of `vectors` outputs to the next hop: hidden states to a stage, or sampled token
+        ids back to the coordinator (`nxt` None; `firsts`: requests whose prompt is done)."""
+        link = self.link_to[nxt]
+        if nxt is None:
+            events.append((link.send(now, 4 * vectors), self.deliver_to_coordinator, (cohorts, firsts)))
+        else:
+            nxt.receive(link.send(now, self.activation_bytes * vectors), cohorts, chunks, events)
