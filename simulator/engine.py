@@ -41,14 +41,17 @@ class EventLoop:
         """Fire every event due at or before `until`, in (time, seq) order; leave `now` at `until`."""
         heap, pop, push = self._heap, heappop, heappush
         seq, fired = self._seq, 0
-        while heap and heap[0][0] <= until:
-            time, _, handler, payload = pop(heap)
-            self.now = time
-            caused = handler(time, payload)
+        while heap:
+            event = pop(heap)
+            time = event[0]
+            if time > until:   # not due yet: back where it was (same seq, same place in the order)
+                push(heap, event)
+                break
+            caused = event[2](time, event[3])
             fired += 1
             if caused:
-                for event in caused:
-                    push(heap, (event[0], seq, event[1], event[2]))
+                for time, handler, payload in caused:
+                    push(heap, (time, seq, handler, payload))
                     seq += 1
         self._seq, self.fired = seq, self.fired + fired
         self.now = until

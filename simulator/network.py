@@ -28,12 +28,13 @@ class Link:
 
     def send(self, now: float, size_bytes: float) -> float:
         """Queue `size_bytes` at `now`; return when the last byte reaches the receiver."""
-        start = now if now > self.free_at else self.free_at
+        free_at = self.free_at
+        start = now if now > free_at else free_at
         done = start + size_bytes / self.bandwidth_bytes_per_s
         self.free_at = done
         low, high = self.window
         if done > low and start < high:
-            self.busy_s += min(done, high) - max(start, low)
+            self.busy_s += (done if done < high else high) - (start if start > low else low)
             self.bytes += size_bytes
             self.transfers += 1
         return done + self.latency_s

@@ -106,9 +106,11 @@ class Simulation:
 
         # stages, the routing graph and the links between them
         self.stages: dict[str, Stage] = {}
+        memos: dict = {}   # step-time tables, shared by stages of one GPU type and layer count
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
-                          config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s))
+                          config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
+                          memos)
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
         flows = layout.flows or max_flow(problem, layout.placement).edge_flows
@@ -206,7 +208,7 @@ class Simulation:
             self.path_stages.append(stages)
             self.lane_sizes.append([0] * self.config.microbatches)
             for i, stage in enumerate(stages):
-                stage.next_of[pid] = stages[i + 1] if i + 1 < len(stages) else None
+                stage.add_path(pid, stages[i + 1] if i + 1 < len(stages) else None)
         return pid
 
     def admit(self, now: float, events: list) -> None:
@@ -281,27 +283,32 @@ class Simulation:
         for cohort in cohorts:
             members = cohort.members
             tokens += len(members)
-            keep = []
+            # Recorder.decode_gap for the whole cohort at once, unless an automatic warm-up is still
+            # running: a completion in this round may end it, so gap by gap as the recorder decides
+            fixed = self.warmup_s != math.inf
+            if fixed and recorder.low <= now <= recorder.high:
+                recorder.tpot.extend([now - request.last_s for request in members])
             gone = 0
             for request in members:
-                request.left -= 1
-                recorder.decode_gap(now, now - request.last_s)
+                if not fixed:
+                    recorder.decode_gap(now, now - request.last_s)
                 request.last_s = now
-                if request.left:
-                    keep.append(request)
-                else:
+                request.left -= 1
+                if not request.left:
                     gone += request.prompt + request.output - 1   # its context in the round just done
                     self._complete(request, now)
             if gone:
                 finished = True
-                cohort.members = keep
-            if keep:
-                cohort.ctx += len(keep) - gone   # every sequence still decoding holds one more token
+                cohort.members = members = [request for request in members if request.left]
+            if members:
+                cohort.ctx += len(members) - gone   # every sequence still decoding holds one more token
                 outgoing.setdefault(self.path_stages[cohort.pid][0], []).append(cohort)
         recorder.tokens(now, tokens)
         events: list = []
         for first, sent in outgoing.items():
-            sequences = sum(len(c.members) for c in sent)
+            sequences = 0
+            for cohort in sent:
+                sequences += len(cohort.members)
             first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences) + first.inbound_s,
                           sent, [], events)
         if finished:

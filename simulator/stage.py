@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from heapq import heappop, heappush
+from math import trunc  # int(x) of a float without calling the int type, which costs several times more
 from typing import Callable
 
 from planner.costmodel import GpuCost
@@ -35,6 +36,7 @@ CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean con
 
 
 LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
+NO_PATH, MIXED = object(), object()   # Stage.only_next before any path is added; paths with different next hops
 
 
 class Cohort:
@@ -49,7 +51,8 @@ class Cohort:
 
 class Stage:
     def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
-                 budget: int, activation_bytes: int, window: tuple[float, float]) -> None:
+                 budget: int, activation_bytes: int, window: tuple[float, float],
+                 memos: dict | None = None) -> None:
         start, end = span
         self.name, self.host, self.cost, self.span = name, host, cost, span
         self.layers = end - start
@@ -67,6 +70,7 @@ class Stage:
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
         self.next_of: dict[int, Stage | None] = {}
+        self.only_next: Stage | None | object = NO_PATH   # the next hop of every path, MIXED if they differ
         self.link_to: dict[Stage | None, Link] = {}
         self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
         # queues
@@ -84,26 +88,40 @@ class Stage:
         self.kv_peak = 0
         self.iterations = 0
         self.decoded = 0
-        self._decode_memo: dict[tuple[int, int], float] = {}
-        self._prefill_memo: dict[tuple[int, int], float] = {}
+        # Memoised step times, shared through `memos` (owned by the simulation) by every stage of one cost
+        # and layer range shape: stages of one GPU type holding as many layers time alike. A key is one
+        # small int, context bucket * span + batch (or prompt tokens), unique as a batch never exceeds
+        # max_seqs nor a prefill pass the budget: cheaper to build, hash and compare than a tuple.
+        self._span = max(self.max_seqs, budget) + 1
+        shape = (id(cost), self.layers, start == 0, end == model_layers, self._span)
+        tables = (memos if memos is not None else {}).setdefault(shape, ({}, {}))
+        self._decode_memo: dict[int, float] = tables[0]
+        self._prefill_memo: dict[int, float] = tables[1]
+        # handlers bound once: a bound method is a new object at every attribute lookup
+        self._on_finish = self.finish
+        self._on_wake = self.wake
         self._head_memo: dict[int, float] = {0: 0.0}
         self._embed_memo: dict[int, float] = {0: 0.0}
 
     # ---- cost model, memoised ---------------------------------------------------------------------
 
     def decode_time(self, batch: int, context: float) -> float:
-        key = (batch, int(context) // CONTEXT_BUCKET)
+        """One decode step of `batch` (at most max_seqs) sequences at mean `context`, memoised."""
+        bucket = int(context) // CONTEXT_BUCKET
+        key = bucket * self._span + batch
         seconds = self._decode_memo.get(key)
         if seconds is None:
-            seconds = self.cost.decode_s(self.layers, batch, (key[1] + 0.5) * CONTEXT_BUCKET)
+            seconds = self.cost.decode_s(self.layers, batch, (bucket + 0.5) * CONTEXT_BUCKET)
             self._decode_memo[key] = seconds
         return seconds
 
     def prefill_time(self, tokens: int, context: float) -> float:
-        key = (tokens, int(context) // CONTEXT_BUCKET)
+        """One prefill pass of `tokens` (at most the budget) prompt tokens after `context`, memoised."""
+        bucket = int(context) // CONTEXT_BUCKET
+        key = bucket * self._span + tokens
         seconds = self._prefill_memo.get(key)
         if seconds is None:
-            seconds = self.cost.prefill_s(self.layers, tokens, (key[1] + 0.5) * CONTEXT_BUCKET)
+            seconds = self.cost.prefill_s(self.layers, tokens, (bucket + 0.5) * CONTEXT_BUCKET)
             self._prefill_memo[key] = seconds
         return seconds
 
@@ -134,6 +152,16 @@ class Stage:
         self.kv_used -= kv_tokens
         self.resident -= 1
 
+    # ---- routing ----------------------------------------------------------------------------------
+
+    def add_path(self, pid: int, nxt: Stage | None) -> None:
+        """Path `pid` continues to `nxt` after this stage (None: back to the coordinator)."""
+        self.next_of[pid] = nxt
+        if self.only_next is NO_PATH:
+            self.only_next = nxt
+        elif self.only_next is not nxt:
+            self.only_next = MIXED
+
     # ---- events -----------------------------------------------------------------------------------
 
     def receive(self, arrive: float, cohorts: list, chunks: list, events: list) -> None:
@@ -142,7 +170,7 @@ class Stage:
         self._received += 1
         if not self.busy and arrive < self.wake_at:
             self.wake_at = arrive
-            events.append((arrive, self.wake, None))
+            events.append((arrive, self._on_wake, None))
 
     def wake(self, now: float, _payload) -> list | None:
         if self.busy or now != self.wake_at:
@@ -156,9 +184,10 @@ class Stage:
         while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
             _, _, cohorts, chunks = heappop(inbox)
             for cohort in cohorts:
-                have = ready.get(cohort.key)
+                key = cohort.key
+                have = ready.get(key)
                 if have is None:
-                    ready[cohort.key] = cohort
+                    ready[key] = cohort
                 else:  # the same micro-batch, arrived in parts
                     have.members += cohort.members
                     have.ctx += cohort.ctx
@@ -168,26 +197,32 @@ class Stage:
             self.busy = False
             if inbox:
                 self.wake_at = inbox[0][0]
-                return [(self.wake_at, self.wake, None)]
+                return [(self.wake_at, self._on_wake, None)]
             return None
 
         # one micro-batch per path per iteration, the longest waiting (dicts keep arrival order)
         if len(ready) == 1:
-            batch = list(ready.values())
-            ready.clear()
+            cohort = ready.popitem()[1]
+            batch = [cohort]
+            sequences, context = len(cohort.members), cohort.ctx
         else:
             batch, taken = [], set()
+            sequences = context = 0
             for cohort in ready.values():
                 if cohort.pid not in taken:
                     taken.add(cohort.pid)
                     batch.append(cohort)
+                    sequences += len(cohort.members)
+                    context += cohort.ctx
             for cohort in batch:
                 del ready[cohort.key]
-        sequences = context = 0
-        for cohort in batch:
-            sequences += len(cohort.members)
-            context += cohort.ctx
-        seconds = self.decode_time(sequences, context / sequences) if sequences else 0.0
+        if sequences:
+            mean = context / sequences
+            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * self._span + sequences)
+            if seconds is None:
+                seconds = self.decode_time(sequences, mean)
+        else:
+            seconds = 0.0
 
         chunks = []
         room = self.budget - sequences
@@ -197,20 +232,24 @@ class Stage:
             while prefill and room > 0:
                 head = prefill[0]
                 request, left, before = head
-                take = left if left <= room else room
-                if take == left:
+                if left <= room:   # the whole (rest of the) prompt: the queued chunk itself moves on
+                    take = left
                     prefill.popleft()
-                else:
+                    chunks.append(head)
+                else:              # split: the remainder heads the queue
+                    take = room
                     head[1] -= take
                     head[2] += take
-                chunks.append((request, take, before))
+                    chunks.append([request, take, before])
                 finished += before + take == request.prompt
                 room -= take
                 tokens += take
                 attention += take * (before + take / 2)
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
-            seconds += self.prefill_time(tokens, attention / tokens - tokens / 2)
+            context = attention / tokens - tokens / 2
+            pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
+            seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
         seconds += self.step_overhead_s
         if self.first:
             seconds += self.embed_time(sequences) + self.embed_time(tokens)
@@ -226,22 +265,75 @@ class Stage:
             self.iterations += 1
             self.decoded += sequences
         if end > low and now < high:
-            self.busy_s += min(end, high) - max(now, low)
-        return [(end, self.finish, None)]
+            self.busy_s += (end if end < high else high) - (now if now > low else low)
+        return [(end, self._on_finish, None)]
 
     def finish(self, now: float, _payload) -> list | None:
         """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
         self.busy = False
+        batch, chunks = self._batch, self._chunks
+        self._batch = self._chunks = ()
+        events: list = []
+        nxt = self.only_next
+        if nxt is MIXED:   # paths part here, but this iteration's outputs may still all take one hop
+            nxt = self._common_hop(batch, chunks)
+        if nxt is MIXED:
+            self._send_by_hop(now, batch, chunks, events)
+        elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
+            firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
+            if batch or firsts:
+                vectors = len(firsts)
+                for cohort in batch:
+                    vectors += len(cohort.members)
+                self._send(now, None, batch, [], firsts, vectors, events)
+        elif batch or chunks:   # every output goes on to one next stage
+            vectors = 0
+            for cohort in batch:
+                vectors += len(cohort.members)
+            for chunk in chunks:
+                vectors += chunk[1]
+            self._send(now, nxt, batch, chunks, [], vectors, events)
+        if self.ready or self.prefill or (self.inbox and self.inbox[0][0] <= now):
+            started = self.start(now)
+            if started:
+                events += started
+        elif self.inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
+            self.wake_at = self.inbox[0][0]
+            events.append((self.wake_at, self._on_wake, None))
+        return events
+
+    def _common_hop(self, batch: list, chunks: list) -> Stage | None | object:
+        """The next hop of every cohort and prompt chunk of an iteration, or MIXED."""
+        next_of = self.next_of
+        hop = NO_PATH
+        for cohort in batch:
+            nxt = next_of[cohort.pid]
+            if hop is NO_PATH:
+                hop = nxt
+            elif nxt is not hop:
+                return MIXED
+        for chunk in chunks:
+            nxt = next_of[chunk[0].pid]
+            if hop is NO_PATH:
+                hop = nxt
+            elif nxt is not hop:
+                return MIXED
+        return hop
+
+    def _send_by_hop(self, now: float, batch: list, chunks: list, events: list) -> None:
+        """Outputs of a stage whose paths continue to different next hops: one transfer per hop, in the
+        order the hops first appear among the iteration's cohorts, then its prompt chunks."""
         outputs: dict[Stage | None, list] = {}    # next hop -> [cohorts, chunks, first tokens, vectors]
         next_of = self.next_of
-        for cohort in self._batch:
+        for cohort in batch:
             nxt = next_of[cohort.pid]
             out = outputs.get(nxt)
             if out is None:
                 out = outputs[nxt] = [[], [], [], 0]
             out[0].append(cohort)
             out[3] += len(cohort.members)
-        for request, take, before in self._chunks:
+        for chunk in chunks:
+            request, take, before = chunk
             nxt = next_of[request.pid]
             if nxt is None and before + take < request.prompt:
                 continue  # a prompt chunk that is not the last: nothing leaves the last stage
@@ -252,19 +344,17 @@ class Stage:
                 out[2].append(request)      # the prompt is done: its first token goes back
                 out[3] += 1
             else:
-                out[1].append([request, take, before])
+                out[1].append(chunk)
                 out[3] += take
-        self._batch, self._chunks = [], []
+        for nxt, (cohorts, sent, firsts, vectors) in outputs.items():
+            self._send(now, nxt, cohorts, sent, firsts, vectors, events)
 
-        events: list = []
-        for nxt, (cohorts, chunks, firsts, vectors) in outputs.items():
-            link = self.link_to[nxt]
-            if nxt is None:  # sampled token ids back to the coordinator
-                arrive = link.send(now, 4 * vectors) + self.hop_s
-                events.append((arrive, self.deliver_to_coordinator, (cohorts, firsts)))
-            else:            # hidden states to the next stage
-                nxt.receive(link.send(now, self.activation_bytes * vectors) + self.hop_s, cohorts, chunks, events)
-        started = self.start(now)
-        if started:
-            events += started
-        return events
+    def _send(self, now: float, nxt: Stage | None, cohorts: list, chunks: list, firsts: list, vectors: int,
+              events: list) -> None:
+        """One transfer of `vectors` outputs to the next hop: hidden states to a stage, or sampled token
+        ids back to the coordinator (`nxt` None; `firsts`: requests whose prompt is done)."""
+        link = self.link_to[nxt]
+        if nxt is None:
+            events.append((link.send(now, 4 * vectors) + self.hop_s, self.deliver_to_coordinator, (cohorts, firsts)))
+        else:
+            nxt.receive(link.send(now, self.activation_bytes * vectors) + self.hop_s, cohorts, chunks, events)
