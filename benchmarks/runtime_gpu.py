@@ -5,9 +5,11 @@
 
 layers:   a middle stage of --layers layers with random weights shaped like --model, as the worker runs it
           (q/k/v and gate/up fused, Triton RMSNorm and paged decode, the step replayed as a CUDA graph),
-          per-layer decode time at batch 1-256 and contexts 1k and 4k, against the roofline: the bytes a step
-          must read (the layer's weights, every request's cached keys and values) over the device's copy
-          bandwidth (measured here) and over its datasheet bandwidth; the same step eager for contrast.
+          per-layer decode time at batch 1-256 and contexts 1k and 4k (the graph's replay alone, and the step
+          with the host's work of laying it out), against the roofline: the bytes a step must read (the
+          layer's weights, every request's cached keys and values) over the device's copy bandwidth
+          (measured here) and over its datasheet bandwidth; the same step eager for contrast. Then a prompt
+          joining 64 decode rows: two passes against one mixed graph.
 serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
           checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
           1/16/64/256: output tokens/s, TTFT, TPOT.
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_gpu_catalog, load_model_catalog  # noqa: E402
 from runtime import kernels  # noqa: E402
-from runtime.graphs import DecodeGraphs, PrefillGraphs  # noqa: E402
+from runtime.graphs import DecodeGraphs, MixedGraphs  # noqa: E402
 from runtime.kvcache import KVPool  # noqa: E402
 from runtime.model import BatchPlan  # noqa: E402
 from runtime.profile import filled_pool, random_stage  # noqa: E402
@@ -102,11 +104,14 @@ def check_part(args, results: dict, work: Path) -> None:
     prefill = BatchPlan.build([(kv_plain.pages_of["r0"], 0, 24), (kv_plain.pages_of["r1"], 0, 16)], 16, "cuda")
     prompt_error = ((fast(prompt, prefill, kv_fast).float() - plain(prompt, prefill, kv_plain).float()).norm()
                     / plain(prompt, prefill, kv_plain).float().norm())
-    prefill_graphs = PrefillGraphs(fast, kv_fast, 64)               # 2 prompts of 24 and 16 in a (2, 32) graph
-    graphed = prefill_graphs.run(["r0", "r1"], [prompt[:24], prompt[24:]]).float()
-    hidden_rows = plain(prompt, prefill, kv_plain).float()
+    # a mixed step in one graph: two decode rows, a fresh prompt of 17 tokens, a continued chunk (40..63)
+    items = [(requests[0], 299, 1), (requests[2], 999, 1), (requests[1], 0, 17), (requests[3], 40, 24)]
+    mixed_in = torch.randn(43, model.hidden_size, device="cuda").to(hidden.dtype)
+    mixed_plan = BatchPlan.build([(pools[0].pages_of[r], p, n) for r, p, n in items], 16, "cuda")
+    mixed_reference = plain(mixed_in, mixed_plan, pools[0]).float()
+    mixed = MixedGraphs(fast, pools[1], 64, 8, sizes=(64,)).run(items, mixed_in).float()
     errors = {"decode_graph": float((decoded - reference).norm() / reference.norm()),
-              "prefill_graph": float((graphed - hidden_rows).norm() / hidden_rows.norm()),
+              "mixed_graph": float((mixed - mixed_reference).norm() / mixed_reference.norm()),
               "decode_eager": float((eager - reference).norm() / reference.norm()),
               "prefill": float(prompt_error)}
     results["check"] = errors
@@ -130,15 +135,38 @@ def layers_part(args, results: dict, work: Path) -> None:
             moved = weight_bytes + batch * (context + 1) * per_token      # weights + every cached K and V, once
             hidden = torch.randn(batch, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
             graphs = DecodeGraphs(stage, kv, batch, sizes=(batch,))
-            graph_s = median_s(lambda: graphs.run(requests, [context] * batch, hidden)) / args.layers
+            step_s = median_s(lambda: graphs.run(requests, [context] * batch, hidden)) / args.layers
+            graph_s = median_s(graphs.graphs[batch][0].replay) / args.layers     # the GPU's share alone
             plan = BatchPlan.build([(kv.pages_of[r], context, 1) for r in requests], kv.page_tokens, "cuda")
             eager_s = median_s(lambda: stage(hidden, plan, kv), runs=10) / args.layers
             rows.append({"context": context, "batch": batch, "graph_ms": graph_s * 1e3, "eager_ms": eager_s * 1e3,
+                         "step_ms": step_s * 1e3,
                          "bytes": moved, "roofline_copy_ms": moved / copy * 1e3, "roofline_sheet_ms": moved / sheet * 1e3,
                          "efficiency_copy": moved / copy / graph_s, "efficiency_sheet": moved / sheet / graph_s})
             del graphs, kv
             torch.cuda.empty_cache()
     results["layers"] = rows
+    # a prompt joining 64 decode rows: two passes (decode graph, then the prompt alone) or one mixed graph
+    mixed = []
+    for prompt in (16, 128, 512):
+        kv, requests = filled_pool(stage, [1025] * 64 + [prompt])
+        decode_in = torch.randn(64, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
+        prompt_in = torch.randn(prompt, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
+        decode_items = [(r, 1024, 1) for r in requests[:64]]
+        decoded = DecodeGraphs(stage, kv, 64, sizes=(64,))
+        alone = MixedGraphs(stage, kv, prompt, 1, sizes=(prompt,))
+        together = MixedGraphs(stage, kv, 64 + prompt, 65, sizes=(64 + prompt,))
+        both_in = torch.cat([decode_in, prompt_in])
+        two_s = median_s(lambda: (decoded.run(requests[:64], [1024] * 64, decode_in),
+                                  alone.run([(requests[64], 0, prompt)], prompt_in))) / args.layers
+        one_s = median_s(lambda: together.run(decode_items + [(requests[64], 0, prompt)], both_in)) / args.layers
+        mixed.append({"prompt": prompt, "two_passes_ms": two_s * 1e3, "one_mixed_ms": one_s * 1e3})
+        del decoded, alone, together, kv
+        torch.cuda.empty_cache()
+    results["mixed"] = mixed
+    print("64 decode rows at context 1k + one prompt, ms per layer (host work included):", "; ".join(
+        f"prompt {m['prompt']}: two passes {m['two_passes_ms']:.4f}, one mixed graph {m['one_mixed_ms']:.4f}"
+        for m in mixed))
     variants = []
     for config in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 2), (64, 8, 2)):
         kernels.DECODE_CONFIG = config
@@ -155,11 +183,12 @@ def layers_part(args, results: dict, work: Path) -> None:
         f"{v['config']} ctx {v['context']} b {v['batch']}: {v['graph_ms']:.4f}" for v in variants))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} layers in {args.dtype}, "
           f"{time.strftime('%Y-%m-%d')}; copy {copy / 1e12:.2f} TB/s, datasheet {sheet / 1e12:.2f} TB/s")
-    print("| context | batch | graph ms/layer | eager ms/layer | roofline (datasheet) ms | of roofline (datasheet) | (copy) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| context | batch | graph ms/layer | step with host work ms/layer | eager ms/layer | roofline (datasheet) ms "
+          "| of roofline (datasheet) | (copy) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['context']} | {r['batch']} | {r['graph_ms']:.4f} | {r['eager_ms']:.4f} | {r['roofline_sheet_ms']:.4f} "
-              f"| {r['efficiency_sheet']:.0%} | {r['efficiency_copy']:.0%} |")
+        print(f"| {r['context']} | {r['batch']} | {r['graph_ms']:.4f} | {r['step_ms']:.4f} | {r['eager_ms']:.4f} "
+              f"| {r['roofline_sheet_ms']:.4f} | {r['efficiency_sheet']:.0%} | {r['efficiency_copy']:.0%} |")
 
 
 def write_checkpoint(args) -> str:
@@ -303,10 +332,15 @@ def main() -> None:
                     started = time.perf_counter()
                     fn(args, results, work)
                     print(f"({part}: {time.perf_counter() - started:.0f} s)", flush=True)
+                    save(args, results)   # after every part: a run cut short keeps what it measured
         finally:
-            if args.out:
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
+            save(args, results)
+
+
+def save(args, results: dict) -> None:
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

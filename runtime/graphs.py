@@ -1,15 +1,21 @@
-"""Decode steps replayed as CUDA graphs: one graph per batch-size bucket, as vLLM captures them.
+"""Steps replayed as CUDA graphs: one graph per batch-size bucket, as vLLM captures them.
 
-Eager PyTorch pays a kernel launch (~5-30 us of CPU) per operation, ~20 per layer, whatever the batch:
-a decode step is launch-bound. A captured graph replays every kernel of the stage's step at once. Shapes
-are fixed at capture, so a step of n requests runs the graph of the smallest bucket >= n, its extra rows
-padded: they read no KV (length 0), write their key and value to the pool's scratch page, and their
-outputs are dropped. Inputs go into static buffers the graphs were captured on; prefill and mixed steps
-stay eager (their shapes vary with the prompts).
+Eager PyTorch pays a kernel launch (~5-30 us of CPU) per operation, ~10 per layer, whatever the batch:
+a step is launch-bound. A captured graph replays every kernel of the stage's step at once. Shapes are
+fixed at capture, so a step runs the graph of the smallest bucket that holds it, its extra rows padded:
+they read no KV, write their key and value to the pool's scratch page, and their outputs are dropped.
+Inputs go into static buffers the graphs were captured on.
+
+DecodeGraphs: decode-only steps (one token per request), by request count (1 ... max_batch).
+MixedGraphs: any step (decode rows first, then prompt chunks, fresh or continued) by token count
+(16 ... 2048): one pass through the weights for the whole batch, attention by the paged decode and
+paged prefill kernels (runtime.kernels). A prompt joining a decode batch thus costs its tokens, not a
+second pass through every layer's weights.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from runtime.kvcache import SCRATCH_PAGE, KVPool
@@ -73,18 +79,13 @@ class DecodeGraphs:
         [n] ids or [n, hidden]; returns the stage's output for the n requests (a view: copy before the next step)."""
         n = len(requests)
         size = self.bucket(n)
-        pad = size - n
-        rows = self.page_tokens
-        pages = [self.kv.pages_of[r] for r in requests]
-        width = max(len(p) for p in pages)   # the kernel reads no entry past a request's length
-        values = (positions + [0] * pad
-                  + [p[q // rows] for p, q in zip(pages, positions)] + [SCRATCH_PAGE] * pad
-                  + [q % rows for q in positions] + [0] * pad
-                  + [q + 1 for q in positions] + [0] * pad             # padded rows attend to nothing
-                  + [page for p in pages for page in p + [SCRATCH_PAGE] * (width - len(p))])
-        staged = self.staging[:len(values)]
-        staged.copy_(torch.tensor(values, dtype=torch.int32))
-        on_device = staged.to(self.positions.device, non_blocking=True)
+        layout = StepLayout(self.kv, [(r, p, 1) for r, p in zip(requests, positions)], size, size)
+        width = layout.table.shape[1]
+        staged = np.concatenate([layout.positions, layout.write_page, layout.write_row, layout.lengths,
+                                 layout.table[:n].ravel()])
+        on_device = self.staging[:len(staged)]
+        on_device.numpy()[:] = staged
+        on_device = on_device.to(self.positions.device, non_blocking=True)
         self.positions[:size].copy_(on_device[:size])
         self.write_page[:size].copy_(on_device[size:2 * size])
         self.write_row[:size].copy_(on_device[2 * size:3 * size])
@@ -96,24 +97,83 @@ class DecodeGraphs:
         return out[:n]
 
 
-PROMPT_COUNTS = (1, 2, 4, 8)
-PROMPT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+class StepLayout:
+    """Where each token of a step sits, as numpy arrays for one host-to-device copy: items (request,
+    start position, tokens) in batch order, padded to `tokens` token rows and `sequences` sequence rows.
+    Decode rows are the leading items of one token past position 0 (paged_decode: token row = sequence
+    row); every other item is cut into prompt tiles of `block` tokens (paged_prefill)."""
+
+    def __init__(self, kv: KVPool, items: list[tuple[str, int, int]], tokens: int, sequences: int,
+                 block: int = 0, tiles: int = 0) -> None:
+        rows = kv.page_tokens
+        counts = np.array([c for _, _, c in items], dtype=np.int64)
+        starts = np.array([p for _, p, _ in items], dtype=np.int64)
+        ends = np.cumsum(counts)
+        offsets = ends - counts
+        real = int(ends[-1])
+        pages = [kv.pages_of[r] for r, _, _ in items]
+        table = np.full((sequences, max(len(p) for p in pages)), SCRATCH_PAGE, dtype=np.int32)
+        for i, p in enumerate(pages):
+            table[i, :len(p)] = p
+        seq_of_token = np.repeat(np.arange(len(items)), counts)
+        positions = np.zeros(tokens, dtype=np.int64)
+        positions[:real] = np.repeat(starts - offsets, counts) + np.arange(real)
+        self.positions = positions
+        self.write_page = np.full(tokens, SCRATCH_PAGE, dtype=np.int64)
+        self.write_page[:real] = table[seq_of_token, positions[:real] // rows]
+        self.write_row = positions % rows
+        decode = 0
+        while decode < len(items) and counts[decode] == 1 and starts[decode] > 0:
+            decode += 1
+        self.lengths = np.zeros(tokens, dtype=np.int64)       # padded rows and prompt tokens attend to nothing here
+        self.lengths[:decode] = starts[:decode] + 1
+        self.table = table
+        self.last_index = np.zeros(sequences, dtype=np.int64)
+        self.last_index[:len(items)] = ends - 1
+        self.tiles = np.zeros((tiles, 4), dtype=np.int64)
+        if block:
+            n = 0
+            for i in range(decode, len(items)):
+                for first in range(0, int(counts[i]), block):
+                    self.tiles[n] = (offsets[i] + first, starts[i] + first, min(block, counts[i] - first), i)
+                    n += 1
+
+    @staticmethod
+    def tiles_needed(counts: list[int], decode: int, block: int) -> int:
+        return sum(-(-c // block) for c in counts[decode:])
 
 
-class PrefillGraphs:
-    """Fresh prompts (position 0) captured as CUDA graphs: P prompts padded to L tokens each, for P in
-    1, 2, 4, 8 and L in 16 ... 2048 up to `max_tokens` in all. An eager prefill of a small prompt is
-    launch-bound (tens of ms through a 36-layer stage, as long as the compute of a thousand tokens);
-    replayed, it costs what its weights and tokens cost. Padded tokens write to the scratch page and come
-    after every real token of their prompt, so causal attention never lets a real token see them."""
+def decode_prefix(items: list[tuple[str, int, int]]) -> int:
+    """How many leading items are decode rows (one token past position 0)."""
+    n = 0
+    while n < len(items) and items[n][2] == 1 and items[n][1] > 0:
+        n += 1
+    return n
 
-    def __init__(self, stage: Stage, kv: KVPool, max_tokens: int) -> None:
+
+MIXED_TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+MAX_PROMPTS = 32   # prompt chunks in one mixed step beyond those its tokens alone would tile
+
+
+class MixedGraphs:
+    """Any step of up to `max_tokens` tokens, captured at token-count buckets (MIXED_TOKENS up to
+    max_tokens): decode rows (paged_decode) and prompt chunks (paged_prefill) in one pass. A bucket of T
+    tokens holds up to min(T, max_batch) requests and T / block + MAX_PROMPTS prompt tiles; steps that
+    need more run eagerly."""
+
+    def __init__(self, stage: Stage, kv: KVPool, max_tokens: int, max_batch: int,
+                 sizes: tuple[int, ...] | None = None) -> None:
+        from runtime import kernels
+
         self.stage, self.kv = stage, kv
         device = kv.keys[0].device
-        self.shapes = sorted({(p, n) for p in PROMPT_COUNTS for n in PROMPT_LENGTHS
-                              if p * n <= max_tokens and n <= kv.max_seq_len and n % kv.page_tokens == 0},
-                             key=lambda s: (s[0] * s[1], s[0]))
-        tokens = max((p * n for p, n in self.shapes), default=0)
+        attention = stage.layers[0].self_attn
+        self.block = kernels.prefill_block(attention.heads, attention.kv_heads)
+        self.max_batch = max_batch
+        self.sizes = sorted(sizes or {t for t in MIXED_TOKENS if t < max_tokens} | {min(max_tokens, MIXED_TOKENS[-1])})
+        tokens = self.sizes[-1]
+        sequences = min(tokens, max_batch)
+        tiles = self.tiles_for(tokens)
         long = dict(dtype=torch.long, device=device)
         if stage.first:
             self.inputs = torch.zeros(tokens, **long)
@@ -122,68 +182,72 @@ class PrefillGraphs:
         self.positions = torch.zeros(tokens, **long)
         self.write_page = torch.full((tokens,), SCRATCH_PAGE, **long)
         self.write_row = torch.zeros(tokens, **long)
-        self.pages = torch.full((tokens // kv.page_tokens,), SCRATCH_PAGE, **long)
-        self.last_index = torch.zeros(max(PROMPT_COUNTS), **long)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.lengths = torch.zeros(tokens, dtype=torch.int32, device=device)
+        self.pages = torch.full((sequences, kv.max_pages), SCRATCH_PAGE, dtype=torch.int32, device=device)
+        self.last_index = torch.zeros(sequences, **long)
+        self.tiles = torch.zeros(tiles, 4, dtype=torch.int32, device=device)
+        self.staging = torch.zeros(5 * tokens + sequences * (kv.max_pages + 1) + 4 * tiles,
+                                   dtype=torch.int32).pin_memory()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
-        for shape in sorted(self.shapes, key=lambda s: -s[0] * s[1]):     # largest first: one memory pool
-            self._capture(*shape)
+        for size in reversed(self.sizes):       # largest first: the others share its memory
+            self._capture(size)
 
-    def _plan(self, prompts: int, length: int) -> BatchPlan:
-        tokens = prompts * length
-        empty = torch.zeros(0, dtype=torch.int32, device=self.positions.device)
-        return BatchPlan(self.positions[:tokens], self.write_page[:tokens], self.write_row[:tokens], 0, 0, empty,
-                         empty.view(0, 0), (), self.last_index[:prompts],
-                         self.pages[:tokens // self.kv.page_tokens].view(prompts, -1), length)
+    def tiles_for(self, tokens: int) -> int:
+        return tokens // self.block + MAX_PROMPTS
 
-    def _capture(self, prompts: int, length: int) -> None:
-        plan = self._plan(prompts, length)
-        tokens = prompts * length
+    def _plan(self, size: int) -> BatchPlan:
+        sequences = min(size, self.max_batch)
+        return BatchPlan(self.positions[:size], self.write_page[:size], self.write_row[:size], 0, 0,
+                         self.lengths[:size], self.pages[:sequences], (), self.last_index[:sequences],
+                         prompt_tiles=self.tiles[:self.tiles_for(size)])
+
+    def _capture(self, size: int) -> None:
+        plan = self._plan(size)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.stage(self.inputs[:tokens], plan, self.kv)
+                self.stage(self.inputs[:size], plan, self.kv)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self.stage(self.inputs[:tokens], plan, self.kv)
+            out = self.stage(self.inputs[:size], plan, self.kv)
         self.pool = graph.pool()
-        self.graphs[(prompts, length)] = (graph, out)
+        self.graphs[size] = (graph, out)
 
-    def fits(self, counts: list[int]) -> tuple[int, int] | None:
-        """The smallest captured shape that holds prompts of these lengths, or None."""
-        longest = max(counts)
-        return next(((p, n) for p, n in self.shapes if p >= len(counts) and n >= longest), None)
+    def fits(self, items: list[tuple[str, int, int]]) -> int | None:
+        """The bucket that holds this step, or None."""
+        tokens = sum(c for _, _, c in items)
+        size = next((t for t in self.sizes if t >= tokens), None)
+        if size is None or len(items) > min(size, self.max_batch):
+            return None
+        needed = StepLayout.tiles_needed([c for _, _, c in items], decode_prefix(items), self.block)
+        return size if needed <= self.tiles_for(size) else None
 
-    def run(self, requests: list[str], inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Fresh prompts (their pages grown to hold them): the last stage's logits [n, vocab], or the hidden
-        states of every real token [sum of lengths, hidden] in order."""
-        counts = [len(x) for x in inputs]
-        prompts, length = self.fits(counts)
-        rows, pages_per = self.kv.page_tokens, length // self.kv.page_tokens
-        positions, write_page, write_row, table, last, real = [], [], [], [], [], []
-        for p in range(prompts):
-            pages = self.kv.pages_of[requests[p]] if p < len(requests) else []
-            count = counts[p] if p < len(requests) else 0
-            positions += range(length)
-            write_page += [pages[t // rows] for t in range(count)] + [SCRATCH_PAGE] * (length - count)
-            write_row += [t % rows for t in range(length)]
-            table += pages[:pages_per] + [SCRATCH_PAGE] * (pages_per - len(pages[:pages_per]))
-            last.append(p * length + max(count, 1) - 1)
-            real += range(p * length, p * length + count)
-        tokens = prompts * length
-        staged = torch.tensor(positions + write_page + write_row + table + last, dtype=torch.long)
-        on_device = staged.pin_memory().to(self.positions.device, non_blocking=True)
-        self.positions[:tokens].copy_(on_device[:tokens])
-        self.write_page[:tokens].copy_(on_device[tokens:2 * tokens])
-        self.write_row[:tokens].copy_(on_device[2 * tokens:3 * tokens])
-        self.pages[:prompts * pages_per].copy_(on_device[3 * tokens:3 * tokens + prompts * pages_per])
-        self.last_index[:prompts].copy_(on_device[3 * tokens + prompts * pages_per:])
-        for p, x in enumerate(inputs):
-            self.inputs[p * length:p * length + len(x)].copy_(x)
-        graph, out = self.graphs[(prompts, length)]
+    def run(self, items: list[tuple[str, int, int]], inputs: torch.Tensor) -> torch.Tensor:
+        """One step of items (request, start position, tokens), their pages grown to hold them, inputs
+        [tokens] ids or [tokens, hidden] in item order: the last stage's logits [items, vocab], else the
+        hidden states [tokens, hidden] (views: copy before the next step)."""
+        size = self.fits(items)
+        sequences, tiles = min(size, self.max_batch), self.tiles_for(size)
+        layout = StepLayout(self.kv, items, size, sequences, self.block, tiles)
+        n, width = len(items), layout.table.shape[1]
+        staged = np.concatenate([layout.positions, layout.write_page, layout.write_row, layout.lengths,
+                                 layout.last_index, layout.tiles.ravel(), layout.table[:n].ravel()])
+        on_device = self.staging[:len(staged)]
+        on_device.numpy()[:] = staged
+        on_device = on_device.to(self.positions.device, non_blocking=True)
+        parts = on_device.split([size, size, size, size, sequences, 4 * tiles, n * width])
+        self.positions[:size].copy_(parts[0])
+        self.write_page[:size].copy_(parts[1])
+        self.write_row[:size].copy_(parts[2])
+        self.lengths[:size].copy_(parts[3])
+        self.last_index[:sequences].copy_(parts[4])
+        self.tiles[:tiles].copy_(parts[5].view(tiles, 4))
+        self.pages[:n, :width].copy_(parts[6].view(n, width))
+        real = len(inputs)
+        self.inputs[:real].copy_(inputs)
+        graph, out = self.graphs[size]
         graph.replay()
-        if self.stage.last:
-            return out[:len(requests)]
-        return out[torch.tensor(real, device=out.device)]
+        return out[:n] if self.stage.last else out[:real]

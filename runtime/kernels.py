@@ -6,6 +6,12 @@ head) walks the request's pages in tiles of TILE tokens with an online softmax (
 arithmetic, without its split over the sequence); the GROUP query heads that share the KV head are the
 rows of one small matrix product, padded to 16 rows for the tensor cores.
 
+paged_prefill: attention of prompt tokens (fresh prompts and continued chunks) against their pages, causal:
+one program per (tile, KV head), a tile being up to BLOCK_Q consecutive tokens of one request; its rows are
+those tokens x the GROUP query heads of the KV head, so the keys and values read for a tile serve every
+query head that shares them. With paged_decode it runs a whole mixed step (decode rows and prompt chunks)
+as one fixed-shape graph: each kernel writes only the rows it owns.
+
 rms_norm: the stage's RMSNorm as transformers computes it (float32 statistics, the normalised row cast
 to the model's dtype, then scaled), one row per program; with `residual`, the residual add of the
 previous sub-layer is fused in (x + residual is both normalised and returned).
@@ -53,25 +59,96 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, scale,
         total = total * shrink + tl.sum(weights, axis=1)
         acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
         best = new_best
-    out = acc / tl.maximum(total, 1e-30)[:, None]      # an empty (padded) row writes zeros, not NaN
+    out = acc / tl.maximum(total, 1e-30)[:, None]
+    # a row of length 0 is not this kernel's: a padded row, or a prompt token paged_prefill writes
     tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(rows < GROUP)[:, None])
+             mask=(rows < tl.where(length > 0, GROUP, 0))[:, None])
 
 
 def paged_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
-                 lengths: torch.Tensor) -> torch.Tensor:
+                 lengths: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """q [D, H, d]; keys/values [pages, Hkv, page_tokens, d]; table [D, max_pages] int32; lengths [D] int32
-    (tokens each request attends to, this one included; 0 for a padded row). Returns [D, H, d]."""
+    (tokens each request attends to, this one included). Returns [D, H, d] (into `out` if given); rows of
+    length 0 are left unwritten."""
     rows, heads, head_dim = q.shape
     kv_heads, page = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     _paged_decode[(rows, kv_heads)](
         q, keys, values, table, lengths, out, head_dim ** -0.5,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page, TILE=DECODE_CONFIG[0],
         HEAD_DIM=head_dim, num_warps=DECODE_CONFIG[1], num_stages=DECODE_CONFIG[2])
+    return out
+
+
+@triton.jit
+def _paged_prefill(q_ptr, k_ptr, v_ptr, table_ptr, tiles_ptr, out_ptr, scale,
+                   stride_qt, stride_qh, stride_kp, stride_kh, stride_kr, stride_table, stride_ot, stride_oh,
+                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, PAGE: tl.constexpr,
+                   TILE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    first = tl.load(tiles_ptr + tile * 4)          # batch row of the tile's first token
+    position = tl.load(tiles_ptr + tile * 4 + 1)   # that token's position in its request
+    count = tl.load(tiles_ptr + tile * 4 + 2)      # tokens in the tile (0: an unused tile)
+    seq = tl.load(tiles_ptr + tile * 4 + 3)        # the request's row of the page table
+    rows = tl.arange(0, BLOCK_Q * GROUP_PAD)
+    token, member = rows // GROUP_PAD, rows % GROUP_PAD
+    mine = (token < count) & (member < GROUP)
+    heads = kv_head * GROUP + member
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + (first + token)[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+                mask=mine[:, None], other=0.0)                                  # [BLOCK_Q * GROUP_PAD, HEAD_DIM]
+    q_position = position + token
+    length = position + count                      # keys 0 .. length - 1; every row sees key 0: no empty row
+    best = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM], tl.float32)
+    offsets = tl.arange(0, TILE)
+    for start in range(0, length, TILE):
+        tokens = start + offsets
+        valid = tokens < length
+        page = tl.load(table_ptr + seq * stride_table + tokens // PAGE, mask=valid, other=0).to(tl.int64)
+        where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
+        k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale
+        scores = tl.where(valid[None, :] & (tokens[None, :] <= q_position[:, None]), scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_best[:, None])
+        shrink = tl.exp(best - new_best)
+        total = total * shrink + tl.sum(weights, axis=1)
+        acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
+        best = new_best
+    out = acc / tl.maximum(total, 1e-30)[:, None]
+    tl.store(out_ptr + (first + token)[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mine[:, None])
+
+
+def prefill_block(heads: int, kv_heads: int) -> int:
+    """Tokens per paged_prefill tile: 64 rows of query heads per program, whatever the group size."""
+    return max(1, 64 // triton.next_power_of_2(heads // kv_heads))
+
+
+def paged_prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
+                  tiles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Causal attention of prompt tokens into `out` [T, H, d]: tiles [N, 4] int32, one per run of up to
+    prefill_block() tokens of one request: (batch row of its first token, that token's position, tokens,
+    the request's row of `table` [S, max_pages] int32). Unused tiles have 0 tokens; rows no tile covers
+    are left unwritten."""
+    heads, head_dim = q.shape[1], q.shape[2]
+    kv_heads, page = keys.shape[1], keys.shape[2]
+    group = heads // kv_heads
+    group_pad = triton.next_power_of_2(group)
+    block = prefill_block(heads, kv_heads)
+    _paged_prefill[(tiles.shape[0], kv_heads)](
+        q, keys, values, table, tiles, out, head_dim ** -0.5,
+        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block, PAGE=page, TILE=32, HEAD_DIM=head_dim,
+        num_warps=4, num_stages=2)
     return out
 
 

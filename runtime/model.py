@@ -52,10 +52,9 @@ class BatchPlan:
     decode_pages: torch.Tensor       # [D, pages] int32: each decode request's pages, padded with the scratch page
     prefill: tuple[tuple[torch.Tensor, int, int, int], ...]  # (pages, start position, tokens, offset in the batch)
     last_index: torch.Tensor         # [B] each request's last token in the batch (the one the LM head reads)
-    # a captured prefill (runtime.graphs): P fresh prompts padded to `prompt_length` tokens each, their
-    # pages [P, prompt_length / page_tokens] (padding: the scratch page); attention is one causal call
-    prompt_pages: torch.Tensor | None = None
-    prompt_length: int = 0
+    # a captured mixed step (runtime.graphs.MixedGraphs): decode_lengths/decode_pages cover every token row
+    # and request (0: not a decode row), and the prompt tokens are these tiles [N, 4] for paged_prefill
+    prompt_tiles: torch.Tensor | None = None
 
     @classmethod
     def build(cls, items: list[tuple[list[int], int, int]], page_tokens: int,
@@ -183,13 +182,11 @@ class Attention(nn.Module):
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             keys[plan.write_page, :, plan.write_row] = k                      # pool [pages, Hkv, page_tokens, d]
             values[plan.write_page, :, plan.write_row] = v
-        if plan.decode_count == tokens:                                   # a decode step (what graphs replay)
+        if plan.prompt_tiles is not None:                                 # a mixed step as one graph
+            out = self.kernels.paged_decode(q, keys, values, plan.decode_pages, plan.decode_lengths)
+            self.kernels.paged_prefill(q, keys, values, plan.decode_pages, plan.prompt_tiles, out)
+        elif plan.decode_count == tokens:                                 # a decode step (what graphs replay)
             out = self._decode(q, plan, keys, values)
-        elif plan.prompt_length:                                          # padded fresh prompts (graphs)
-            length = plan.prompt_length
-            qs = q.view(-1, length, self.heads, self.head_dim).transpose(1, 2)       # [P, H, L, d]
-            ks, vs = (_contiguous(pool[plan.prompt_pages], length) for pool in (keys, values))
-            out = attend(qs, ks, vs, causal=True).transpose(1, 2).reshape(tokens, self.heads, self.head_dim)
         else:
             out = torch.empty_like(q)
             if plan.decode_count:
@@ -246,10 +243,17 @@ class DecoderLayer(nn.Module):
         self.reduce = reduce   # sums the ranks' partial outputs (identity on one GPU)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plan: BatchPlan,
-                keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        attended = self.reduce(self.self_attn(self.input_layernorm(x), cos, sin, plan, keys, values))
-        h, x = self.post_attention_layernorm(attended, residual=x)              # x + attended, normalised
-        return x + self.reduce(self.mlp(h))
+                keys: torch.Tensor, values: torch.Tensor,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mlp output, residual) whose sum is the layer's output. The input is x, or x + residual when the
+        previous layer's add is still due: it is fused into this layer's first norm (one kernel less)."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual=residual)
+        attended = self.reduce(self.self_attn(h, cos, sin, plan, keys, values))
+        h, residual = self.post_attention_layernorm(attended, residual=residual)   # residual + attended, normalised
+        return self.reduce(self.mlp(h)), residual
 
 
 def _fused(*parts: nn.Linear) -> nn.Linear:
@@ -347,10 +351,12 @@ class Stage(nn.Module):
     def forward(self, inputs: torch.Tensor, plan: BatchPlan, kv: KVPool) -> torch.Tensor:
         x = self.embed(inputs)                                                   # [T, hidden]
         cos, sin = self.rotary(plan.positions, x.dtype)
+        residual = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, plan, kv.keys[i], kv.values[i])
+            x, residual = layer(x, cos, sin, plan, kv.keys[i], kv.values[i], residual)
         if not self.last:
-            return x
-        x = self.norm(x[plan.last_index])                                        # [B, hidden]
+            return x if residual is None else x + residual
+        rows = plan.last_index                                                   # [B]: the rows the head reads
+        x = self.norm(x[rows]) if residual is None else self.norm(x[rows], residual=residual[rows])[0]
         head = self.embed_tokens.weight if self.model.tie_word_embeddings else self.lm_head.weight
         return F.linear(x, head).float()                                         # [B, vocab]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from planner.catalog import ModelSpec
 from runtime.checkpoint import TORCH_DTYPES, load_stage
-from runtime.graphs import DecodeGraphs
+from runtime.graphs import MIXED_TOKENS, DecodeGraphs, MixedGraphs
 from runtime.kvcache import KVPool
 from runtime.model import BatchPlan, Stage
 
@@ -116,11 +116,17 @@ def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: boo
 
 
 def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
-    """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`."""
+    """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`, as the worker
+    runs it: one mixed-step CUDA graph where the stage is accelerated and the step fits one, else eagerly."""
     sizes = [prompt_tokens] * (tokens // prompt_tokens) + ([tokens % prompt_tokens] if tokens % prompt_tokens else [])
     kv, requests = filled_pool(stage, sizes)
-    plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
     hidden = torch.randn(tokens, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
+    items = [(r, 0, n) for r, n in zip(requests, sizes)]
+    if device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None and tokens <= MIXED_TOKENS[-1]:
+        captured = MixedGraphs(stage, kv, tokens, len(items), sizes=(tokens,))
+        if captured.fits(items):
+            return _time(lambda: captured.run(items, hidden), device) / len(stage.layers)
+    plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
 
 

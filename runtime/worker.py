@@ -31,7 +31,7 @@ from planner.routing import COORDINATOR
 from runtime import wire
 from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
-from runtime.graphs import DecodeGraphs, PrefillGraphs
+from runtime.graphs import DecodeGraphs, MixedGraphs
 from runtime.kvcache import KVFull, new_pool
 from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
@@ -81,10 +81,11 @@ class Worker:
             self.stage = Stage.from_tensors(model, self.spec.start, self.spec.end, tensors)
         self.accelerated = self.stage.accelerate()
         self.kv = new_pool(self.stage, config, self.spec)
-        # decode steps as CUDA graphs (not in a tensor-parallel group: its ranks run steps eagerly)
+        # steps as CUDA graphs (not in a tensor-parallel group: its ranks run steps eagerly)
         graphs = self.accelerated and config.limits.cuda_graphs and not self.spec.ranks
         self.graphs = DecodeGraphs(self.stage, self.kv, self.spec.kv_slots) if graphs else None
-        self.prefill_graphs = PrefillGraphs(self.stage, self.kv, config.limits.max_batch_tokens) if graphs else None
+        self.mixed_graphs = (MixedGraphs(self.stage, self.kv, config.limits.max_batch_tokens, self.spec.kv_slots)
+                             if graphs else None)
         self.sampling: dict[str, SamplingParams] = {}  # by request, on the last stage
         self.logprobs: dict[str, int] = {}  # by request, on the last stage: how many top log-probabilities
         self.queue: deque[Item] = deque()
@@ -274,23 +275,16 @@ class Worker:
         return ready
 
     def _run_stage(self, batch: list[Item]) -> torch.Tensor:
-        """The stage over the batch: a decode step through its CUDA graph, anything else eagerly."""
+        """The stage over the batch: a decode step through its CUDA graph, a step with prompts through a
+        mixed graph (decode rows and prompt chunks in one pass), eagerly what no graph holds."""
         decode = next((n for n, i in enumerate(batch) if not (i.count == 1 and i.pos > 0)), len(batch))  # first
-        if self.graphs is not None and decode:
-            # the decode items as one graph replay; prompts (if any) in their own eager pass, so that a prompt
-            # joining never turns a decode step eager
-            head = batch[:decode]
-            out = self.graphs.run([i.rid for i in head], [i.pos for i in head], torch.cat([i.data for i in head]))
-            return out if decode == len(batch) else torch.cat([out, self._prefill(batch[decode:])])
-        return self._prefill(batch) if not decode else self._eager(batch)
-
-    def _prefill(self, prompts: list[Item]) -> torch.Tensor:
-        """Prompts: fresh ones that fit a captured shape replay it, others (continued chunks, re-admitted
-        requests past the largest shape) run eagerly."""
-        if (self.prefill_graphs is not None and all(i.pos == 0 for i in prompts)
-                and self.prefill_graphs.fits([i.count for i in prompts])):
-            return self.prefill_graphs.run([i.rid for i in prompts], [i.data for i in prompts])
-        return self._eager(prompts)
+        if self.graphs is not None and decode == len(batch):
+            return self.graphs.run([i.rid for i in batch], [i.pos for i in batch], torch.cat([i.data for i in batch]))
+        if self.mixed_graphs is not None:
+            items = [(i.rid, i.pos, i.count) for i in batch]
+            if self.mixed_graphs.fits(items):
+                return self.mixed_graphs.run(items, torch.cat([i.data for i in batch]))
+        return self._eager(batch)
 
     def _eager(self, batch: list[Item]) -> torch.Tensor:
         inputs = torch.cat([i.data for i in batch])

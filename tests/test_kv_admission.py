@@ -146,10 +146,8 @@ def test_the_default_plan_is_not_the_kv_starved_max_flow_chain(tmp_path):
     problem = PlacementProblem(c)
     starved = Placement(STARVED_CHAIN)
     plan = solve(c, "milp", time_limit=10)
-    # static max flow would rank the starved chain first (1,991 or 1,677 tokens/s for the plans the default
-    # method returns with 10 s on a loaded or an idle machine, 2,554 for the starved chain) ...
-    assert max_flow(problem, starved).value > 1.2 * max_flow(problem, plan.placement).value
-    # ... but it keeps few requests in flight, so the default plan serves far more, and simulates so
+    assert plan.placement != starved
+    # the starved chain keeps few requests in flight, so the default plan serves far more, and simulates so
     starved_served = estimate(problem, starved)
     assert plan.serving.throughput > 2 * starved_served.throughput
     ours = simulated(c, plan.placement, plan.serving)
