@@ -2,9 +2,10 @@
 
 paged_decode: attention of one new token per request against the request's pages where they lie in the
 pool (no gather into a contiguous copy: each key and value is read once). One program per (request, KV
-head) walks the request's pages in tiles of TILE tokens with an online softmax (flash-decoding's
-arithmetic, without its split over the sequence); the GROUP query heads that share the KV head are the
-rows of one small matrix product, padded to 16 rows for the tensor cores.
+head, split) walks its share of the request's pages in tiles of TILE tokens with an online softmax; the
+GROUP query heads that share the KV head are the rows of one small matrix product, padded to 16 rows for
+the tensor cores. With few requests the context is split (flash-decoding, Dao et al. 2023) so that every
+multiprocessor reads, and a second kernel combines the splits' partial sums.
 
 paged_prefill: attention of prompt tokens (fresh prompts and continued chunks) against their pages, causal:
 one program per (tile, KV head), a tile being up to BLOCK_Q consecutive tokens of one request; its rows are
@@ -28,13 +29,20 @@ DECODE_CONFIG = (64, 4, 2)
 
 
 @triton.jit
-def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, scale,
+def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, part_ptr, stats_ptr, scale,
                   stride_qt, stride_qh, stride_kp, stride_kh, stride_kr, stride_table, stride_ot, stride_oh,
-                  GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, PAGE: tl.constexpr, TILE: tl.constexpr,
-                  HEAD_DIM: tl.constexpr):
+                  HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, PAGE: tl.constexpr,
+                  TILE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
     length = tl.load(lens_ptr + seq)
+    if SPLITS == 1:
+        low, high = 0, length
+    else:   # an equal share of whole tiles per split (the last ones may be empty)
+        share = tl.cdiv(tl.cdiv(length, SPLITS), TILE) * TILE
+        low = split * share
+        high = tl.minimum(low + share, length)
     rows = tl.arange(0, GROUP_PAD)
     dims = tl.arange(0, HEAD_DIM)
     heads = kv_head * GROUP + rows
@@ -44,9 +52,9 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, scale,
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
     offsets = tl.arange(0, TILE)
-    for start in range(0, length, TILE):
+    for start in range(low, high, TILE):
         tokens = start + offsets
-        valid = tokens < length
+        valid = tokens < high
         page = tl.load(table_ptr + seq * stride_table + tokens // PAGE, mask=valid, other=0).to(tl.int64)
         where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
         k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)   # [TILE, HEAD_DIM]
@@ -59,27 +67,77 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, scale,
         total = total * shrink + tl.sum(weights, axis=1)
         acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
         best = new_best
-    out = acc / tl.maximum(total, 1e-30)[:, None]
-    # a row of length 0 is not this kernel's: a padded row, or a prompt token paged_prefill writes
-    tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(rows < tl.where(length > 0, GROUP, 0))[:, None])
+    mine = rows < tl.where(length > 0, GROUP, 0)
+    if SPLITS == 1:
+        out = acc / tl.maximum(total, 1e-30)[:, None]
+        # a row of length 0 is not this kernel's: a padded row, or a prompt token paged_prefill writes
+        tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mine[:, None])
+    else:   # this split's unnormalised sum and its softmax statistics, for _combine_splits
+        at = (seq * SPLITS + split) * HEADS + heads
+        tl.store(part_ptr + at[:, None] * HEAD_DIM + dims[None, :], acc, mask=mine[:, None])
+        tl.store(stats_ptr + at * 2, best, mask=mine)
+        tl.store(stats_ptr + at * 2 + 1, total, mask=mine)
+
+
+@triton.jit
+def _combine_splits(part_ptr, stats_ptr, lens_ptr, out_ptr, stride_ot, stride_oh,
+                    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    length = tl.load(lens_ptr + seq)
+    splits = tl.arange(0, SPLITS)
+    dims = tl.arange(0, HEAD_DIM)
+    at = (seq * SPLITS + splits) * HEADS + head
+    live = splits < tl.where(length > 0, SPLITS, 0)                 # nothing of a row of length 0
+    best = tl.load(stats_ptr + at * 2, mask=live, other=0.0)       # -inf for an empty split
+    total = tl.load(stats_ptr + at * 2 + 1, mask=live, other=0.0)
+    scale = tl.exp(best - tl.max(best, axis=0))                     # every live row has a non-empty split
+    acc = tl.load(part_ptr + at[:, None] * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0)
+    out = tl.sum(acc * scale[:, None], axis=0) / tl.maximum(tl.sum(total * scale, axis=0), 1e-30)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < tl.where(length > 0, HEAD_DIM, 0))
+
+
+_SMS: dict[torch.device, int] = {}
+
+
+def decode_splits(rows: int, kv_heads: int, device: torch.device) -> int:
+    """Splits of each request's context (flash-decoding): enough programs to fill the device twice over
+    when few requests would leave most of its multiprocessors idle, at most 16."""
+    if device.type != "cuda":
+        return 1
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = rows * kv_heads
+    return 1 if programs >= _SMS[device] else min(16, triton.next_power_of_2(-(-2 * _SMS[device] // programs)))
 
 
 def paged_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
-                 lengths: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+                 lengths: torch.Tensor, out: torch.Tensor | None = None, splits: int | None = None) -> torch.Tensor:
     """q [D, H, d]; keys/values [pages, Hkv, page_tokens, d]; table [D, max_pages] int32; lengths [D] int32
     (tokens each request attends to, this one included). Returns [D, H, d] (into `out` if given); rows of
-    length 0 are left unwritten."""
+    length 0 are left unwritten. `splits` (a power of two; default: decode_splits) cuts each context into
+    that many parts read in parallel, then combined."""
     rows, heads, head_dim = q.shape
     kv_heads, page = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
     out = torch.empty_like(q) if out is None else out
-    _paged_decode[(rows, kv_heads)](
-        q, keys, values, table, lengths, out, head_dim ** -0.5,
+    splits = decode_splits(rows, kv_heads, q.device) if splits is None else splits
+    part = stats = out
+    if splits > 1:
+        part = torch.empty(rows, splits, heads, head_dim, dtype=torch.float32, device=q.device)
+        stats = torch.empty(rows, splits, heads, 2, dtype=torch.float32, device=q.device)
+    _paged_decode[(rows, kv_heads, splits)](
+        q, keys, values, table, lengths, out, part, stats, head_dim ** -0.5,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
         out.stride(0), out.stride(1),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page, TILE=DECODE_CONFIG[0],
-        HEAD_DIM=head_dim, num_warps=DECODE_CONFIG[1], num_stages=DECODE_CONFIG[2])
+        HEADS=heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), PAGE=page,
+        TILE=DECODE_CONFIG[0], HEAD_DIM=head_dim, SPLITS=splits, num_warps=DECODE_CONFIG[1],
+        num_stages=DECODE_CONFIG[2])
+    if splits > 1:
+        _combine_splits[(rows, heads)](part, stats, lengths, out, out.stride(0), out.stride(1),
+                                       HEADS=heads, HEAD_DIM=head_dim, SPLITS=splits, num_warps=1)
     return out
 
 
