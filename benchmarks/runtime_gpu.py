@@ -146,6 +146,14 @@ def layers_part(args, results: dict, work: Path) -> None:
             del graphs, kv
             torch.cuda.empty_cache()
     results["layers"] = rows
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} layers in {args.dtype}, "
+          f"{time.strftime('%Y-%m-%d')}; copy {copy / 1e12:.2f} TB/s, datasheet {sheet / 1e12:.2f} TB/s")
+    print("| context | batch | graph ms/layer | step with host work ms/layer | eager ms/layer | roofline (datasheet) ms "
+          "| of roofline (datasheet) | (copy) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['context']} | {r['batch']} | {r['graph_ms']:.4f} | {r['step_ms']:.4f} | {r['eager_ms']:.4f} "
+              f"| {r['roofline_sheet_ms']:.4f} | {r['efficiency_sheet']:.0%} | {r['efficiency_copy']:.0%} |")
     # a prompt joining 64 decode rows: two passes (decode graph, then the prompt alone) or one mixed graph
     mixed = []
     for prompt in (16, 128, 512):
@@ -167,6 +175,8 @@ def layers_part(args, results: dict, work: Path) -> None:
     print("64 decode rows at context 1k + one prompt, ms per layer (host work included):", "; ".join(
         f"prompt {m['prompt']}: two passes {m['two_passes_ms']:.4f}, one mixed graph {m['one_mixed_ms']:.4f}"
         for m in mixed))
+    if not args.sweep:
+        return
     variants = []
     for config in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 2), (64, 8, 2)):
         kernels.DECODE_CONFIG = config
@@ -174,21 +184,14 @@ def layers_part(args, results: dict, work: Path) -> None:
             kv, requests = filled_pool(stage, [context + 1] * batch)
             hidden = torch.randn(batch, model.hidden_size, device="cuda").to(kv.keys[0].dtype)
             graphs = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+            graphs.run(requests, [context] * batch, hidden)   # stages the inputs the replays read
             variants.append({"config": config, "context": context, "batch": batch,
-                             "graph_ms": median_s(lambda: graphs.run(requests, [context] * batch, hidden)) / args.layers * 1e3})
+                             "graph_ms": median_s(graphs.graphs[batch][0].replay) / args.layers * 1e3})
             del graphs, kv
     kernels.DECODE_CONFIG = (64, 4, 2)
     results["decode_kernel_variants"] = variants
     print("decode kernel (tile, warps, stages):", "; ".join(
         f"{v['config']} ctx {v['context']} b {v['batch']}: {v['graph_ms']:.4f}" for v in variants))
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} layers in {args.dtype}, "
-          f"{time.strftime('%Y-%m-%d')}; copy {copy / 1e12:.2f} TB/s, datasheet {sheet / 1e12:.2f} TB/s")
-    print("| context | batch | graph ms/layer | step with host work ms/layer | eager ms/layer | roofline (datasheet) ms "
-          "| of roofline (datasheet) | (copy) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['context']} | {r['batch']} | {r['graph_ms']:.4f} | {r['step_ms']:.4f} | {r['eager_ms']:.4f} "
-              f"| {r['roofline_sheet_ms']:.4f} | {r['efficiency_sheet']:.0%} | {r['efficiency_copy']:.0%} |")
 
 
 def write_checkpoint(args) -> str:
@@ -314,6 +317,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--parts", default="check,layers,serve,pipeline,profile")
     parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
+    parser.add_argument("--sweep", action="store_true", help="layers: also time other decode kernel configurations")
     parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
     parser.add_argument("--out", default=None, help="directory for results.json")
     args = parser.parse_args()
@@ -326,8 +330,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         try:
-            for part, fn in (("check", check_part), ("layers", layers_part), ("serve", serve_part), ("pipeline", pipeline_part),
-                             ("profile", profile_part)):
+            for part, fn in (("check", check_part), ("layers", layers_part), ("serve", serve_part), ("profile", profile_part),
+                             ("pipeline", pipeline_part)):
                 if part in parts:
                     started = time.perf_counter()
                     fn(args, results, work)
