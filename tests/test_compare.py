@@ -13,7 +13,8 @@ def _rows(run_cli, *args) -> list[dict]:
 
 
 def test_default_method_serves_at_least_every_baseline_at_its_tpot(run_cli):
-    rows = {r["method"]: r for r in _rows(run_cli, HETERO, "--time-limit", "10")}
+    # 20 s: each "at this TPOT" solve gets half; with 10 a loaded CI machine could leave one with no placement
+    rows = {r["method"]: r for r in _rows(run_cli, HETERO, "--time-limit", "20")}
     default = rows.pop("milp")
     served = [r for r in rows.values() if "error" not in r]
     assert len(served) >= 5
