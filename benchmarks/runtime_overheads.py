@@ -8,7 +8,8 @@ hop: one `work` message between two processes as the runtime sends it (runtime/w
      half the median round trip of a ping-pong, so encode + send + receive + decode, bytes included (on
      loopback the bytes are a memory copy: a few microseconds for [64, 4096] bf16).
 step: the worker's per-step bookkeeping outside the stage's kernels for a decode batch of B requests
-     (runtime/worker.py `_take_batch`, `_admit`, `_step`): forming the batch from the queue, BatchPlan.build,
+     (runtime/worker.py `_take_batch`, `_admit`, `_step`): forming the batch from the queue, the step's layout
+     for its CUDA graph (runtime.graphs.StepLayout),
      concatenating the inputs, and splitting the output into one message header per next hop.
 Median of repeated runs, one torch thread (as each worker runs). Needs `pip install -e .[runtime]`.
 """
@@ -26,7 +27,8 @@ import zmq
 
 from runtime import wire
 from runtime.checkpoint import TORCH_DTYPES
-from runtime.model import BatchPlan
+from runtime.graphs import StepLayout
+from runtime.kvcache import KVPool
 
 ROUNDS = 400
 
@@ -83,7 +85,11 @@ class _Item:
 
 def step_ms(batch: int, hidden: int, dtype: torch.dtype) -> float:
     """The worker's bookkeeping for one decode step of `batch` requests, outside the stage's kernels."""
-    slot_of = {f"r{i}": i for i in range(batch)}
+    kv = KVPool(1, batch * (-(-(300 + batch) // 16)), 16, 1, 8, max_seqs=batch, max_seq_len=301 + batch,
+                dtype=dtype, device="cpu")
+    for i in range(batch):
+        kv.admit(f"r{i}")
+        kv.grow(f"r{i}", 301 + i)
     rows = [torch.randn(1, hidden).to(dtype) for _ in range(batch)]
     runs = []
     for _ in range(ROUNDS):
@@ -92,9 +98,9 @@ def step_ms(batch: int, hidden: int, dtype: torch.dtype) -> float:
         decode = [i for i in queue if i.pos > 0 and i.count == 1]                   # _take_batch
         taken = {id(i) for i in decode}
         queue = deque(i for i in queue if id(i) not in taken)
-        ready = [i for i in decode if i.rid in slot_of]                              # _admit
-        items = [(slot_of[i.rid], i.pos, i.count) for i in ready]                    # _step
-        plan = BatchPlan.build(items, "cpu")
+        ready = [i for i in decode if kv.holds(i.rid)]                               # _admit
+        items = [(i.rid, i.pos, i.count) for i in ready]                             # _step: the graph's inputs
+        plan = StepLayout(kv, items, batch, batch)
         out = torch.cat([i.data for i in ready])
         by_hop: dict[str, list] = {}
         offset = 0

@@ -15,6 +15,8 @@ second pass through every layer's weights.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import torch
 
@@ -112,9 +114,11 @@ class StepLayout:
         offsets = ends - counts
         real = int(ends[-1])
         pages = [kv.pages_of[r] for r, _, _ in items]
-        table = np.full((sequences, max(len(p) for p in pages)), SCRATCH_PAGE, dtype=np.int32)
-        for i, p in enumerate(pages):
-            table[i, :len(p)] = p
+        held = np.fromiter(map(len, pages), dtype=np.int64, count=len(pages))
+        table = np.full((sequences, int(held.max())), SCRATCH_PAGE, dtype=np.int32)
+        # row i's first held[i] entries, filled in one pass (row-major, as chain() lists them)
+        table[:len(pages)][np.arange(table.shape[1]) < held[:, None]] = np.fromiter(
+            chain.from_iterable(pages), dtype=np.int32, count=int(held.sum()))
         seq_of_token = np.repeat(np.arange(len(items)), counts)
         positions = np.zeros(tokens, dtype=np.int64)
         positions[:real] = np.repeat(starts - offsets, counts) + np.arange(real)
