@@ -29,6 +29,39 @@ DECODE_CONFIG = (64, 4, 2)
 
 
 @triton.jit
+def _attend_pages(q, q_position, k_ptr, v_ptr, table_ptr, kv_head, low, high, scale,
+                  stride_kp, stride_kh, stride_kr, ROWS: tl.constexpr, PAGE: tl.constexpr, TILE: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr):
+    """Online softmax of the ROWS query rows q against one request's keys low .. high - 1 (its page table
+    at table_ptr), tile by tile; CAUSAL: row r sees keys up to q_position[r]. Returns the unnormalised
+    sum of values [ROWS, HEAD_DIM], the softmax denominators and the running maxima [ROWS]."""
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    total = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+    offsets = tl.arange(0, TILE)
+    dims = tl.arange(0, HEAD_DIM)
+    for start in range(low, high, TILE):
+        tokens = start + offsets
+        valid = tokens < high
+        page = tl.load(table_ptr + tokens // PAGE, mask=valid, other=0).to(tl.int64)
+        where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
+        k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)   # [TILE, HEAD_DIM]
+        v = tl.load(v_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale                                # [ROWS, TILE], float32
+        if CAUSAL:
+            scores = tl.where(valid[None, :] & (tokens[None, :] <= q_position[:, None]), scores, float("-inf"))
+        else:
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_best[:, None])
+        shrink = tl.exp(best - new_best)
+        total = total * shrink + tl.sum(weights, axis=1)
+        acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
+        best = new_best
+    return acc, total, best
+
+
+@triton.jit
 def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, part_ptr, stats_ptr, scale,
                   stride_qt, stride_qh, stride_kp, stride_kh, stride_kr, stride_table, stride_ot, stride_oh,
                   HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, PAGE: tl.constexpr,
@@ -48,25 +81,8 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr, part_ptr, s
     heads = kv_head * GROUP + rows
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :],
                 mask=(rows < GROUP)[:, None], other=0.0)                       # [GROUP_PAD, HEAD_DIM]
-    best = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    total = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    offsets = tl.arange(0, TILE)
-    for start in range(low, high, TILE):
-        tokens = start + offsets
-        valid = tokens < high
-        page = tl.load(table_ptr + seq * stride_table + tokens // PAGE, mask=valid, other=0).to(tl.int64)
-        where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
-        k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)   # [TILE, HEAD_DIM]
-        v = tl.load(v_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale                                # [GROUP_PAD, TILE], float32
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        weights = tl.exp(scores - new_best[:, None])
-        shrink = tl.exp(best - new_best)
-        total = total * shrink + tl.sum(weights, axis=1)
-        acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
-        best = new_best
+    acc, total, best = _attend_pages(q, rows, k_ptr, v_ptr, table_ptr + seq * stride_table, kv_head, low, high, scale,
+                                     stride_kp, stride_kh, stride_kr, GROUP_PAD, PAGE, TILE, HEAD_DIM, False)
     mine = rows < tl.where(length > 0, GROUP, 0)
     if SPLITS == 1:
         out = acc / tl.maximum(total, 1e-30)[:, None]
@@ -161,25 +177,9 @@ def _paged_prefill(q_ptr, k_ptr, v_ptr, table_ptr, tiles_ptr, out_ptr, scale,
                 mask=mine[:, None], other=0.0)                                  # [BLOCK_Q * GROUP_PAD, HEAD_DIM]
     q_position = position + token
     length = position + count                      # keys 0 .. length - 1; every row sees key 0: no empty row
-    best = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
-    total = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
-    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM], tl.float32)
-    offsets = tl.arange(0, TILE)
-    for start in range(0, length, TILE):
-        tokens = start + offsets
-        valid = tokens < length
-        page = tl.load(table_ptr + seq * stride_table + tokens // PAGE, mask=valid, other=0).to(tl.int64)
-        where = page * stride_kp + kv_head * stride_kh + (tokens % PAGE) * stride_kr
-        k = tl.load(k_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + where[:, None] + dims[None, :], mask=valid[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
-        scores = tl.where(valid[None, :] & (tokens[None, :] <= q_position[:, None]), scores, float("-inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        weights = tl.exp(scores - new_best[:, None])
-        shrink = tl.exp(best - new_best)
-        total = total * shrink + tl.sum(weights, axis=1)
-        acc = acc * shrink[:, None] + tl.dot(weights.to(v.dtype), v)
-        best = new_best
+    acc, total, _ = _attend_pages(q, q_position, k_ptr, v_ptr, table_ptr + seq * stride_table, kv_head, 0, length,
+                                  scale, stride_kp, stride_kh, stride_kr, BLOCK_Q * GROUP_PAD, PAGE, TILE, HEAD_DIM,
+                                  True)
     out = acc / tl.maximum(total, 1e-30)[:, None]
     tl.store(out_ptr + (first + token)[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mine[:, None])
