@@ -30,6 +30,22 @@ def buckets_for(max_batch: int) -> list[int]:
     return sorted({b for b in BUCKETS if b < max_batch} | {max_batch})
 
 
+def capture(stage: Stage, inputs: torch.Tensor, plan: BatchPlan, kv: KVPool,
+            pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """The stage's step over static `inputs` and `plan` as a CUDA graph (memory from `pool`, shared by a
+    family of graphs), and the static tensor it writes its output to."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):     # warm up (Triton compiles, cuBLAS picks its kernels) off the graph
+        for _ in range(2):
+            stage(inputs, plan, kv)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = stage(inputs, plan, kv)
+    return graph, out
+
+
 class DecodeGraphs:
     """The stage's decode step captured at each bucket up to `max_batch` requests."""
 
@@ -60,18 +76,8 @@ class DecodeGraphs:
                          self.lengths[:size], self.pages[:size], (), self.last_index[:size])
 
     def _capture(self, size: int) -> None:
-        plan = self._plan(size)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):     # warm up (Triton compiles, cuBLAS picks its kernels) off the graph
-            for _ in range(2):
-                self.stage(self.inputs[:size], plan, self.kv)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.stage(self.inputs[:size], plan, self.kv)
-        self.pool = graph.pool()
-        self.graphs[size] = (graph, out)
+        self.graphs[size] = capture(self.stage, self.inputs[:size], self._plan(size), self.kv, self.pool)
+        self.pool = self.graphs[size][0].pool()
 
     def bucket(self, n: int) -> int:
         return min(b for b in self.graphs if b >= n)
@@ -207,18 +213,8 @@ class MixedGraphs:
                          prompt_tiles=self.tiles[:self.tiles_for(size)])
 
     def _capture(self, size: int) -> None:
-        plan = self._plan(size)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.stage(self.inputs[:size], plan, self.kv)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.stage(self.inputs[:size], plan, self.kv)
-        self.pool = graph.pool()
-        self.graphs[size] = (graph, out)
+        self.graphs[size] = capture(self.stage, self.inputs[:size], self._plan(size), self.kv, self.pool)
+        self.pool = self.graphs[size][0].pool()
 
     def fits(self, items: list[tuple[str, int, int]]) -> int | None:
         """The bucket that holds this step, or None."""
