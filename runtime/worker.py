@@ -284,6 +284,10 @@ class Worker:
             items = [(i.rid, i.pos, i.count) for i in batch]
             if self.mixed_graphs.fits(items):
                 return self.mixed_graphs.run(items, torch.cat([i.data for i in batch]))
+        if self.graphs is not None and decode:   # prompts too long for a mixed graph: only they run eagerly
+            head = batch[:decode]
+            out = self.graphs.run([i.rid for i in head], [i.pos for i in head], torch.cat([i.data for i in head]))
+            return torch.cat([out, self._eager(batch[decode:])])
         return self._eager(batch)
 
     def _eager(self, batch: list[Item]) -> torch.Tensor:
