@@ -132,9 +132,7 @@ class StepLayout:
         self.write_page = np.full(tokens, SCRATCH_PAGE, dtype=np.int64)
         self.write_page[:real] = table[seq_of_token, positions[:real] // rows]
         self.write_row = positions % rows
-        decode = 0
-        while decode < len(items) and counts[decode] == 1 and starts[decode] > 0:
-            decode += 1
+        decode = decode_prefix(items)
         self.lengths = np.zeros(tokens, dtype=np.int64)       # padded rows and prompt tokens attend to nothing here
         self.lengths[:decode] = starts[:decode] + 1
         self.table = table

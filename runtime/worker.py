@@ -31,7 +31,7 @@ from planner.routing import COORDINATOR
 from runtime import wire
 from runtime.checkpoint import load_stage
 from runtime.hfconfig import check_same_model, read_checkpoint_model
-from runtime.graphs import DecodeGraphs, MixedGraphs
+from runtime.graphs import DecodeGraphs, MixedGraphs, decode_prefix
 from runtime.kvcache import KVFull, new_pool
 from runtime.model import BatchPlan, Stage
 from runtime.sampling import SamplingParams, sample_batch
@@ -277,11 +277,11 @@ class Worker:
     def _run_stage(self, batch: list[Item]) -> torch.Tensor:
         """The stage over the batch: a decode step through its CUDA graph, a step with prompts through a
         mixed graph (decode rows and prompt chunks in one pass), eagerly what no graph holds."""
-        decode = next((n for n, i in enumerate(batch) if not (i.count == 1 and i.pos > 0)), len(batch))  # first
+        items = [(i.rid, i.pos, i.count) for i in batch]
+        decode = decode_prefix(items)   # leading decode rows
         if self.graphs is not None and decode == len(batch):
             return self.graphs.run([i.rid for i in batch], [i.pos for i in batch], torch.cat([i.data for i in batch]))
         if self.mixed_graphs is not None:
-            items = [(i.rid, i.pos, i.count) for i in batch]
             if self.mixed_graphs.fits(items):
                 return self.mixed_graphs.run(items, torch.cat([i.data for i in batch]))
         if self.graphs is not None and decode:   # prompts too long for a mixed graph: only they run eagerly
