@@ -9,8 +9,9 @@ floats must be equal to 1e-12 relative: the simulator's own arithmetic is kept b
 summaries (mean, percentiles) are numpy's, whose summation order may change between numpy releases
 (CI runs the newest ones).
 
-The snapshots (tests/data/sim-snapshot/snapshots.json) were recorded from main before any
-optimisation. Never re-record them to make a speed change pass. Re-record (`python
+The snapshots (tests/data/sim-snapshot/snapshots.json) were recorded from the unoptimised simulator:
+first from main, then, when the work outside the layers became charged (head, embedding, hops, step
+overhead), from that change's own unoptimised simulator, which the optimised one matches. Never re-record them to make a speed change pass. Re-record (`python
 tests/test_simulator_snapshot.py --record`) only when what the simulator models changes on purpose
 (the cost model, stage or routing semantics), in the commit that changes it, saying so.
 
