@@ -127,24 +127,30 @@ def _orders(problem: PlacementProblem, stages: list[Stage]) -> list[list[Stage]]
 def _placement(problem: PlacementProblem, order: list[Stage]) -> Placement | None:
     """Ranges for stages in this order, trimmed to the model's layers (surplus taken from the longest
     stages first, each kept serving); None when an edge stage cannot hold the embeddings or LM head."""
-    layers = problem.layers
-    lengths = [s.layers for s in order]
-    surplus = sum(lengths) - layers
+    return _stacked(problem, [(stage.nodes, stage.layers) for stage in order])
+
+
+def _stacked(problem: PlacementProblem, stages: list[tuple[tuple[str, ...], int]]) -> Placement | None:
+    """Stages (GPUs side by side, layers each) stacked in order over the model: the surplus is taken from
+    the longest stages first; None when a GPU cannot hold its range (embeddings, LM head) or the stages
+    do not cover the model."""
+    lengths = [k for _, k in stages]
+    surplus = sum(lengths) - problem.layers
     while surplus > 0:
         i = max(range(len(lengths)), key=lambda j: (lengths[j], j))
         lengths[i] -= 1
         surplus -= 1
     ranges = dict.fromkeys((n.name for n in problem.nodes), (0, 0))
     start = 0
-    for stage, k in zip(order, lengths):
+    for (names, _), k in zip(stages, lengths):
         if k <= 0:
             continue
-        for node in stage.nodes:
-            if not problem.fits(node, start, start + k):
+        for name in names:
+            if not problem.fits(name, start, start + k):
                 return None
-            ranges[node] = (start, start + k)
+            ranges[name] = (start, start + k)
         start += k
-    return Placement(ranges) if start == layers else None
+    return Placement(ranges) if start == problem.layers else None
 
 
 def _largest_target(problem: PlacementProblem, deadline: float) -> float:
@@ -336,24 +342,7 @@ def _region_chain_at(problem: PlacementProblem, target: float, regions: dict[str
 
 def _chain_placement(problem: PlacementProblem, segments: list[_Segment]) -> Placement | None:
     """Ranges for the stages of `segments` in order, the surplus taken from the longest stages first."""
-    stages = [stage for seg in segments for stage in seg.stages]
-    lengths = [k for _, k in stages]
-    surplus = sum(lengths) - problem.layers
-    while surplus > 0:
-        i = max(range(len(lengths)), key=lambda j: (lengths[j], j))
-        lengths[i] -= 1
-        surplus -= 1
-    ranges = dict.fromkeys((n.name for n in problem.nodes), (0, 0))
-    start = 0
-    for (names, _), k in zip(stages, lengths):
-        if k <= 0:
-            continue
-        for name in names:
-            if not problem.fits(name, start, start + k):
-                return None
-            ranges[name] = (start, start + k)
-        start += k
-    return Placement(ranges) if start == problem.layers else None
+    return _stacked(problem, [stage for seg in segments for stage in seg.stages])
 
 
 def region_chain_placements(problem: PlacementProblem, deadline: float = math.inf) -> list[Placement]:
