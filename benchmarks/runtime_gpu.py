@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_gpu_catalog, load_model_catalog  # noqa: E402
-from runtime import kernels  # noqa: E402
 from runtime.graphs import DecodeGraphs, MixedGraphs  # noqa: E402
 from runtime.kvcache import KVPool  # noqa: E402
 from runtime.model import BatchPlan  # noqa: E402
@@ -177,6 +176,8 @@ def layers_part(args, results: dict, work: Path) -> None:
         for m in mixed))
     if not args.sweep:
         return
+    from runtime import kernels   # Triton: only where CUDA is
+
     variants = []
     for config in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 2), (64, 8, 2)):
         kernels.DECODE_CONFIG = config

@@ -46,38 +46,77 @@ def capture(stage: Stage, inputs: torch.Tensor, plan: BatchPlan, kv: KVPool,
     return graph, out
 
 
-class DecodeGraphs:
+class _GraphFamily:
+    """Static inputs for steps of up to `tokens` tokens, `sequences` requests and `tiles` prompt tiles,
+    the graphs captured on them (one memory pool), and the one host-to-device copy that fills them."""
+
+    def __init__(self, stage: Stage, kv: KVPool, tokens: int, sequences: int, tiles: int) -> None:
+        self.stage, self.kv = stage, kv
+        device = kv.keys[0].device
+        long = dict(dtype=torch.long, device=device)
+        if stage.first:
+            self.inputs = torch.zeros(tokens, **long)
+        else:
+            self.inputs = torch.zeros(tokens, stage.model.hidden_size, dtype=kv.keys[0].dtype, device=device)
+        self.positions = torch.zeros(tokens, **long)
+        self.write_page = torch.full((tokens,), SCRATCH_PAGE, **long)
+        self.write_row = torch.zeros(tokens, **long)
+        self.lengths = torch.zeros(tokens, dtype=torch.int32, device=device)
+        self.pages = torch.full((sequences, kv.max_pages), SCRATCH_PAGE, dtype=torch.int32, device=device)
+        self.last_index = torch.zeros(sequences, **long)
+        self.tiles = torch.zeros(tiles, 4, dtype=torch.int32, device=device)
+        # host-side staging: one copy per step of everything that changes (pinned: the copy is asynchronous)
+        self.staging = torch.zeros(4 * tokens + sequences * (kv.max_pages + 1) + 4 * tiles, dtype=torch.int32)
+        if device.type == "cuda":
+            self.staging = self.staging.pin_memory()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+
+    def _plan(self, size: int) -> BatchPlan:
+        """The step's plan over the first `size` rows of the buffers (each family says how it attends)."""
+        raise NotImplementedError
+
+    def _capture(self, sizes) -> None:
+        for size in sorted(sizes, reverse=True):       # largest first: the others share its memory
+            self.graphs[size] = capture(self.stage, self.inputs[:size], self._plan(size), self.kv, self.pool)
+            self.pool = self.graphs[size][0].pool()
+
+    def fill(self, layout: StepLayout, inputs: torch.Tensor) -> None:
+        """Copy a step's layout (padded to a captured size) and its inputs into the static buffers."""
+        size, sequences, tiles = len(layout.positions), len(layout.last_index), len(layout.tiles)
+        n, width = layout.requests, layout.table.shape[1]
+        staged = np.concatenate([layout.positions, layout.write_page, layout.write_row, layout.lengths,
+                                 layout.last_index, layout.tiles.ravel(), layout.table[:n].ravel()])
+        on_host = self.staging[:len(staged)]
+        on_host.numpy()[:] = staged
+        parts = on_host.to(self.positions.device, non_blocking=True).split(
+            [size, size, size, size, sequences, 4 * tiles, n * width])
+        self.positions[:size].copy_(parts[0])
+        self.write_page[:size].copy_(parts[1])
+        self.write_row[:size].copy_(parts[2])
+        self.lengths[:size].copy_(parts[3])
+        self.last_index[:sequences].copy_(parts[4])
+        self.tiles[:tiles].copy_(parts[5].view(tiles, 4))
+        self.pages[:n, :width].copy_(parts[6].view(n, width))
+        self.inputs[:len(inputs)].copy_(inputs)
+
+    def _replay(self, layout: StepLayout, inputs: torch.Tensor) -> torch.Tensor:
+        self.fill(layout, inputs)
+        graph, out = self.graphs[len(layout.positions)]
+        graph.replay()
+        return out
+
+
+class DecodeGraphs(_GraphFamily):
     """The stage's decode step captured at each bucket up to `max_batch` requests."""
 
     def __init__(self, stage: Stage, kv: KVPool, max_batch: int, sizes: tuple[int, ...] | None = None) -> None:
-        self.stage, self.kv = stage, kv
-        device = kv.keys[0].device
-        self.page_tokens = kv.page_tokens
-        long = dict(dtype=torch.long, device=device)
-        if stage.first:
-            self.inputs = torch.zeros(max_batch, **long)
-        else:
-            self.inputs = torch.zeros(max_batch, stage.model.hidden_size, dtype=kv.keys[0].dtype, device=device)
-        self.positions = torch.zeros(max_batch, **long)
-        self.write_page = torch.full((max_batch,), SCRATCH_PAGE, **long)
-        self.write_row = torch.zeros(max_batch, **long)
-        self.lengths = torch.zeros(max_batch, dtype=torch.int32, device=device)
-        self.pages = torch.full((max_batch, kv.max_pages), SCRATCH_PAGE, dtype=torch.int32, device=device)
-        self.last_index = torch.arange(max_batch, **long)
-        # host-side staging: one copy per step of everything that changes (pinned: the copy is asynchronous)
-        self.staging = torch.zeros(4 * max_batch + max_batch * kv.max_pages, dtype=torch.int32).pin_memory()
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = None
-        for size in sorted(sizes or buckets_for(max_batch), reverse=True):   # largest first: the others share its memory
-            self._capture(size)
+        super().__init__(stage, kv, max_batch, max_batch, 0)
+        self._capture(sizes or buckets_for(max_batch))
 
     def _plan(self, size: int) -> BatchPlan:
         return BatchPlan(self.positions[:size], self.write_page[:size], self.write_row[:size], size, 0,
                          self.lengths[:size], self.pages[:size], (), self.last_index[:size])
-
-    def _capture(self, size: int) -> None:
-        self.graphs[size] = capture(self.stage, self.inputs[:size], self._plan(size), self.kv, self.pool)
-        self.pool = self.graphs[size][0].pool()
 
     def bucket(self, n: int) -> int:
         return min(b for b in self.graphs if b >= n)
@@ -85,24 +124,9 @@ class DecodeGraphs:
     def run(self, requests: list[str], positions: list[int], inputs: torch.Tensor) -> torch.Tensor:
         """One decode step: request i's token at positions[i] (its pages already grown to hold it), inputs
         [n] ids or [n, hidden]; returns the stage's output for the n requests (a view: copy before the next step)."""
-        n = len(requests)
-        size = self.bucket(n)
+        size = self.bucket(len(requests))
         layout = StepLayout(self.kv, [(r, p, 1) for r, p in zip(requests, positions)], size, size)
-        width = layout.table.shape[1]
-        staged = np.concatenate([layout.positions, layout.write_page, layout.write_row, layout.lengths,
-                                 layout.table[:n].ravel()])
-        on_device = self.staging[:len(staged)]
-        on_device.numpy()[:] = staged
-        on_device = on_device.to(self.positions.device, non_blocking=True)
-        self.positions[:size].copy_(on_device[:size])
-        self.write_page[:size].copy_(on_device[size:2 * size])
-        self.write_row[:size].copy_(on_device[2 * size:3 * size])
-        self.lengths[:size].copy_(on_device[3 * size:4 * size])
-        self.pages[:n, :width].copy_(on_device[4 * size:].view(n, width))
-        self.inputs[:n].copy_(inputs)
-        graph, out = self.graphs[size]
-        graph.replay()
-        return out[:n]
+        return self._replay(layout, inputs)[:len(requests)]
 
 
 class StepLayout:
@@ -114,6 +138,7 @@ class StepLayout:
     def __init__(self, kv: KVPool, items: list[tuple[str, int, int]], tokens: int, sequences: int,
                  block: int = 0, tiles: int = 0) -> None:
         rows = kv.page_tokens
+        self.requests = len(items)
         counts = np.array([c for _, _, c in items], dtype=np.int64)
         starts = np.array([p for _, p, _ in items], dtype=np.int64)
         ends = np.cumsum(counts)
@@ -163,7 +188,7 @@ MIXED_TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 MAX_PROMPTS = 32   # prompt chunks in one mixed step beyond those its tokens alone would tile
 
 
-class MixedGraphs:
+class MixedGraphs(_GraphFamily):
     """Any step of up to `max_tokens` tokens, captured at token-count buckets (MIXED_TOKENS up to
     max_tokens): decode rows (paged_decode) and prompt chunks (paged_prefill) in one pass. A bucket of T
     tokens holds up to min(T, max_batch) requests and T / block + MAX_PROMPTS prompt tiles; steps that
@@ -173,33 +198,13 @@ class MixedGraphs:
                  sizes: tuple[int, ...] | None = None) -> None:
         from runtime import kernels
 
-        self.stage, self.kv = stage, kv
-        device = kv.keys[0].device
         attention = stage.layers[0].self_attn
         self.block = kernels.prefill_block(attention.heads, attention.kv_heads)
         self.max_batch = max_batch
         self.sizes = sorted(sizes or {t for t in MIXED_TOKENS if t < max_tokens} | {min(max_tokens, MIXED_TOKENS[-1])})
         tokens = self.sizes[-1]
-        sequences = min(tokens, max_batch)
-        tiles = self.tiles_for(tokens)
-        long = dict(dtype=torch.long, device=device)
-        if stage.first:
-            self.inputs = torch.zeros(tokens, **long)
-        else:
-            self.inputs = torch.zeros(tokens, stage.model.hidden_size, dtype=kv.keys[0].dtype, device=device)
-        self.positions = torch.zeros(tokens, **long)
-        self.write_page = torch.full((tokens,), SCRATCH_PAGE, **long)
-        self.write_row = torch.zeros(tokens, **long)
-        self.lengths = torch.zeros(tokens, dtype=torch.int32, device=device)
-        self.pages = torch.full((sequences, kv.max_pages), SCRATCH_PAGE, dtype=torch.int32, device=device)
-        self.last_index = torch.zeros(sequences, **long)
-        self.tiles = torch.zeros(tiles, 4, dtype=torch.int32, device=device)
-        self.staging = torch.zeros(5 * tokens + sequences * (kv.max_pages + 1) + 4 * tiles,
-                                   dtype=torch.int32).pin_memory()
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = None
-        for size in reversed(self.sizes):       # largest first: the others share its memory
-            self._capture(size)
+        super().__init__(stage, kv, tokens, min(tokens, max_batch), self.tiles_for(tokens))
+        self._capture(self.sizes)
 
     def tiles_for(self, tokens: int) -> int:
         return tokens // self.block + MAX_PROMPTS
@@ -209,10 +214,6 @@ class MixedGraphs:
         return BatchPlan(self.positions[:size], self.write_page[:size], self.write_row[:size], 0, 0,
                          self.lengths[:size], self.pages[:sequences], (), self.last_index[:sequences],
                          prompt_tiles=self.tiles[:self.tiles_for(size)])
-
-    def _capture(self, size: int) -> None:
-        self.graphs[size] = capture(self.stage, self.inputs[:size], self._plan(size), self.kv, self.pool)
-        self.pool = self.graphs[size][0].pool()
 
     def fits(self, items: list[tuple[str, int, int]]) -> int | None:
         """The bucket that holds this step, or None."""
@@ -228,24 +229,6 @@ class MixedGraphs:
         [tokens] ids or [tokens, hidden] in item order: the last stage's logits [items, vocab], else the
         hidden states [tokens, hidden] (views: copy before the next step)."""
         size = self.fits(items)
-        sequences, tiles = min(size, self.max_batch), self.tiles_for(size)
-        layout = StepLayout(self.kv, items, size, sequences, self.block, tiles)
-        n, width = len(items), layout.table.shape[1]
-        staged = np.concatenate([layout.positions, layout.write_page, layout.write_row, layout.lengths,
-                                 layout.last_index, layout.tiles.ravel(), layout.table[:n].ravel()])
-        on_device = self.staging[:len(staged)]
-        on_device.numpy()[:] = staged
-        on_device = on_device.to(self.positions.device, non_blocking=True)
-        parts = on_device.split([size, size, size, size, sequences, 4 * tiles, n * width])
-        self.positions[:size].copy_(parts[0])
-        self.write_page[:size].copy_(parts[1])
-        self.write_row[:size].copy_(parts[2])
-        self.lengths[:size].copy_(parts[3])
-        self.last_index[:sequences].copy_(parts[4])
-        self.tiles[:tiles].copy_(parts[5].view(tiles, 4))
-        self.pages[:n, :width].copy_(parts[6].view(n, width))
-        real = len(inputs)
-        self.inputs[:real].copy_(inputs)
-        graph, out = self.graphs[size]
-        graph.replay()
-        return out[:n] if self.stage.last else out[:real]
+        layout = StepLayout(self.kv, items, size, min(size, self.max_batch), self.block, self.tiles_for(size))
+        out = self._replay(layout, inputs)
+        return out[:len(items)] if self.stage.last else out[:len(inputs)]

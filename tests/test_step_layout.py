@@ -67,3 +67,27 @@ def test_a_decode_only_layout_has_no_tiles():
     assert layout.lengths.tolist() == [41, 18, 0, 0]
     assert layout.tiles.shape == (0, 4)
     assert StepLayout.tiles_needed([1, 1, 37, 20], 2, 16) == 3 + 2
+
+
+def test_one_copy_fills_the_graph_buffers_with_the_layout():
+    """What a replay reads: every buffer of a graph family after `fill` (run here on the CPU, no graph)."""
+    from types import SimpleNamespace
+
+    from runtime.graphs import _GraphFamily
+
+    kv = pool_with(LENGTHS)
+    stage = SimpleNamespace(first=False, model=SimpleNamespace(hidden_size=3))
+    family = _GraphFamily(stage, kv, 256, 8, 80)
+    layout = StepLayout(kv, ITEMS, 128, 8, 16, 70)
+    real = sum(n for _, _, n in ITEMS)
+    inputs = torch.arange(real * 3, dtype=torch.float32).view(real, 3)
+    family.fill(layout, inputs)
+    assert family.positions[:128].tolist() == layout.positions.tolist()
+    assert family.write_page[:128].tolist() == layout.write_page.tolist()
+    assert family.write_row[:128].tolist() == layout.write_row.tolist()
+    assert family.lengths[:128].tolist() == layout.lengths.tolist()
+    assert family.last_index.tolist() == layout.last_index.tolist()
+    assert family.tiles[:70].tolist() == layout.tiles.tolist()
+    width = layout.table.shape[1]
+    assert family.pages[:len(ITEMS), :width].tolist() == layout.table[:len(ITEMS)].tolist()
+    assert torch.equal(family.inputs[:real], inputs)
