@@ -224,11 +224,11 @@ class MixedGraphs(_GraphFamily):
         needed = StepLayout.tiles_needed([c for _, _, c in items], decode_prefix(items), self.block)
         return size if needed <= self.tiles_for(size) else None
 
-    def run(self, items: list[tuple[str, int, int]], inputs: torch.Tensor) -> torch.Tensor:
+    def run(self, items: list[tuple[str, int, int]], inputs: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """One step of items (request, start position, tokens), their pages grown to hold them, inputs
-        [tokens] ids or [tokens, hidden] in item order: the last stage's logits [items, vocab], else the
-        hidden states [tokens, hidden] (views: copy before the next step)."""
-        size = self.fits(items)
+        [tokens] ids or [tokens, hidden] in item order, in bucket `size` (default: fits(items)): the last
+        stage's logits [items, vocab], else the hidden states [tokens, hidden] (views: copy before the next step)."""
+        size = size or self.fits(items)
         layout = StepLayout(self.kv, items, size, min(size, self.max_batch), self.block, self.tiles_for(size))
         out = self._replay(layout, inputs)
         return out[:len(items)] if self.stage.last else out[:len(inputs)]

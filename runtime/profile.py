@@ -124,8 +124,9 @@ def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> 
     items = [(r, 0, n) for r, n in zip(requests, sizes)]
     if device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None and tokens <= MIXED_TOKENS[-1]:
         captured = MixedGraphs(stage, kv, tokens, len(items), sizes=(tokens,))
-        if captured.fits(items):
-            return _time(lambda: captured.run(items, hidden), device) / len(stage.layers)
+        size = captured.fits(items)
+        if size:
+            return _time(lambda: captured.run(items, hidden, size), device) / len(stage.layers)
     plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
 

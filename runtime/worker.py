@@ -281,9 +281,9 @@ class Worker:
         decode = decode_prefix(items)   # leading decode rows
         if self.graphs is not None and decode == len(batch):
             return self.graphs.run([i.rid for i in batch], [i.pos for i in batch], torch.cat([i.data for i in batch]))
-        if self.mixed_graphs is not None:
-            if self.mixed_graphs.fits(items):
-                return self.mixed_graphs.run(items, torch.cat([i.data for i in batch]))
+        size = self.mixed_graphs.fits(items) if self.mixed_graphs is not None else None
+        if size:
+            return self.mixed_graphs.run(items, torch.cat([i.data for i in batch]), size)
         if self.graphs is not None and decode:   # prompts too long for a mixed graph: only they run eagerly
             head = batch[:decode]
             out = self.graphs.run([i.rid for i in head], [i.pos for i in head], torch.cat([i.data for i in head]))
