@@ -125,7 +125,9 @@ class DecodeGraphs(_GraphFamily):
         """One decode step: request i's token at positions[i] (its pages already grown to hold it), inputs
         [n] ids or [n, hidden]; returns the stage's output for the n requests (a view: copy before the next step)."""
         size = self.bucket(len(requests))
-        layout = StepLayout(self.kv, [(r, p, 1) for r, p in zip(requests, positions)], size, size)
+        # every row is a decode row, also one at position 0 (a one-token prompt run as a decode step)
+        layout = StepLayout(self.kv, [(r, p, 1) for r, p in zip(requests, positions)], size, size,
+                            decode=len(requests))
         return self._replay(layout, inputs)[:len(requests)]
 
 
@@ -133,10 +135,11 @@ class StepLayout:
     """Where each token of a step sits, as numpy arrays for one host-to-device copy: items (request,
     start position, tokens) in batch order, padded to `tokens` token rows and `sequences` sequence rows.
     Decode rows are the leading items of one token past position 0 (paged_decode: token row = sequence
-    row); every other item is cut into prompt tiles of `block` tokens (paged_prefill)."""
+    row; `decode` of them, default decode_prefix(items)); every other item is cut into prompt tiles of
+    `block` tokens (paged_prefill)."""
 
     def __init__(self, kv: KVPool, items: list[tuple[str, int, int]], tokens: int, sequences: int,
-                 block: int = 0, tiles: int = 0) -> None:
+                 block: int = 0, tiles: int = 0, decode: int | None = None) -> None:
         rows = kv.page_tokens
         self.requests = len(items)
         counts = np.array([c for _, _, c in items], dtype=np.int64)
@@ -157,7 +160,7 @@ class StepLayout:
         self.write_page = np.full(tokens, SCRATCH_PAGE, dtype=np.int64)
         self.write_page[:real] = table[seq_of_token, positions[:real] // rows]
         self.write_row = positions % rows
-        decode = decode_prefix(items)
+        decode = decode_prefix(items) if decode is None else decode
         self.lengths = np.zeros(tokens, dtype=np.int64)       # padded rows and prompt tokens attend to nothing here
         self.lengths[:decode] = starts[:decode] + 1
         self.table = table

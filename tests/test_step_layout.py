@@ -69,6 +69,15 @@ def test_a_decode_only_layout_has_no_tiles():
     assert StepLayout.tiles_needed([1, 1, 37, 20], 2, 16) == 3 + 2
 
 
+def test_a_decode_graph_step_attends_every_row_also_one_at_position_0():
+    """A decode graph has no prompt tiles: a one-token row at position 0 (a one-token prompt) attends to
+    its own key there, not to nothing (found on an H100: the graph disagreed with the eager step by 68%)."""
+    kv = pool_with({"a": 41, "e": 1})
+    items = [("a", 40, 1), ("e", 0, 1)]
+    assert StepLayout(kv, items, 4, 4).lengths.tolist() == [41, 0, 0, 0]   # mixed: "e" is a prompt tile
+    assert StepLayout(kv, items, 4, 4, decode=2).lengths.tolist() == [41, 1, 0, 0]
+
+
 def test_one_copy_fills_the_graph_buffers_with_the_layout():
     """What a replay reads: every buffer of a graph family after `fill` (run here on the CPU, no graph)."""
     from types import SimpleNamespace
