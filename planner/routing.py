@@ -78,17 +78,24 @@ class Router:
 
     def route(self, is_open: IsOpen, load: Load | None = None) -> tuple[str, ...] | None:
         viable: dict[str, bool] = {COORDINATOR: True}
+        options_of = self.options
 
         def reaches_end(unit: str) -> bool:  # open, and an open path continues to the coordinator
-            if unit not in viable:
-                viable[unit] = False  # layers only grow along a path: no cycles, this only guards
-                viable[unit] = is_open(unit) and any(reaches_end(n) for n in self.options(unit))
-            return viable[unit]
+            ok = viable.get(unit)
+            if ok is None:
+                viable[unit] = ok = False  # layers only grow along a path: no cycles, this only guards
+                if is_open(unit):
+                    for n in options_of(unit):   # a loop, not any(generator): the simulator routes often
+                        if reaches_end(n):
+                            ok = True
+                            break
+                viable[unit] = ok
+            return ok
 
         path: list[str] = []
         at = COORDINATOR
         while True:
-            options = tuple(n for n in self.options(at) if reaches_end(n))
+            options = tuple([n for n in options_of(at) if reaches_end(n)])
             if not options:
                 return None
             at = options[0] if len(options) == 1 else self.choose(at, options, load)

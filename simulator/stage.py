@@ -305,13 +305,25 @@ class Stage:
                 for cohort in batch:
                     vectors += len(cohort.members)
                 self._send(now, None, batch, [], firsts, vectors)
-        elif batch or chunks:   # every output goes on to one next stage
+        elif batch or chunks:   # every output goes on to one next stage: _send, Link.send and receive inlined
             vectors = 0
             for cohort in batch:
                 vectors += len(cohort.members)
             for chunk in chunks:
                 vectors += chunk[1]
-            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * vectors) + self.hop_s, batch, chunks)
+            link = self.link_to[nxt]
+            size = self.activation_bytes * vectors
+            free_at = link.free_at
+            begin = now if now > free_at else free_at
+            link.free_at = done = begin + size / link.bandwidth_bytes_per_s
+            if done > link.low and begin < link.high:
+                link.account(begin, done, size)
+            arrive = done + link.latency_s + self.hop_s
+            heappush(nxt.inbox, (arrive, nxt._received, batch, chunks))
+            nxt._received += 1
+            if arrive < nxt.wake_at:
+                nxt.wake_at = arrive
+                heappush(self._heap, (arrive, next(self._seq), nxt._on_wake, None))
         inbox = self.inbox
         if self.ready or self.prefill or (inbox and inbox[0][0] <= now):
             self.start(now)
