@@ -32,13 +32,9 @@ class Link:
         start = now if now > free_at else free_at
         done = start + size_bytes / self.bandwidth_bytes_per_s
         self.free_at = done
-        if done > self.low and start < self.high:
-            self.account(start, done, size_bytes)
-        return done + self.latency_s
-
-    def account(self, start: float, done: float, size_bytes: float) -> None:
-        """A transfer on the wire over [start, done], which overlaps the metrics window."""
         low, high = self.low, self.high
-        self.busy_s += (done if done < high else high) - (start if start > low else low)
-        self.bytes += size_bytes
-        self.transfers += 1
+        if done > low and start < high:
+            self.busy_s += (done if done < high else high) - (start if start > low else low)
+            self.bytes += size_bytes
+            self.transfers += 1
+        return done + self.latency_s

@@ -110,7 +110,7 @@ class Simulation:
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
                           config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
-                          memos, self.loop)
+                          memos, self.loop, config.microbatches)
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
         flows = layout.flows or max_flow(problem, layout.placement).edge_flows

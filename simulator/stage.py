@@ -75,7 +75,7 @@ class Cohort:
 class Stage:
     def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
                  budget: int, activation_bytes: int, window: tuple[float, float],
-                 memos: dict | None = None, loop: EventLoop | None = None) -> None:
+                 memos: dict | None = None, loop: EventLoop | None = None, lanes: int = 1) -> None:
         start, end = span
         self.name, self.host, self.cost, self.span = name, host, cost, span
         self.layers = end - start
@@ -89,6 +89,7 @@ class Stage:
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
+        self.lanes = lanes   # decode micro-batches per path
         self.kv_used = 0
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
@@ -105,8 +106,9 @@ class Stage:
         self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
         self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
         self.wake_at = INF   # when the idle stage wakes for an arrival (INF: none on its way); BUSY: iterating
-        self._batch: list[Cohort] = []
-        self._chunks: list[list] = []
+        self._batch: list[Cohort] = []            # the running iteration's decode cohorts,
+        self._chunks: list[list] = []             # its prompt chunks,
+        self._sequences = self._tokens = 0        # and their sizes
         # metrics, over the window [low, high]
         self.low, self.high = window
         self.busy_s = 0.0
@@ -224,6 +226,13 @@ class Stage:
             cohort = ready.popitem()[1]
             batch = [cohort]
             sequences, context = len(cohort.members), cohort.ctx
+        elif self.lanes == 1:   # a cohort per path: all of them
+            batch = list(ready.values())
+            ready.clear()
+            sequences = context = 0
+            for cohort in batch:
+                sequences += len(cohort.members)
+                context += cohort.ctx
         else:
             batch, taken = [], set()
             sequences = context = 0
@@ -276,7 +285,7 @@ class Stage:
             seconds += self.head_time(sequences) + self.head_time(finished)
 
         self.wake_at = BUSY
-        self._batch, self._chunks = batch, chunks
+        self._batch, self._chunks, self._sequences, self._tokens = batch, chunks, sequences, tokens
         end = now + seconds
         high = self.high
         if now < high:   # the share of [now, end] inside the window [low, high]
@@ -301,23 +310,18 @@ class Stage:
         elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
             firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
             if batch or firsts:
-                vectors = len(firsts)
-                for cohort in batch:
-                    vectors += len(cohort.members)
-                self._send(now, None, batch, [], firsts, vectors)
+                self._send(now, None, batch, [], firsts, self._sequences + len(firsts))
         elif batch or chunks:   # every output goes on to one next stage: _send, Link.send and receive inlined
-            vectors = 0
-            for cohort in batch:
-                vectors += len(cohort.members)
-            for chunk in chunks:
-                vectors += chunk[1]
             link = self.link_to[nxt]
-            size = self.activation_bytes * vectors
+            size = self.activation_bytes * (self._sequences + self._tokens)
             free_at = link.free_at
             begin = now if now > free_at else free_at
             link.free_at = done = begin + size / link.bandwidth_bytes_per_s
-            if done > link.low and begin < link.high:
-                link.account(begin, done, size)
+            low, high = link.low, link.high
+            if done > low and begin < high:
+                link.busy_s += (done if done < high else high) - (begin if begin > low else low)
+                link.bytes += size
+                link.transfers += 1
             arrive = done + link.latency_s + self.hop_s
             heappush(nxt.inbox, (arrive, nxt._received, batch, chunks))
             nxt._received += 1
