@@ -245,10 +245,11 @@ class Stage:
             for cohort in batch:
                 del ready[cohort.key]
         if sequences:
-            mean = context / sequences
-            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * self._span + sequences)
+            # decode_time's key: its bucket trunc(context / sequences) // CONTEXT_BUCKET in whole numbers (a
+            # float quotient of ints this size never rounds across an integer)
+            seconds = self._decode_memo.get(context // (sequences * CONTEXT_BUCKET) * self._span + sequences)
             if seconds is None:
-                seconds = self.decode_time(sequences, mean)
+                seconds = self.decode_time(sequences, context / sequences)
         else:
             seconds = 0.0
 
