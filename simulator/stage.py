@@ -17,7 +17,7 @@ Iteration policy (vLLM's chunked-prefill scheduler, decode first):
 
 Work moves in cohorts: the decode sequences of one lane of one path, travelling together. Parts of one
 cohort that meet at a stage merge, so per-iteration work grows with the number of paths, not of
-sequences; only the coordinator touches each sequence, once per token.
+sequences; the coordinator keeps each cohort's per-token bookkeeping in list operations (Cohort).
 """
 
 from __future__ import annotations
