@@ -68,27 +68,35 @@ class Router:
     def __init__(self, graph: RouteGraph, seed: int = 0) -> None:
         self.graph = graph
         self.rng = np.random.default_rng(seed)
+        self.next_hops: Mapping[str, tuple[str, ...]] = graph.successors   # a subclass may narrow them
 
     def options(self, at: str) -> tuple[str, ...]:
         """Next hops this policy considers from `at` (all of them, unless a subclass narrows them)."""
-        return self.graph.successors.get(at, ())
+        return self.next_hops.get(at, ())
 
     def choose(self, at: str, options: tuple[str, ...], load: Load | None) -> str:
         raise NotImplementedError
 
     def route(self, is_open: IsOpen, load: Load | None = None) -> tuple[str, ...] | None:
         viable: dict[str, bool] = {COORDINATOR: True}
+        options_of = self.next_hops.get   # options(), without a call of its own per unit
 
         def reaches_end(unit: str) -> bool:  # open, and an open path continues to the coordinator
-            if unit not in viable:
-                viable[unit] = False  # layers only grow along a path: no cycles, this only guards
-                viable[unit] = is_open(unit) and any(reaches_end(n) for n in self.options(unit))
-            return viable[unit]
+            ok = viable.get(unit)
+            if ok is None:
+                viable[unit] = ok = False  # layers only grow along a path: no cycles, this only guards
+                if is_open(unit):
+                    for n in options_of(unit, ()):   # a loop, not any(generator): the simulator routes often
+                        if reaches_end(n):
+                            ok = True
+                            break
+                viable[unit] = ok
+            return ok
 
         path: list[str] = []
         at = COORDINATOR
         while True:
-            options = tuple(n for n in self.options(at) if reaches_end(n))
+            options = tuple([n for n in options_of(at, ()) if reaches_end(n)])
             if not options:
                 return None
             at = options[0] if len(options) == 1 else self.choose(at, options, load)
@@ -111,13 +119,10 @@ class MaxFlowRouter(Router):
     def __init__(self, graph: RouteGraph, seed: int = 0) -> None:
         super().__init__(graph, seed)
         self.credit: dict[tuple[str, str], float] = {}
-        self._options = {}
+        self.next_hops = {}
         for at, nexts in graph.successors.items():
             weighted = tuple(n for n in nexts if graph.weights.get((at, n), 0.0) > 0)
-            self._options[at] = weighted or nexts
-
-    def options(self, at: str) -> tuple[str, ...]:
-        return self._options.get(at, ())
+            self.next_hops[at] = weighted or nexts
 
     def weight(self, at: str, nxt: str) -> float:
         return self.graph.weights.get((at, nxt), 0.0) or 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 class Link:
-    __slots__ = ("name", "bandwidth_bytes_per_s", "latency_s", "free_at", "window", "busy_s", "bytes",
+    __slots__ = ("name", "bandwidth_bytes_per_s", "latency_s", "free_at", "low", "high", "busy_s", "bytes",
                  "transfers")
 
     def __init__(self, name: str, bandwidth_bytes_per_s: float, latency_s: float,
@@ -21,7 +21,7 @@ class Link:
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self.latency_s = latency_s
         self.free_at = 0.0
-        self.window = window        # metrics window [warm-up end, run end]
+        self.low, self.high = window   # metrics window [warm-up end, run end]
         self.busy_s = 0.0           # serialisation time inside the window
         self.bytes = 0.0            # bytes sent inside the window
         self.transfers = 0
@@ -32,7 +32,7 @@ class Link:
         start = now if now > free_at else free_at
         done = start + size_bytes / self.bandwidth_bytes_per_s
         self.free_at = done
-        low, high = self.window
+        low, high = self.low, self.high
         if done > low and start < high:
             self.busy_s += (done if done < high else high) - (start if start > low else low)
             self.bytes += size_bytes

@@ -110,7 +110,7 @@ class Simulation:
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
                           config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
-                          memos)
+                          memos, self.loop, config.microbatches)
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
         flows = layout.flows or max_flow(problem, layout.placement).edge_flows
@@ -211,7 +211,7 @@ class Simulation:
                 stage.add_path(pid, stages[i + 1] if i + 1 < len(stages) else None)
         return pid
 
-    def admit(self, now: float, events: list) -> None:
+    def admit(self, now: float) -> None:
         """Admit queued requests in order while a path has KV room for the one at the head."""
         queue, stages = self.queue, self.stages
         while queue:
@@ -237,18 +237,16 @@ class Simulation:
                 stage.reserve(need, now)
             first = path[0]
             arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_s
-            first.receive(arrive, [], [[request, request.prompt, 0]], events)
+            first.receive(arrive, [], [[request, request.prompt, 0]])
 
-    def arrive(self, now: float, item: tuple[float, int, int]) -> list:
+    def arrive(self, now: float, item: tuple[float, int, int]) -> None:
         """Open-loop arrival: queue the request, try to admit, schedule the next arrival."""
         _, prompt, output = item
         self.queue.append(self._new_request(now, prompt, output))
-        events: list = []
-        self.admit(now, events)
+        self.admit(now)
         upcoming = next(self._arrivals, None)
         if upcoming is not None and upcoming[0] <= self.end_s:
-            events.append((upcoming[0], self.arrive, upcoming))
-        return events
+            self.loop.schedule(upcoming[0], self.arrive, upcoming)
 
     def _complete(self, request: Request, now: float) -> None:
         self.lane_sizes[request.pid][request.lane] -= 1
@@ -261,7 +259,7 @@ class Simulation:
         if self.closed:
             self.queue.append(self._new_request(now))
 
-    def at_coordinator(self, now: float, payload: tuple[list, list]) -> list:
+    def at_coordinator(self, now: float, payload: tuple[list, list]) -> None:
         """Tokens back at the coordinator: first tokens start decoding, finished requests leave,
         the rest go round again to the first stage of their path."""
         cohorts, firsts = payload
@@ -270,50 +268,59 @@ class Simulation:
         tokens = 0
         finished = False
         for request in firsts:
-            request.first_s = request.last_s = now
+            request.first_s = now
             recorder.prompt_done(now, request.prompt)
             tokens += 1
             if request.output <= 1:
                 self._complete(request, now)
                 finished = True
                 continue
-            request.left = request.output - 1
             cohort = Cohort(request.pid, request.lane, [request], request.prompt + 1)  # prompt + first token
+            cohort.ends, cohort.due, cohort.last_s = [request.output - 1], request.output - 1, now
             outgoing.setdefault(request.path[0], []).append(cohort)
         for cohort in cohorts:
             members = cohort.members
             tokens += len(members)
+            cohort.round = round_ = cohort.round + 1
+            last_s, lasts, ends = cohort.last_s, cohort.lasts, cohort.ends
             # Recorder.decode_gap for the whole cohort at once, unless an automatic warm-up is still
             # running: a completion in this round may end it, so gap by gap as the recorder decides
-            fixed = self.warmup_s != math.inf
-            if fixed and recorder.low <= now <= recorder.high:
-                recorder.tpot.extend([now - request.last_s for request in members])
+            gradual = self.warmup_s == math.inf
+            if gradual:
+                for i, request in enumerate(members):
+                    recorder.decode_gap(now, now - (last_s if lasts is None else lasts[i]))
+                    if ends[i] == round_:
+                        self._complete(request, now)
+            elif recorder.low <= now <= recorder.high:
+                recorder.tpot.extend([now - last_s] * len(members) if lasts is None else [now - t for t in lasts])
+            cohort.last_s, cohort.lasts = now, None
             gone = 0
-            for request in members:
-                if not fixed:
-                    recorder.decode_gap(now, now - request.last_s)
-                request.last_s = now
-                request.left -= 1
-                if not request.left:
-                    gone += request.prompt + request.output - 1   # its context in the round just done
-                    self._complete(request, now)
-            if gone:
+            if round_ == cohort.due:   # the last token of some members: they leave the cohort
                 finished = True
-                cohort.members = members = [request for request in members if request.left]
+                staying, staying_ends = [], []
+                for request, end in zip(members, ends):
+                    if end == round_:
+                        gone += request.prompt + request.output - 1   # its context in the round just done
+                        if not gradual:
+                            self._complete(request, now)
+                    else:
+                        staying.append(request)
+                        staying_ends.append(end)
+                cohort.members = members = staying
+                cohort.ends = staying_ends
+                cohort.due = min(staying_ends, default=0)
             if members:
                 cohort.ctx += len(members) - gone   # every sequence still decoding holds one more token
                 outgoing.setdefault(self.path_stages[cohort.pid][0], []).append(cohort)
         recorder.tokens(now, tokens)
-        events: list = []
         for first, sent in outgoing.items():
             sequences = 0
             for cohort in sent:
                 sequences += len(cohort.members)
             first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences) + first.inbound_s,
-                          sent, [], events)
+                          sent, [])
         if finished:
-            self.admit(now, events)
-        return events
+            self.admit(now)
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -329,9 +336,9 @@ class Simulation:
         window = (self.warmup_s, self.end_s)
         self.recorder.low, self.recorder.high = window
         for stage in self.stages.values():
-            stage.window = window
+            stage.low, stage.high = window
         for link in self.links.values():
-            link.window = window
+            link.low, link.high = window
 
     def _open_window(self) -> None:
         """The window opens: KV already reserved then counts toward each stage's peak."""
@@ -345,10 +352,8 @@ class Simulation:
         if self.closed:
             for _ in range(self.in_flight):
                 self.queue.append(self._new_request(0.0))
-            events: list = []
-            self.admit(0.0, events)
+            self.admit(0.0)
             self.first_wave = max(1, self.in_flight - len(self.queue))   # admitted at the start
-            loop.schedule_all(events)
         else:
             self._arrivals = self.config.workload.arrivals(self.arrival_rng, self.lengths)
             first = next(self._arrivals, None)

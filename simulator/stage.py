@@ -17,7 +17,7 @@ Iteration policy (vLLM's chunked-prefill scheduler, decode first):
 
 Work moves in cohorts: the decode sequences of one lane of one path, travelling together. Parts of one
 cohort that meet at a stage merge, so per-iteration work grows with the number of paths, not of
-sequences; only the coordinator touches each sequence, once per token.
+sequences; the coordinator keeps each cohort's per-token bookkeeping in list operations (Cohort).
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from math import trunc  # int(x) of a float without calling the int type, which 
 from typing import Callable
 
 from planner.costmodel import GpuCost
+from simulator.engine import EventLoop
 from simulator.network import Link
 
 INF = math.inf
+BUSY = -math.inf   # Stage.wake_at while an iteration runs: no arrival wakes it sooner
 CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
 
 
@@ -41,18 +43,39 @@ NO_PATH, MIXED = object(), object()   # Stage.only_next before any path is added
 
 class Cohort:
     """Decode sequences of one micro-batch (lane) of one path, moving as one; `ctx` is the sum of
-    their context lengths."""
+    their context lengths.
 
-    __slots__ = ("pid", "key", "members", "ctx")
+    The coordinator's bookkeeping travels with it, so a round back at the coordinator costs a few list
+    operations rather than a loop over the members: `round` counts the cohort's returns, `ends[i]` is
+    the round that brings members[i] its last token, `due` the earliest of them; `last_s` is when the
+    members' previous token came back (`lasts`, one time per member, while parts that came back at
+    different times travel merged; else None)."""
+
+    __slots__ = ("pid", "key", "members", "ctx", "round", "ends", "due", "last_s", "lasts")
 
     def __init__(self, pid: int, lane: int, members: list, ctx: int) -> None:
         self.pid, self.key, self.members, self.ctx = pid, pid * LANES_PER_PATH + lane, members, ctx
+        self.round = 0
+        self.ends: list[int] = []
+        self.due = 0
+        self.last_s = math.nan
+        self.lasts: list[float] | None = None
+
+    def merge(self, other: Cohort) -> None:
+        """Take in `other`, a part of the same micro-batch that arrived apart."""
+        self.lasts = (self.lasts or [self.last_s] * len(self.members)) + \
+            (other.lasts or [other.last_s] * len(other.members))
+        shift = self.round - other.round   # other's rounds, counted on this cohort's
+        self.ends += [end + shift for end in other.ends]
+        self.due = min(self.due, other.due + shift)
+        self.members += other.members
+        self.ctx += other.ctx
 
 
 class Stage:
     def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
                  budget: int, activation_bytes: int, window: tuple[float, float],
-                 memos: dict | None = None) -> None:
+                 memos: dict | None = None, loop: EventLoop | None = None, lanes: int = 1) -> None:
         start, end = span
         self.name, self.host, self.cost, self.span = name, host, cost, span
         self.layers = end - start
@@ -66,6 +89,7 @@ class Stage:
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
+        self.lanes = lanes   # decode micro-batches per path
         self.kv_used = 0
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
@@ -73,17 +97,20 @@ class Stage:
         self.only_next: Stage | None | object = NO_PATH   # the next hop of every path, MIXED if they differ
         self.link_to: dict[Stage | None, Link] = {}
         self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
+        # the event loop: events are pushed onto its heap directly (simulator/engine.py)
+        self.loop = loop if loop is not None else EventLoop()
+        self._heap, self._seq = self.loop.heap, self.loop.seq
         # queues
         self.inbox: list[tuple] = []              # heap of (arrival time, seq, cohorts, prompt chunks)
         self._received = 0
         self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
         self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
-        self.busy = False
-        self.wake_at = INF
-        self._batch: list[Cohort] = []
-        self._chunks: list[tuple] = []
-        # metrics
-        self.window = window
+        self.wake_at = INF   # when the idle stage wakes for an arrival (INF: none on its way); BUSY: iterating
+        self._batch: list[Cohort] = []            # the running iteration's decode cohorts,
+        self._chunks: list[list] = []             # its prompt chunks,
+        self._sequences = self._tokens = 0        # and their sizes
+        # metrics, over the window [low, high]
+        self.low, self.high = window
         self.busy_s = 0.0
         self.kv_peak = 0
         self.iterations = 0
@@ -145,7 +172,7 @@ class Stage:
     def reserve(self, kv_tokens: int, now: float) -> None:
         self.kv_used += kv_tokens
         self.resident += 1
-        if self.kv_used > self.kv_peak and now >= self.window[0]:
+        if self.kv_used > self.kv_peak and now >= self.low:
             self.kv_peak = self.kv_used
 
     def release(self, kv_tokens: int) -> None:
@@ -164,47 +191,48 @@ class Stage:
 
     # ---- events -----------------------------------------------------------------------------------
 
-    def receive(self, arrive: float, cohorts: list, chunks: list, events: list) -> None:
+    def receive(self, arrive: float, cohorts: list, chunks: list) -> None:
         """A transfer lands at `arrive`; wake the stage then if it is idle with nothing due sooner."""
         heappush(self.inbox, (arrive, self._received, cohorts, chunks))
         self._received += 1
-        if not self.busy and arrive < self.wake_at:
+        if arrive < self.wake_at:   # idle (BUSY is -inf), and no wake-up as soon
             self.wake_at = arrive
-            events.append((arrive, self._on_wake, None))
+            heappush(self._heap, (arrive, next(self._seq), self._on_wake, None))
 
-    def wake(self, now: float, _payload) -> list | None:
-        if self.busy or now != self.wake_at:
-            return None  # stale: an iteration started or an earlier wake-up took over
-        self.wake_at = INF
-        return self.start(now)
+    def wake(self, now: float, _payload: None) -> None:
+        if now == self.wake_at:   # else stale: an iteration started or an earlier wake-up took over
+            self.wake_at = INF
+            self.start(now)
 
-    def start(self, now: float) -> list | None:
+    def start(self, now: float) -> None:
         """Begin an iteration with everything that has arrived, or go idle until the next arrival."""
         ready, prefill, inbox = self.ready, self.prefill, self.inbox
         while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
             _, _, cohorts, chunks = heappop(inbox)
             for cohort in cohorts:
-                key = cohort.key
-                have = ready.get(key)
-                if have is None:
-                    ready[key] = cohort
-                else:  # the same micro-batch, arrived in parts
-                    have.members += cohort.members
-                    have.ctx += cohort.ctx
+                have = ready.setdefault(cohort.key, cohort)
+                if have is not cohort:   # the same micro-batch, arrived in parts
+                    have.merge(cohort)
             if chunks:
                 prefill.extend(chunks)
         if not ready and not prefill:
-            self.busy = False
             if inbox:
-                self.wake_at = inbox[0][0]
-                return [(self.wake_at, self._on_wake, None)]
-            return None
+                self.wake_at = arrive = inbox[0][0]
+                heappush(self._heap, (arrive, next(self._seq), self._on_wake, None))
+            return
 
         # one micro-batch per path per iteration, the longest waiting (dicts keep arrival order)
         if len(ready) == 1:
             cohort = ready.popitem()[1]
             batch = [cohort]
             sequences, context = len(cohort.members), cohort.ctx
+        elif self.lanes == 1:   # a cohort per path: all of them
+            batch = list(ready.values())
+            ready.clear()
+            sequences = context = 0
+            for cohort in batch:
+                sequences += len(cohort.members)
+                context += cohort.ctx
         else:
             batch, taken = [], set()
             sequences = context = 0
@@ -217,10 +245,11 @@ class Stage:
             for cohort in batch:
                 del ready[cohort.key]
         if sequences:
-            mean = context / sequences
-            seconds = self._decode_memo.get(trunc(mean) // CONTEXT_BUCKET * self._span + sequences)
+            # decode_time's key: its bucket trunc(context / sequences) // CONTEXT_BUCKET in whole numbers (a
+            # float quotient of ints this size never rounds across an integer)
+            seconds = self._decode_memo.get(context // (sequences * CONTEXT_BUCKET) * self._span + sequences)
             if seconds is None:
-                seconds = self.decode_time(sequences, mean)
+                seconds = self.decode_time(sequences, context / sequences)
         else:
             seconds = 0.0
 
@@ -256,51 +285,56 @@ class Stage:
         if self.last:
             seconds += self.head_time(sequences) + self.head_time(finished)
 
-        self.busy = True
-        self.wake_at = INF
-        self._batch, self._chunks = batch, chunks
+        self.wake_at = BUSY
+        self._batch, self._chunks, self._sequences, self._tokens = batch, chunks, sequences, tokens
         end = now + seconds
-        low, high = self.window
-        if low <= now < high:
-            self.iterations += 1
-            self.decoded += sequences
-        if end > low and now < high:
-            self.busy_s += (end if end < high else high) - (now if now > low else low)
-        return [(end, self._on_finish, None)]
+        high = self.high
+        if now < high:   # the share of [now, end] inside the window [low, high]
+            low = self.low
+            if now >= low:
+                self.iterations += 1
+                self.decoded += sequences
+                self.busy_s += (end if end < high else high) - now
+            elif end > low:
+                self.busy_s += (end if end < high else high) - low
+        heappush(self._heap, (end, next(self._seq), self._on_finish, None))
 
-    def finish(self, now: float, _payload) -> list | None:
+    def finish(self, now: float, _payload: None) -> None:
         """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
-        self.busy = False
         batch, chunks = self._batch, self._chunks
-        self._batch = self._chunks = ()
-        events: list = []
+        self.wake_at = INF
         nxt = self.only_next
         if nxt is MIXED:   # paths part here, but this iteration's outputs may still all take one hop
             nxt = self._common_hop(batch, chunks)
         if nxt is MIXED:
-            self._send_by_hop(now, batch, chunks, events)
+            self._send_by_hop(now, batch, chunks)
         elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
             firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
             if batch or firsts:
-                vectors = len(firsts)
-                for cohort in batch:
-                    vectors += len(cohort.members)
-                self._send(now, None, batch, [], firsts, vectors, events)
-        elif batch or chunks:   # every output goes on to one next stage
-            vectors = 0
-            for cohort in batch:
-                vectors += len(cohort.members)
-            for chunk in chunks:
-                vectors += chunk[1]
-            self._send(now, nxt, batch, chunks, [], vectors, events)
-        if self.ready or self.prefill or (self.inbox and self.inbox[0][0] <= now):
-            started = self.start(now)
-            if started:
-                events += started
-        elif self.inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
-            self.wake_at = self.inbox[0][0]
-            events.append((self.wake_at, self._on_wake, None))
-        return events
+                self._send(now, None, batch, [], firsts, self._sequences + len(firsts))
+        elif batch or chunks:   # every output goes on to one next stage: _send, Link.send and receive inlined
+            link = self.link_to[nxt]
+            size = self.activation_bytes * (self._sequences + self._tokens)
+            free_at = link.free_at
+            begin = now if now > free_at else free_at
+            link.free_at = done = begin + size / link.bandwidth_bytes_per_s
+            low, high = link.low, link.high
+            if done > low and begin < high:
+                link.busy_s += (done if done < high else high) - (begin if begin > low else low)
+                link.bytes += size
+                link.transfers += 1
+            arrive = done + link.latency_s + self.hop_s
+            heappush(nxt.inbox, (arrive, nxt._received, batch, chunks))
+            nxt._received += 1
+            if arrive < nxt.wake_at:
+                nxt.wake_at = arrive
+                heappush(self._heap, (arrive, next(self._seq), nxt._on_wake, None))
+        inbox = self.inbox
+        if self.ready or self.prefill or (inbox and inbox[0][0] <= now):
+            self.start(now)
+        elif inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
+            self.wake_at = arrive = inbox[0][0]
+            heappush(self._heap, (arrive, next(self._seq), self._on_wake, None))
 
     def _common_hop(self, batch: list, chunks: list) -> Stage | None | object:
         """The next hop of every cohort and prompt chunk of an iteration, or MIXED."""
@@ -320,7 +354,7 @@ class Stage:
                 return MIXED
         return hop
 
-    def _send_by_hop(self, now: float, batch: list, chunks: list, events: list) -> None:
+    def _send_by_hop(self, now: float, batch: list, chunks: list) -> None:
         """Outputs of a stage whose paths continue to different next hops: one transfer per hop, in the
         order the hops first appear among the iteration's cohorts, then its prompt chunks."""
         outputs: dict[Stage | None, list] = {}    # next hop -> [cohorts, chunks, first tokens, vectors]
@@ -347,14 +381,14 @@ class Stage:
                 out[1].append(chunk)
                 out[3] += take
         for nxt, (cohorts, sent, firsts, vectors) in outputs.items():
-            self._send(now, nxt, cohorts, sent, firsts, vectors, events)
+            self._send(now, nxt, cohorts, sent, firsts, vectors)
 
-    def _send(self, now: float, nxt: Stage | None, cohorts: list, chunks: list, firsts: list, vectors: int,
-              events: list) -> None:
+    def _send(self, now: float, nxt: Stage | None, cohorts: list, chunks: list, firsts: list, vectors: int) -> None:
         """One transfer of `vectors` outputs to the next hop: hidden states to a stage, or sampled token
         ids back to the coordinator (`nxt` None; `firsts`: requests whose prompt is done)."""
         link = self.link_to[nxt]
         if nxt is None:
-            events.append((link.send(now, 4 * vectors) + self.hop_s, self.deliver_to_coordinator, (cohorts, firsts)))
+            heappush(self._heap, (link.send(now, 4 * vectors) + self.hop_s, next(self._seq),
+                                  self.deliver_to_coordinator, (cohorts, firsts)))
         else:
-            nxt.receive(link.send(now, self.activation_bytes * vectors) + self.hop_s, cohorts, chunks, events)
+            nxt.receive(link.send(now, self.activation_bytes * vectors) + self.hop_s, cohorts, chunks)

@@ -23,7 +23,7 @@ class Request:
     """One request's life: lengths, the path it was given, and the times that make its latencies."""
 
     __slots__ = ("id", "arrival_s", "prompt", "output", "kv_tokens", "path", "pid",
-                 "lane", "admitted_s", "first_s", "last_s", "left")
+                 "lane", "admitted_s", "first_s")
 
     def __init__(self, rid: int, arrival_s: float, prompt: int, output: int) -> None:
         self.id, self.arrival_s, self.prompt, self.output = rid, arrival_s, prompt, output
@@ -32,9 +32,7 @@ class Request:
         self.pid = -1                      # interned path id
         self.lane = 0                      # its decode micro-batch on that path
         self.admitted_s = math.nan
-        self.first_s = math.nan            # first token back at the coordinator
-        self.last_s = math.nan             # latest token back at the coordinator
-        self.left = output                 # tokens still to come back
+        self.first_s = math.nan            # first token back at the coordinator (later ones: its Cohort)
 
 
 # ---- lengths --------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_event_loop_orders_by_time_then_cause():
 
     def handler(now, name):
         fired.append((now, name))
-        return [(now + 1.0, handler, name + "'")] if len(name) < 2 else None
+        if len(name) < 2:
+            loop.schedule(now + 1.0, handler, name + "'")
 
     loop.schedule(2.0, handler, "b")
     loop.schedule(1.0, handler, "a")
