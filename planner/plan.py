@@ -46,7 +46,7 @@ def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | No
     if serving.max_flow <= 0:  # the static max flow the estimate starts from
         raise SolveError(f"{result.method} returned a placement that carries no tokens "
                          "(no chain of GPUs covers every layer)")
-    if serving.throughput <= 0 and (max_tpot_s or max_ttft_s):
+    if serving.throughput <= 0 and (max_tpot_s or max_ttft_s) and serving.complete:  # (else the notes say why)
         limits = " and ".join(f"--max-{name} {value * 1e3:g} ms" for name, value
                               in (("tpot", max_tpot_s), ("ttft", max_ttft_s)) if value)
         idle = ", ".join(f"{name} {value * 1e3:,.0f} ms" for name, value
