@@ -61,7 +61,7 @@ def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | No
         round_trip, complete = round_trip_max_flow(problem, result.placement, deadline)
         if not complete:
             notes = ("time limit: the round-trip max flow stopped before its fixed point settled; "
-                     "it is reported high (capacities only fall as it settles)",)
+                     "it is likely reported high (capacities start at their compute bound and fall as it settles)",)
     else:  # no time left at all: the static max flow, which the round-trip one never exceeds
         round_trip = serving.max_flow
         notes = ("time limit: the round-trip max flow was not computed; static max flow stands in for it",)

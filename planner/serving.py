@@ -312,7 +312,7 @@ def round_trip_max_flow(problem: PlacementProblem, placement: Placement,
     (compute and transfers, no waiting): unlike static max flow it sees that a pipeline's stages share
     their sequences and that slow links stretch the trip. What a simulator can approach, not exceed.
     Also whether it is complete: False when `deadline` stopped the fixed point before it settled (the
-    value is then above the settled one: capacities only fall from their compute bound)."""
+    value is then likely above the settled one: capacities start at their compute bound and fall)."""
     if problem.static:
         return max_flow(problem.with_rtt(0.0), placement).value, True
     fixed = _consistent_flow(_Units(problem, placement), placement, waiting=False, deadline=deadline)
@@ -349,7 +349,8 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
     if fixed.cut_short:
         notes.append(f"time limit: the fixed point stopped after {fixed.steps} of at most {ITERATIONS} steps, "
                      f"its capacities still moving by {fixed.moving:.1%} a step; throughput and latencies "
-                     "are those of its last step (capacities fall from their compute bound as it settles)")
+                     "are those of its last step (capacities start at their compute bound and fall as it settles, so "
+                     "throughput is likely high)")
 
     def meets(load: float) -> bool:
         est, _ = _latencies(units, paths, flow.node_flow, load)
