@@ -36,7 +36,7 @@ def plan_json(plan: Plan) -> dict:
         **({"tp_groups": groups} if groups else {}),  # flows name a group by its members joined with '+'
         "flows": flows,
         "bottleneck": list(serving.flow.cut),
-        "notes": list(result.notes) + list(serving.notes),
+        "notes": list(result.notes) + list(serving.notes) + list(plan.notes),
     }
 
 
@@ -92,7 +92,7 @@ def print_plan(console: Console, plan: Plan) -> None:
                      if serving.tpot_s is not None else ""))
     if serving.flow.cut:
         console.print("bottleneck (min cut): " + ", ".join(serving.flow.cut))
-    for note in result.notes + serving.notes:
+    for note in result.notes + serving.notes + plan.notes:
         console.print(f"note: {note}")
 
 

@@ -9,20 +9,30 @@ Model and assumptions: docs/planner.md#serving-estimator.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
+from weakref import WeakKeyDictionary
 
-from scipy.optimize import linprog
+from scipy.optimize import brentq, linprog
 
 from planner.cluster import Link
 from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
 ITERATIONS = 40
+LOAD_STEPS = 40  # bisection steps for the load that meets the latency limits
+BATCH_FLOOR = 1e-6  # smallest operating batch considered (sequences)
+BATCH_XTOL = 1e-12  # operating batches are solved to within this many sequences
 TOLERANCE = 1e-3
 SETTLED = 1e-2  # capacities moving less than this may stop once the flow's value holds still
 # Steps a decode token waits per stage: half a step at a busy stage, none at an idle one; the simulator
 # finds stages about half busy (calibration, docs/planner.md#serving-estimator)
 STAGE_WAIT = 0.25
+
+
+# complete estimates by problem, then by placement and latency limits (dropped with the problem)
+_ESTIMATES: WeakKeyDictionary[PlacementProblem, dict[tuple, "ServingEstimate"]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -45,58 +55,95 @@ class ServingEstimate:
     node_batch: dict[str, float]       # sequences per decode step at the operating point, by unit
     paths: tuple[PathEstimate, ...]
     notes: tuple[str, ...] = ()
+    complete: bool = True              # False: a deadline cut the fixed point or the load search (notes say)
 
 
-def _operating_batch(problem: PlacementProblem, node: str, span: tuple[int, int], rate: float) -> float:
-    """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
-    cost, layers = problem.cost(node), span[1] - span[0]
-    first, last = span[0] == 0, span[1] == problem.layers
-    ceiling = max(1.0, cost.step_batch(layers, first=first, last=last))
-    if rate <= 0:
-        return 1.0
-    low, high = 1e-6, float(ceiling)
-    if high / (cost.seconds_per_output_token(layers, high, first, last) * high) <= rate:
-        return high  # saturated: it runs its largest batch
-    for _ in range(60):  # rate * step(b) - b is positive below the fixed point, negative above
-        mid = (low + high) / 2
-        if rate * cost.seconds_per_output_token(layers, mid, first, last) * mid > mid:
-            low = mid
-        else:
-            high = mid
-    return max(high, 1e-6)
+class _Units:
+    """What the fixed point asks of a placement's units and hops at every step, worked out once per
+    estimate: spans, costs, compute-bound capacities, prompt passes, and each hop's link and fixed cost."""
 
+    def __init__(self, problem: PlacementProblem, placement: Placement) -> None:
+        self.problem = problem
+        self.ranges = placement.units()
+        self.cost = {n: problem.cost(n) for n in self.ranges}
+        self.shape = {n: (span[1] - span[0], span[0] == 0, span[1] == problem.layers)  # layers, first, last
+                      for n, span in self.ranges.items()}
+        self.static_capacity = {n: problem.capacity(n, *span, rtt_s=0.0) for n, span in self.ranges.items()}
+        prompt = problem.cluster.workload.prompt_tokens
+        self.prefill_stage = {n: _prefill_stage_s(problem, n, span, prompt) for n, span in self.ranges.items()}
+        self.ceiling, self.ceiling_spot = {}, {}
+        for n, (layers, first, last) in self.shape.items():
+            ceiling = float(max(1.0, self.cost[n].step_batch(layers, first=first, last=last)))
+            self.ceiling[n] = ceiling
+            self.ceiling_spot[n] = self.cost[n].seconds_per_output_token(layers, ceiling, first, last)
+        self._hops: dict[tuple[str, str], tuple[Link, float, float, tuple[str, str]]] = {}
 
-def _step_s(problem: PlacementProblem, node: str, span: tuple[int, int], batch: float) -> float:
-    """One iteration of a node: a decode step of `batch` sequences plus its share of prefill work (with
-    the embedding, head and step overhead a first or last stage pays, as the simulator charges them)."""
-    batch = max(batch, 1.0)
-    return problem.cost(node).seconds_per_output_token(span[1] - span[0], batch, span[0] == 0,
-                                                       span[1] == problem.layers) * batch
+    def hop(self, a: str, b: str) -> tuple[Link, float, float, tuple[str, str]]:
+        """A hop's link, the bytes one token puts on it, its fixed cost per message and its link key."""
+        if (a, b) not in self._hops:
+            link, size = _hop(self.problem, a, b)
+            self._hops[(a, b)] = (link, size, _message_s(self.problem, a, b), _link_key(self.problem, a, b))
+        return self._hops[(a, b)]
+
+    def hop_s(self, a: str, b: str, vectors: float) -> float:
+        """Latency plus transfer time of `vectors` tokens' vectors over a hop, plus the message's fixed cost."""
+        link, size, message, _ = self.hop(a, b)
+        return link.latency_s + size * vectors / link.bandwidth_bytes_per_s + message
+
+    def operating_batch(self, node: str, rate: float) -> float:
+        """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
+        if rate <= 0:
+            return 1.0
+        cost, (layers, first, last), high = self.cost[node], self.shape[node], self.ceiling[node]
+        if high / (self.ceiling_spot[node] * high) <= rate:
+            return high  # saturated: it runs its largest batch
+
+        def surplus(batch: float) -> float:  # positive below the fixed point, negative above
+            return rate * cost.seconds_per_output_token(layers, batch, first, last) * batch - batch
+
+        if surplus(high) >= 0:
+            return high
+        if surplus(BATCH_FLOOR) <= 0:
+            return BATCH_FLOOR
+        # Brent's method: the root to within 1e-12 in about ten steps (bisection took sixty)
+        return max(brentq(surplus, BATCH_FLOOR, high, xtol=BATCH_XTOL), BATCH_FLOOR)
+
+    def step_s(self, node: str, batch: float) -> float:
+        """One iteration of a node: a decode step of `batch` sequences plus its share of prefill work (with
+        the embedding, head and step overhead a first or last stage pays, as the simulator charges them)."""
+        batch = max(batch, 1.0)
+        layers, first, last = self.shape[node]
+        return self.cost[node].seconds_per_output_token(layers, batch, first, last) * batch
 
 
 def decompose_paths(flow: FlowResult) -> list[tuple[tuple[str, ...], float]]:
-    """Split node-to-node flows into coordinator-to-coordinator paths (deterministic order)."""
-    remaining = {edge: value for edge, value in flow.edge_flows.items() if value > 1e-9}
+    """Split node-to-node flows into coordinator-to-coordinator paths (deterministic order): each path
+    follows the largest remaining flow out of every node (ties by name), never revisiting a GPU."""
+    leaving: dict[str, dict[str, float]] = {}  # node -> target -> flow left on that edge
+    for (a, b), value in flow.edge_flows.items():
+        if value > 1e-9:
+            leaving.setdefault(a, {})[b] = value
     paths = []
     while True:
-        path, node = [], COORDINATOR
+        path, seen, node = [], set(), COORDINATOR
         while True:
-            options = sorted((e for e in remaining if e[0] == node and (e[1] == COORDINATOR or e[1] not in path)),
-                             key=lambda e: (-remaining[e], e))
+            options = [(-amount, target) for target, amount in leaving.get(node, {}).items()
+                       if target == COORDINATOR or target not in seen]
             if not options:
                 break
-            node = options[0][1]
+            node = min(options)[1]
             if node == COORDINATOR:
                 break
             path.append(node)
+            seen.add(node)
         if node != COORDINATOR or not path:
             return paths
         hops = list(zip([COORDINATOR] + path, path + [COORDINATOR]))
-        amount = min(remaining[h] for h in hops)
-        for hop in hops:
-            remaining[hop] -= amount
-            if remaining[hop] <= 1e-9:
-                del remaining[hop]
+        amount = min(leaving[a][b] for a, b in hops)
+        for a, b in hops:
+            leaving[a][b] -= amount
+            if leaving[a][b] <= 1e-9:
+                del leaving[a][b]
         paths.append((tuple(path), amount))
 
 
@@ -104,12 +151,6 @@ def _hop(problem: PlacementProblem, a: str, b: str) -> tuple[Link, float]:
     """The link a hop uses and the bytes one token puts on it (token ids at the coordinator ends)."""
     size = TOKEN_ID_BYTES if COORDINATOR in (a, b) else problem.cluster.activation_bytes_per_token()
     return hop_link(problem, *_link_key(problem, a, b)), size
-
-
-def _hop_s(problem: PlacementProblem, a: str, b: str, vectors: float) -> float:
-    """Latency plus transfer time of `vectors` tokens' vectors over a hop, plus the message's fixed cost."""
-    link, size = _hop(problem, a, b)
-    return link.latency_s + size * vectors / link.bandwidth_bytes_per_s + _message_s(problem, a, b)
 
 
 def _message_s(problem: PlacementProblem, a: str, b: str) -> float:
@@ -127,19 +168,19 @@ def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
             COORDINATOR if b == COORDINATOR else problem.host_of(b))
 
 
-def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load: float) -> dict[tuple[str, str], float]:
+def _link_waits(units: _Units, paths, batch: dict[str, float], load: float) -> dict[tuple[str, str], float]:
     """Mean queueing delay on each link (Pollaczek-Khinchine, FIFO): prompts cross a link in chunks
     (chunked prefill), decode tokens as one transfer per batch, and both queue behind each other."""
-    workload = problem.cluster.workload
-    chunk = min(workload.prompt_tokens, problem.cluster.cost_params.prefill_chunk_tokens)
+    workload = units.problem.cluster.workload
+    chunk = min(workload.prompt_tokens, units.problem.cluster.cost_params.prefill_chunk_tokens)
     chunks = workload.prompt_tokens / chunk
     traffic: dict[tuple[str, str], tuple[Link, list[tuple[float, float]]]] = {}  # (arrivals/s, bytes) classes
     for nodes, rate in paths:
         tokens_per_s = rate * load
         for a, b in zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)):
-            link, size = _hop(problem, a, b)
+            link, size, _, key = units.hop(a, b)
             rows = max(batch.get(b, batch.get(a, 1.0)), 1.0)
-            _, classes = traffic.setdefault(_link_key(problem, a, b), (link, []))
+            _, classes = traffic.setdefault(key, (link, []))
             classes.append((tokens_per_s / workload.output_tokens * chunks, chunk * size))
             classes.append((tokens_per_s / rows, rows * size))
     waits = {}
@@ -151,28 +192,28 @@ def _link_waits(problem: PlacementProblem, paths, batch: dict[str, float], load:
     return waits
 
 
-def _latencies(problem: PlacementProblem, placement: Placement, paths, node_flow: dict[str, float],
-               load: float, waiting: bool = True) -> tuple[list[PathEstimate], dict[str, float]]:
+def _latencies(units: _Units, paths, node_flow: dict[str, float], load: float,
+               waiting: bool = True) -> tuple[list[PathEstimate], dict[str, float]]:
     """Per-path latencies at `load`; without `waiting`, the shortest round trip (no queueing anywhere)."""
-    ranges = placement.units()
-    batch = {n: _operating_batch(problem, n, ranges[n], node_flow.get(n, 0.0) * load) for n in ranges}
-    step = {n: _step_s(problem, n, ranges[n], batch[n]) for n in ranges}
-    waits = _link_waits(problem, paths, batch, load) if waiting else {}
-    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / max(problem.capacity(n, *ranges[n], rtt_s=0.0), 1e-9))
+    ranges = units.ranges
+    batch = {n: units.operating_batch(n, node_flow.get(n, 0.0) * load) for n in ranges}
+    step = {n: units.step_s(n, batch[n]) for n in ranges}
+    waits = _link_waits(units, paths, batch, load) if waiting else {}
+    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / max(units.static_capacity[n], 1e-9))
             for n in ranges} if waiting else {}
-    prompt = problem.cluster.workload.prompt_tokens
+    prompt = units.problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
-        queued = sum(waits.get(_link_key(problem, a, b), 0.0) for a, b in hops)
+        queued = sum(waits.get(units.hop(a, b)[3], 0.0) for a, b in hops)
         # at each stage a decode token waits part of the step in progress (STAGE_WAIT); and at least,
         # coming back to a busy stage it left, for the iteration that started while it was away
         stage_wait = max(STAGE_WAIT * sum(step[n] for n in nodes), max(busy[n] * step[n] for n in nodes)) \
             if waiting else 0.0
         tpot = sum(step[n] for n in nodes) + stage_wait + queued \
-            + sum(_hop_s(problem, a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
-        ttft = sum(_prefill_stage_s(problem, n, ranges[n], prompt) + step[n] / 2 for n in nodes) \
-            + queued + sum(_hop_s(problem, a, b, prompt) for a, b in hops)
+            + sum(units.hop_s(a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
+        ttft = sum(units.prefill_stage[n] + step[n] / 2 for n in nodes) \
+            + queued + sum(units.hop_s(a, b, prompt) for a, b in hops)
         estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
     return estimates, batch
 
@@ -194,17 +235,33 @@ def _mean(values: list[tuple[float, float]]) -> float:
     return sum(v * w for v, w in values) / total if total > 0 else 0.0
 
 
-def _consistent_flow(problem: PlacementProblem, placement: Placement, static: FlowResult,
-                     waiting: bool) -> tuple[FlowResult, dict[str, float]]:
-    """Max flow at capacities quoted for the round trips that flow itself produces (fixed point)."""
-    ranges = placement.units()
-    capacity = {n: problem.capacity(n, *ranges[n], rtt_s=0.0) for n in ranges}
-    flow = static
+@dataclass(frozen=True)
+class _FixedPoint:
+    flow: FlowResult                # balanced max flow at the consistent capacities
+    capacity: dict[str, float]      # the consistent capacities, by unit
+    static_value: float             # max flow at compute-bound capacities (rtt = 0)
+    steps: int                      # fixed-point steps taken
+    cut_short: bool                 # the deadline stopped it before it settled (or ran its ITERATIONS)
+    moving: float                   # how far capacities moved in the last step taken (share)
+
+
+def _consistent_flow(units: _Units, placement: Placement, waiting: bool, deadline: float) -> _FixedPoint:
+    """Max flow at capacities quoted for the round trips that flow itself produces (fixed point). A step
+    starts only if one more, as long as the longest so far, ends by `deadline`."""
+    ranges, problem = units.ranges, units.problem
+    capacity = dict(units.static_capacity)
     balance = BalancedFlow(problem, placement)
+    flow = balance(capacity, cut=False)  # the max flow's value at rtt = 0, split as the later steps split it
+    static_value = flow.value
     weight, trend, steady = 0.5, 0.0, 0
+    longest, steps, changed, cut_short = 0.0, 0, math.inf, False
     for _ in range(ITERATIONS):
+        began = time.perf_counter()
+        if began + longest > deadline:
+            cut_short = True
+            break
         paths = decompose_paths(flow)
-        estimates, _ = _latencies(problem, placement, paths, flow.node_flow, 1.0, waiting)
+        estimates, _ = _latencies(units, paths, flow.node_flow, 1.0, waiting)
         trip = {n: _mean([(p.tpot_s, p.tokens_per_s) for p in estimates if n in p.nodes]) for n in ranges}
         updated = {n: problem.capacity(n, *ranges[n], rtt_s=trip[n]) if trip[n] > 0 else capacity[n]
                    for n in ranges}
@@ -212,7 +269,9 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
         # as capacities move, so the step halves whenever the flow's value turns back
         changed = max(weight * abs(updated[n] - capacity[n]) / max(capacity[n], 1e-9) for n in ranges)
         capacity = {n: capacity[n] + weight * (updated[n] - capacity[n]) for n in ranges}
-        previous, flow = flow, balance(capacity)
+        previous, flow = flow, balance(capacity, cut=False)
+        steps += 1
+        longest = max(longest, time.perf_counter() - began)
         # settled: capacities stopped moving, or nearly so with the value held still twice running (a
         # GPU that carries almost nothing can keep nudging its capacity without changing the flow; a
         # saturated link holds the value still while capacities are still falling)
@@ -223,7 +282,7 @@ def _consistent_flow(problem: PlacementProblem, placement: Placement, static: Fl
         if trend * (flow.value - previous.value) < 0:
             weight /= 2
         trend = flow.value - previous.value
-    return flow, capacity
+    return _FixedPoint(balance.with_cut(flow), capacity, static_value, steps, cut_short, changed)
 
 
 def _within_kv(problem: PlacementProblem, placement: Placement, paths: list[PathEstimate]) -> list[PathEstimate]:
@@ -247,44 +306,75 @@ def _within_kv(problem: PlacementProblem, placement: Placement, paths: list[Path
     return [replace(p, tokens_per_s=float(rate)) for p, rate in zip(paths, fit.x)]
 
 
-def round_trip_max_flow(problem: PlacementProblem, placement: Placement) -> float:
+def round_trip_max_flow(problem: PlacementProblem, placement: Placement,
+                        deadline: float = math.inf) -> tuple[float, bool]:
     """Max flow with every unit's batch turned over once per the shortest round trip its paths allow
     (compute and transfers, no waiting): unlike static max flow it sees that a pipeline's stages share
-    their sequences and that slow links stretch the trip. What a simulator can approach, not exceed."""
-    static = max_flow(problem.with_rtt(0.0), placement)
+    their sequences and that slow links stretch the trip. What a simulator can approach, not exceed.
+    Also whether it is complete: False when `deadline` stopped the fixed point before it settled (the
+    value is then likely above the settled one: capacities start at their compute bound and fall)."""
     if problem.static:
-        return static.value
-    return _consistent_flow(problem, placement, static, waiting=False)[0].value
+        return max_flow(problem.with_rtt(0.0), placement).value, True
+    fixed = _consistent_flow(_Units(problem, placement), placement, waiting=False, deadline=deadline)
+    return fixed.flow.value, not fixed.cut_short
 
 
 def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: float | None = None,
-             max_ttft_s: float | None = None) -> ServingEstimate:
-    """Predicted serving throughput and latency of a placement."""
-    static = max_flow(problem.with_rtt(0.0), placement)
+             max_ttft_s: float | None = None, deadline: float = math.inf) -> ServingEstimate:
+    """Predicted serving throughput and latency of a placement. Past `deadline` (a time.perf_counter()
+    value) the fixed point stops and the load search keeps the highest load found to meet the limits;
+    the estimate then says so (`complete` False, and a note). Complete estimates are kept per problem:
+    the same placement under the same limits is scored once (the optimiser and plan.score both ask)."""
+    key = (tuple(placement.ranges.items()), placement.tp_groups, max_tpot_s, max_ttft_s)
+    known = _ESTIMATES.setdefault(problem, {})
+    if key not in known:
+        served = _estimate(problem, placement, max_tpot_s, max_ttft_s, deadline)
+        if not served.complete:
+            return served
+        known[key] = served
+    return known[key]
+
+
+def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float | None,
+              max_ttft_s: float | None, deadline: float) -> ServingEstimate:
     if problem.static:
+        static = max_flow(problem.with_rtt(0.0), placement)
         return ServingEstimate(static.value, static.value, None, None, 1.0, static,
                                {}, {}, (), ("static throughput tables: no latency model",))
-    flow, capacity = _consistent_flow(problem, placement, static, waiting=True)
+    units = _Units(problem, placement)
+    fixed = _consistent_flow(units, placement, waiting=True, deadline=deadline)
+    flow = fixed.flow
     paths = decompose_paths(flow)
     notes: list[str] = []
+    if fixed.cut_short:
+        notes.append(f"time limit: the fixed point stopped after {fixed.steps} of at most {ITERATIONS} steps, "
+                     f"its capacities still moving by {fixed.moving:.1%} a step; throughput and latencies "
+                     "are those of its last step (capacities start at their compute bound and fall as it settles, so "
+                     "throughput is likely high)")
 
     def meets(load: float) -> bool:
-        est, _ = _latencies(problem, placement, paths, flow.node_flow, load)
+        est, _ = _latencies(units, paths, flow.node_flow, load)
         tpot = _mean([(p.tpot_s, p.tokens_per_s) for p in est])
         ttft = _mean([(p.ttft_s, p.tokens_per_s) for p in est])
         return (max_tpot_s is None or tpot <= max_tpot_s) and (max_ttft_s is None or ttft <= max_ttft_s)
 
-    load = 1.0
+    load, bisected = 1.0, LOAD_STEPS
     if not meets(1.0):
         low, high = 0.0, 1.0
-        for _ in range(40):
+        for step in range(LOAD_STEPS):
+            if low > 0 and time.perf_counter() > deadline:
+                bisected = step  # low meets the limits: a lower load than the search ends at, never higher
+                break
             mid = (low + high) / 2
             low, high = (mid, high) if meets(mid) else (low, mid)
         load = low
         notes.append(f"load cut to {load:.0%} of the consistent flow to meet the latency limits")
         if load < 1e-6:
             notes.append("the latency limits cannot be met by this placement even when idle")
-    final, batch = _latencies(problem, placement, paths, flow.node_flow, max(load, 1e-9))
+        if bisected < LOAD_STEPS:
+            notes.append(f"time limit: the load meeting the latency limits was bisected {bisected} times of "
+                         f"{LOAD_STEPS}, to within {high - low:.1e} of the consistent flow (the lower end kept)")
+    final, batch = _latencies(units, paths, flow.node_flow, max(load, 1e-9))
     offered = sum(p.tokens_per_s for p in final)
     final = _within_kv(problem, placement, final)
     kept = sum(p.tokens_per_s for p in final) / offered if offered > 0 else 1.0
@@ -292,7 +382,8 @@ def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: flo
         notes.append(f"path rates trimmed to {kept:.1%} so the sequences in flight fit every stage's KV")
     weights = [(p.tpot_s, p.tokens_per_s) for p in final]
     return ServingEstimate(
-        throughput=flow.value * load * kept, max_flow=static.value,
+        throughput=flow.value * load * kept, max_flow=fixed.static_value,
         tpot_s=_mean(weights) if final else None,
         ttft_s=_mean([(p.ttft_s, p.tokens_per_s) for p in final]) if final else None,
-        load=load, flow=flow, node_capacity=capacity, node_batch=batch, paths=tuple(final), notes=tuple(notes))
+        load=load, flow=flow, node_capacity=fixed.capacity, node_batch=batch, paths=tuple(final),
+        notes=tuple(notes), complete=not fixed.cut_short and bisected == LOAD_STEPS)

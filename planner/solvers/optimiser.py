@@ -108,19 +108,27 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     scored: dict[tuple, float] = {}
     best = None
     best_by_kind: dict[bool, tuple] = {}  # with / without tensor-parallel groups: for the note on TP
+    unfinished = None  # the best candidate whose estimate the deadline cut: returned only if none finished
+    cut_short = 0
     rtt, status = 0.0, "optimal"
     slowest = 0.0  # longest scoring so far: new work starts only if one more scoring still fits
 
     def consider(placement: Placement) -> None:
-        nonlocal best, slowest
+        nonlocal best, slowest, unfinished, cut_short
         key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
         if key in scored or not placement.used():
             return
         scoring = time.perf_counter()
-        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s,
+                          deadline=deadline)
         slowest = max(slowest, time.perf_counter() - scoring)
         scored[key] = served.throughput
         rank = (served.throughput, -(served.tpot_s or 0.0))
+        if not served.complete:  # figures from a fixed point that had not settled: not ranked with the rest
+            cut_short += 1
+            if unfinished is None or rank > unfinished[0]:
+                unfinished = (rank, placement, served)
+            return
         kind = bool(placement.tp_groups)
         if kind not in best_by_kind or rank > best_by_kind[kind][0]:
             best_by_kind[kind] = (rank, placement, served)
@@ -176,18 +184,27 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         if outcome.status != "optimal":
             status = "time_limit"
         consider(outcome.placement)
+        if best is None:
+            break  # nothing finished scoring: the time is spent
         served = best[2]
         say(f"round {round_no + 1}: best serves {served.throughput:,.0f} tok/s, TPOT {(served.tpot_s or 0) * 1e3:.1f} ms")
         if served.tpot_s is None or abs(served.tpot_s - rtt) <= 0.02 * max(rtt, 1e-9):
             break
         rtt = served.tpot_s
+    notes = [f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
+             "with their own round trips; status refers to the max-flow MILP of each round"]
+    if cut_short:
+        status = "time_limit"
+        notes.append(f"time limit: {cut_short} candidate placement(s) not ranked, their serving estimates "
+                     "cut short by the deadline")
     if best is None:
-        raise SolveError("time limit too short to find any placement; raise --time-limit")
+        if unfinished is None:
+            raise SolveError("time limit too short to find any placement; raise --time-limit")
+        best = unfinished
+        notes.append("time limit: no serving estimate finished; the plan is the best of the unfinished ones")
     _, placement, served = best
-    note = (f"serving objective: {len(scored)} candidate placements scored with capacities consistent "
-            "with their own round trips; status refers to the max-flow MILP of each round")
-    return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None,
-                       bound=served.max_flow, notes=(note,) + _tp_notes(problem, placement, best_by_kind))
+    return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None, bound=served.max_flow,
+                       notes=tuple(notes) + _tp_notes(problem, placement, best_by_kind))
 
 
 def _tp_notes(problem: PlacementProblem, chosen: Placement, best_by_kind: dict[bool, tuple]) -> tuple[str, ...]:
@@ -212,7 +229,7 @@ def _tp_notes(problem: PlacementProblem, chosen: Placement, best_by_kind: dict[b
                          f"per layer, {2 * k * grouped.all_reduce_s(max(sequences, 1)) * 1e3:.1f} ms per decode "
                          "step at that batch")
     alternative = best_by_kind.get(not with_tp)
-    if alternative is not None:
+    if alternative is not None and with_tp in best_by_kind:  # (an unfinished estimate's plan is in neither)
         what = "without tensor-parallel groups" if with_tp else "with tensor-parallel groups"
         notes.append(f"the best plan {what} serves {figures(alternative)}; this plan "
                      f"serves {figures(best_by_kind[with_tp])}")

@@ -414,22 +414,30 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
     best = None
     status = "feasible"  # each chain's split is exact; which set of chains serves most, the estimate judges
     slowest = 0.0  # longest scoring so far: a scoring starts only while it and the caller's re-scoring fit
+    unfinished = None  # the best set whose estimate the deadline cut: returned only if none finished
+    cut_short = 0
 
     def consider(placement: Placement, what: str) -> None:
-        nonlocal best, slowest, status
+        nonlocal best, slowest, status, unfinished, cut_short
         key = tuple(sorted(placement.used().items())) + placement.tp_groups
         if key in scored or not placement.used():
             return
-        if best is not None and time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+        if (best or unfinished) is not None and time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
             status = "time_limit"
             return
         if chains_meet(problem, vllm_chains(problem.cluster, placement)):
             scored[key] = None  # its figures would credit tokens crossing between deployments
             return
         scoring = time.perf_counter()
-        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s)
+        served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s,
+                          deadline=deadline)
         slowest = max(slowest, time.perf_counter() - scoring)
         rank = (served.throughput, -(served.tpot_s or 0.0))
+        if not served.complete:  # figures from a fixed point that had not settled: not ranked with the rest
+            scored[key], status, cut_short = None, "time_limit", cut_short + 1
+            if unfinished is None or rank > unfinished[0]:
+                unfinished = (rank, placement, what, served)
+            return
         scored[key] = rank
         if best is None or rank > best[0]:
             best = (rank, placement, what, served)
@@ -462,7 +470,10 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
                     continue
                 consider(placement, f"as --method {name}")
         if best is None:
-            raise SolveError(infeasible_reason(problem, shapes))
+            if unfinished is None:
+                raise SolveError(infeasible_reason(problem, shapes))
+            best = unfinished  # no estimate finished within the time limit (a note says so)
+            break
         served = best[3]
         if problem.static or served.tpot_s is None or abs(served.tpot_s - rtt) <= 0.02 * max(rtt, 1e-9):
             break
@@ -477,4 +488,8 @@ def vllm_plans(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int
              f"vLLM chains: {len(shapes)} chain shapes, {sum(v is not None for v in scored.values())} chain sets "
              "scored by the serving estimate"
              + ("" if problem.static else " with capacities consistent with their own round trips"))
+    if cut_short:
+        notes += (f"time limit: {cut_short} chain set(s) not ranked, their serving estimates cut short by the "
+                  "deadline" + ("; no estimate finished, so the plan is the best of those" if best is unfinished
+                                else ""),)
     return SolveResult("milp", placement, status, time.perf_counter() - began, gap=None, bound=None, notes=notes)
