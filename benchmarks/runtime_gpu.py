@@ -273,11 +273,24 @@ def pipeline_part(args, results: dict, work: Path) -> None:
     print("\npipeline: two stages on one GPU (functional), then one worker, greedy, same prompts")
     print("| concurrency | completed | output tok/s | TTFT mean ms | TPOT mean ms | errors |")
     print("|---:|---:|---:|---:|---:|---:|")
-    two = serve(one_gpu_files(work, args, 2), checkpoint, args, (16,), 0.45, True)
-    one = results.get("serve") or serve(one_gpu_files(work, args, 1), checkpoint, args, (16,), 0.9, False)
-    same = sum(a == b for a, b in zip(two[0]["outputs"], one[0]["outputs"]))
-    results["pipeline"] = {"two_stages": two, "same_outputs": same, "of": len(two[0]["outputs"])}
-    print(f"two-stage outputs equal to one worker's: {same} of {len(two[0]['outputs'])} requests")
+    two = serve(one_gpu_files(work, args, 2), checkpoint, args, (16,), 0.45, True)[0]
+    runs = {r["concurrency"]: r for r in results.get("serve") or
+            serve(one_gpu_files(work, args, 1), checkpoint, args, (1, 16), 0.9, False)}
+    # Greedy over random bf16 weights meets near-ties within a few tokens: another batch shape rounds
+    # differently and the argmax flips, so the one worker at concurrency 1 against 16 is the noise floor
+    one = runs[16]
+    same = sum(a == b for a, b in zip(two["outputs"], one["outputs"]))
+    prefix = statistics.median(common_prefix(a, b) for a, b in zip(two["outputs"], one["outputs"]))
+    floor = statistics.median(common_prefix(a, b) for a, b in zip(runs[1]["outputs"], one["outputs"])) \
+        if 1 in runs else None
+    results["pipeline"] = {"two_stages": [two], "same_outputs": same, "of": len(two["outputs"]),
+                           "median_common_prefix": prefix, "one_worker_c1_vs_c16_median_common_prefix": floor}
+    print(f"two-stage outputs equal to one worker's (concurrency 16): {same} of {len(two['outputs'])} requests; "
+          f"median common prefix {prefix} tokens (one worker, concurrency 1 against 16: {floor})")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def profile_part(args, results: dict, work: Path) -> None:
