@@ -312,23 +312,9 @@ class Stage:
             firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
             if batch or firsts:
                 self._send(now, None, batch, [], firsts, self._sequences + len(firsts))
-        elif batch or chunks:   # every output goes on to one next stage: _send, Link.send and receive inlined
-            link = self.link_to[nxt]
-            size = self.activation_bytes * (self._sequences + self._tokens)
-            free_at = link.free_at
-            begin = now if now > free_at else free_at
-            link.free_at = done = begin + size / link.bandwidth_bytes_per_s
-            low, high = link.low, link.high
-            if done > low and begin < high:
-                link.busy_s += (done if done < high else high) - (begin if begin > low else low)
-                link.bytes += size
-                link.transfers += 1
-            arrive = done + link.latency_s + self.hop_s
-            heappush(nxt.inbox, (arrive, nxt._received, batch, chunks))
-            nxt._received += 1
-            if arrive < nxt.wake_at:
-                nxt.wake_at = arrive
-                heappush(self._heap, (arrive, next(self._seq), nxt._on_wake, None))
+        elif batch or chunks:   # every output goes on to one next stage, as they are
+            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * (self._sequences + self._tokens))
+                        + self.hop_s, batch, chunks)
         inbox = self.inbox
         if self.ready or self.prefill or (inbox and inbox[0][0] <= now):
             self.start(now)
