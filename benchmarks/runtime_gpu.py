@@ -12,11 +12,12 @@ layers:   a middle stage of --layers layers with random weights shaped like --mo
           joining 64 decode rows: two passes against one mixed graph.
 serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
           checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
-          1/16/64/256: output tokens/s, TTFT, TPOT.
+          1/16/64/256, closed loop, 4 x concurrency requests (at least 8): output tokens/s, TTFT, TPOT.
 pipeline: the same model as two stages on the one GPU (each worker 0.45 of its memory), greedy: does it
           serve, and are its tokens the one-worker tokens (functional check, not a speed figure).
-profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on) written as a
-          cluster-file section, then the simulator's prediction for the serve runs from that section.
+profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on, and of the
+          host's part of a step) written as a cluster-file section, then the simulator's prediction for the
+          serve runs from that section, with the runtime's token budget per step (max_batch_tokens).
 Skips (exit 0, one line) where no CUDA device is. Prints tables; --out keeps every number as JSON.
 """
 
@@ -246,7 +247,7 @@ def serve(layout: Path, checkpoint: str, args, concurrencies, utilization: float
     with tempfile.TemporaryDirectory() as tmp, LocalRun(config, checkpoint, workdir=Path(tmp), start_timeout_s=600) as run:
         measure(run.host, [prompt] * 4, 8, [SamplingParams()] * 4)      # warm-up
         for c in concurrencies:
-            requests = max(8, 2 * c) if not args.quick else max(2, c)
+            requests = max(8, 4 * c) if not args.quick else max(2, c)
             stats = measure(run.host, [prompt] * requests, args.new_tokens, [SamplingParams()] * requests,
                             concurrency=c)
             stats.pop("paths")
@@ -295,6 +296,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def profile_part(args, results: dict, work: Path) -> None:
     """`planner profile` on this GPU, and the simulator's prediction for the serve runs from it."""
+    from runtime.config import Limits
+
     kind, _ = datasheet_bandwidth()
     section = subprocess.run(
         [sys.executable, "-m", "planner", "profile", "--model", args.model, "--device", "cuda", "--dtype", args.dtype,
@@ -307,11 +310,13 @@ def profile_part(args, results: dict, work: Path) -> None:
     sims = []
     for c in CONCURRENCY:
         out = subprocess.run([sys.executable, "-m", "planner", "simulate", str(layout), "--workload", f"offline:{c}",
-                              "--duration", "120", "--warmup", "20", "--json"], check=True, capture_output=True,
+                              "--duration", "120", "--warmup", "20", "--token-budget", str(Limits().max_batch_tokens),
+                              "--json"], check=True, capture_output=True,
                              text=True, cwd=ROOT).stdout
         sim = json.loads(out)
         sims.append({"concurrency": c, "tokens_per_s": sim["decode_throughput_tokens_per_s"],
-                     "tpot_s": sim["tpot_s"]["mean"], "ttft_s": sim["ttft_s"]["mean"]})
+                     "tpot_s": sim["tpot_s"]["mean"], "ttft_s": sim["ttft_s"]["mean"],
+                     "mean_batch": sim["nodes"][0]["mean_batch"]})
     results["profile"] = {"section": section, "simulated": sims}
     print("| concurrency | simulated tok/s | served tok/s | error | simulated TPOT ms | served TPOT ms | error |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

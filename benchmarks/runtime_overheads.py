@@ -20,15 +20,14 @@ import argparse
 import multiprocessing as mp
 import statistics
 import time
-from collections import deque
 
 import torch
 import zmq
 
 from runtime import wire
 from runtime.checkpoint import TORCH_DTYPES
-from runtime.graphs import StepLayout
 from runtime.kvcache import KVPool
+from runtime.profile import time_bookkeeping
 
 ROUNDS = 400
 
@@ -76,13 +75,6 @@ def hop_ms(batch: int, hidden: int, dtype: torch.dtype, port: int) -> float:
     return 1e3 * statistics.median(trips[ROUNDS // 10:]) / 2   # the first rounds include connecting
 
 
-class _Item:
-    __slots__ = ("rid", "pos", "count", "path", "hop", "data")
-
-    def __init__(self, rid: str, pos: int, data: torch.Tensor) -> None:
-        self.rid, self.pos, self.count, self.path, self.hop, self.data = rid, pos, 1, ["a:0", "b:0", "c:0"], 0, data
-
-
 def step_ms(batch: int, hidden: int, dtype: torch.dtype) -> float:
     """The worker's bookkeeping for one decode step of `batch` requests, outside the stage's kernels."""
     kv = KVPool(1, batch * (-(-(300 + batch) // 16)), 16, 1, 8, max_seqs=batch, max_seq_len=301 + batch,
@@ -90,30 +82,9 @@ def step_ms(batch: int, hidden: int, dtype: torch.dtype) -> float:
     for i in range(batch):
         kv.admit(f"r{i}")
         kv.grow(f"r{i}", 301 + i)
-    rows = [torch.randn(1, hidden).to(dtype) for _ in range(batch)]
-    runs = []
-    for _ in range(ROUNDS):
-        queue = deque(_Item(f"r{i}", 300 + i, rows[i]) for i in range(batch))
-        started = time.perf_counter()
-        decode = [i for i in queue if i.pos > 0 and i.count == 1]                   # _take_batch
-        taken = {id(i) for i in decode}
-        queue = deque(i for i in queue if id(i) not in taken)
-        ready = [i for i in decode if kv.holds(i.rid)]                               # _admit
-        items = [(i.rid, i.pos, i.count) for i in ready]                             # _step: the graph's inputs
-        plan = StepLayout(kv, items, batch, batch)
-        out = torch.cat([i.data for i in ready])
-        by_hop: dict[str, list] = {}
-        offset = 0
-        for item in ready:
-            by_hop.setdefault(item.path[item.hop + 1], []).append((item, out[offset:offset + item.count]))
-            offset += item.count
-        for pairs in by_hop.values():
-            {"kind": "work", "items": [{"rid": i.rid, "pos": i.pos + i.count, "n": 1, "path": i.path,
-                                        "hop": i.hop + 1} for i, _ in pairs]}
-            torch.cat([h for _, h in pairs])
-        runs.append(time.perf_counter() - started)
-        del plan
-    return 1e3 * statistics.median(runs)
+    requests = [f"r{i}" for i in range(batch)]
+    return 1e3 * time_bookkeeping(kv, requests, [300 + i for i in range(batch)], torch.randn(batch, hidden).to(dtype),
+                                  layout=True)
 
 
 def main() -> None:

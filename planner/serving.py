@@ -26,9 +26,6 @@ BATCH_FLOOR = 1e-6  # smallest operating batch considered (sequences)
 BATCH_XTOL = 1e-12  # operating batches are solved to within this many sequences
 TOLERANCE = 1e-3
 SETTLED = 1e-2  # capacities moving less than this may stop once the flow's value holds still
-# Steps a decode token waits per stage: half a step at a busy stage, none at an idle one; the simulator
-# finds stages about half busy (calibration, docs/planner.md#serving-estimator)
-STAGE_WAIT = 0.25
 
 
 # complete estimates by problem, then by placement and latency limits (dropped with the problem)
@@ -199,16 +196,15 @@ def _latencies(units: _Units, paths, node_flow: dict[str, float], load: float,
     batch = {n: units.operating_batch(n, node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: units.step_s(n, batch[n]) for n in ranges}
     waits = _link_waits(units, paths, batch, load) if waiting else {}
-    busy = {n: min(1.0, node_flow.get(n, 0.0) * load / max(units.static_capacity[n], 1e-9))
-            for n in ranges} if waiting else {}
     prompt = units.problem.cluster.workload.prompt_tokens
     estimates = []
     for nodes, rate in paths:
         hops = list(zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
         queued = sum(waits.get(units.hop(a, b)[3], 0.0) for a, b in hops)
-        # at each stage a decode token waits part of the step in progress (STAGE_WAIT); and at least,
-        # coming back to a busy stage it left, for the iteration that started while it was away
-        stage_wait = max(STAGE_WAIT * sum(step[n] for n in nodes), max(busy[n] * step[n] for n in nodes)) \
+        # A path runs one decode micro-batch (lane) per stage, as vLLM's virtual engines and the runtime's
+        # host do: lanes pass its slowest stage one at a time, so a lane comes round no sooner than
+        # stages x the slowest step; what that exceeds the steps' sum, a lane waits at stages
+        stage_wait = max(0.0, len(nodes) * max(step[n] for n in nodes) - sum(step[n] for n in nodes)) \
             if waiting else 0.0
         tpot = sum(step[n] for n in nodes) + stage_wait + queued \
             + sum(units.hop_s(a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)

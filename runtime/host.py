@@ -5,7 +5,11 @@ which queues the request and wakes the engine through a pipe. The engine:
   * admits waiting requests in arrival order: the routing policy (planner.routing, the simulator's)
     picks a path among open units (alive, with a free KV slot); the prompt goes to the path's first worker;
   * takes the ids the last stage samples (with the request's parameters), streams each one and sends it
-    back to the first worker as the next decode step, until max_new_tokens or a stop id;
+    back to the first worker as the next decode step, until max_new_tokens or a stop id. A path's
+    requests decode in lanes (micro-batches), one per stage of the path, as vLLM's virtual engines: a
+    lane's steps travel as one message, a token that comes back early waits for the rest of its lane,
+    and a new request's prompt rides with its lane's next step, so batches never fragment into ever
+    smaller ones chasing each other round the pipeline;
   * tells every worker of the path to free the request's KV when it ends, however it ends;
   * declares a worker dead after dead_after_s without a heartbeat: each request on a path through it is
     re-admitted on a live path (its prompt plus the tokens generated so far prefilled again, under a new
@@ -49,6 +53,22 @@ class RequestFailed(RuntimeError):
         self.unavailable = unavailable
 
 
+@dataclass(eq=False)
+class Lane:
+    """One decode micro-batch of a path: the requests in it (wire ids), those whose step is on its way,
+    and the work waiting to go with its next step: decode items with their token, prompts with their ids."""
+
+    index: int
+    members: set[str] = field(default_factory=set)
+    out: set[str] = field(default_factory=set)
+    decode: list[tuple[dict, int]] = field(default_factory=list)
+    prompts: list[tuple[dict, list[int]]] = field(default_factory=list)
+
+    def holds_back(self) -> bool:
+        """Whether new work must wait for this lane's next step rather than go on its own."""
+        return bool(self.out or self.decode or self.prompts)
+
+
 @dataclass(eq=False)  # identity: two requests are never "equal"
 class Request:
     rid: str
@@ -57,6 +77,7 @@ class Request:
     sampling: SamplingParams
     stop_ids: frozenset[int]
     path: tuple[str, ...] | None = None
+    lane: Lane | None = None             # its path's micro-batch, while admitted
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None     # "length" | "stop"
     error: str | None = None
@@ -126,6 +147,8 @@ class Host:
         self.state = {w.node: "starting" for w in config.workers}   # starting | alive | dead
         self.last_beat: dict[str, float] = {}
         self.in_flight = dict.fromkeys(self.slots, 0)
+        self.lanes: dict[tuple[str, ...], list[Lane]] = {}   # by path
+        self.stirred: dict[int, tuple[tuple[str, ...], Lane]] = {}   # lanes that changed this round, by id
         self.requests: dict[str, Request] = {}
         self.waiting: list[Request] = []
         self.next_id = 0
@@ -254,7 +277,6 @@ class Host:
                 events = dict(poller.poll(tick_ms))
                 if self.wake_r in events:
                     os.read(self.wake_r, 4096)
-                self.decode_batches: dict[str, list[tuple[dict, int]]] = {}
                 while True:
                     try:
                         frames = inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -264,13 +286,13 @@ class Host:
                         self._handle(*wire.decode(frames))
                     except Exception:  # noqa: BLE001 - one bad message must not stop the engine
                         traceback.print_exc(file=sys.stderr)
-                self._flush_decode()
                 while not self.cancels.empty():
                     self._cancel(*self.cancels.get_nowait())
                 while not self.submissions.empty():
                     self.waiting.append(self.submissions.get_nowait())
                 self._check_workers()
                 self._admit()
+                self._flush_lanes()
         except BaseException as exc:  # the loop itself broke: say so everywhere rather than hang
             traceback.print_exc(file=sys.stderr)
             self.engine_error = shutdown = f"engine thread died: {type(exc).__name__}: {exc}"
@@ -334,24 +356,44 @@ class Host:
             self._finish(request, "stop")
         elif len(request.tokens) >= request.max_new_tokens:
             self._finish(request, "length")
-        else:  # the new token is the next step's input, at the position after the last one
+        else:  # the new token is the next step's input, at the position after the last one; it waits
+            # for the rest of its lane
+            lane = request.lane
             item = {"rid": request.wire_id, "pos": len(request.prompt) + len(request.tokens) - 1, "n": 1,
-                    "path": list(request.path), "hop": 0}
-            self.decode_batches.setdefault(request.path[0], []).append((item, token))
+                    "path": list(request.path), "hop": 0, "lane": lane.index}
+            lane.out.discard(request.wire_id)
+            lane.decode.append((item, token))
+            self.stirred[id(lane)] = (request.path, lane)
 
-    def _flush_decode(self) -> None:
-        """One message per first-stage worker with every decode step that became ready this round."""
-        for node, pairs in self.decode_batches.items():
-            ids = torch.tensor([t for _, t in pairs], dtype=torch.long)
-            if not self._send(node, {"kind": "work", "items": [i for i, _ in pairs]}, (ids,)):
-                for item, _ in pairs:
-                    self._fail(self.requests[item["rid"]], f"worker {node} is not taking messages")
-        self.decode_batches = {}
+    def _flush_lanes(self) -> None:
+        """Every lane that changed this round and has all its steps back sends what waits for it, decode
+        steps and prompts, as one message to its path's first worker."""
+        stirred, self.stirred = self.stirred, {}
+        for path, lane in stirred.values():
+            if lane.out or not (lane.decode or lane.prompts):
+                continue
+            decode, prompts = lane.decode, lane.prompts
+            lane.decode, lane.prompts = [], []
+            items = [i for i, _ in decode] + [i for i, _ in prompts]
+            ids = torch.tensor([t for _, t in decode] + [t for _, p in prompts for t in p], dtype=torch.long)
+            if not self._send(path[0], {"kind": "work", "items": items}, (ids,)):
+                for item in items:
+                    self._fail(self.requests[item["rid"]], f"worker {path[0]} is not taking messages")
+                continue
+            lane.out.update(i["rid"] for i, _ in decode)
 
     def _release(self, request: Request) -> None:
         """Forget the request and tell every worker of its path to free its KV slot."""
         if self.requests.pop(request.wire_id, None) is None:
             return  # waiting, or released already: it holds nothing
+        lane, request.lane = request.lane, None
+        if lane is not None:   # the rest of its lane waits for it no more
+            rid = request.wire_id
+            lane.members.discard(rid)
+            lane.out.discard(rid)
+            lane.decode = [(i, t) for i, t in lane.decode if i["rid"] != rid]
+            lane.prompts = [(i, p) for i, p in lane.prompts if i["rid"] != rid]
+            self.stirred[id(lane)] = (request.path, lane)
         for node in request.path or ():
             self.in_flight[node] -= 1
             self.kv_reserved[node] -= self._kv_need(request)
@@ -473,11 +515,18 @@ class Host:
                 self.in_flight[node] += 1
                 self.kv_reserved[node] += need
             self.requests[request.wire_id] = request
+            lanes = self.lanes.setdefault(path, [Lane(i) for i in range(len(path))])   # one per stage
+            request.lane = lane = min(lanes, key=lambda ln: len(ln.members))
+            lane.members.add(request.wire_id)
             # after a re-admission the tokens so far are prefilled with the prompt: the next one is drawn at
             # the position it had on the old path
             ids = request.prompt + request.tokens
             item = {"rid": request.wire_id, "pos": 0, "n": len(ids), "path": list(path), "hop": 0,
-                    "sampling": {**request.sampling.to_wire(), "logprobs": request.logprobs}}
+                    "lane": lane.index, "sampling": {**request.sampling.to_wire(), "logprobs": request.logprobs}}
+            if lane.holds_back():   # the prompt rides with its lane's next step
+                lane.prompts.append((item, ids))
+                self.stirred[id(lane)] = (path, lane)
+                continue
             try:
                 sent = self._send(path[0], {"kind": "work", "items": [item]}, (torch.tensor(ids, dtype=torch.long),))
             except Exception as exc:  # noqa: BLE001 - a request that cannot be encoded fails alone

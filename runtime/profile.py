@@ -5,6 +5,10 @@ A stage of `layers` middle layers (no embeddings, no LM head) runs the worker's 
   prefill: N new tokens, as prompts of at most `prompt_tokens` tokens each (N / prompt_tokens requests).
 Each point is the median of repeated runs after a warm-up, divided by the number of layers: milliseconds
 per layer, the unit of decode_ms / prefill_ms in cluster files (docs/formats.md).
+
+The host's part of a step (laying out the batch's positions and page tables, copying them to the device)
+is paid once per step whatever the stage holds, so it is timed apart and written as `step_overhead_ms`,
+not spread over the timed layers: a worker holding all 36 layers of a model pays it once, not 36 times.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import platform
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 
 from planner.catalog import ModelSpec
 from runtime.checkpoint import TORCH_DTYPES, load_stage
-from runtime.graphs import MIXED_TOKENS, DecodeGraphs, MixedGraphs
+from runtime.graphs import MIXED_TOKENS, DecodeGraphs, MixedGraphs, StepLayout
 from runtime.kvcache import KVPool
 from runtime.model import BatchPlan, Stage
 
@@ -48,6 +53,12 @@ class Profile:
     head_ms: tuple[tuple[int, float], ...] = ()
     embed_ms: tuple[tuple[int, float], ...] = ()
     hop_ms: float | None = None
+    # the host's layout of one decode step of N sequences (ms); step_overhead_ms is their median
+    host_ms: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def step_overhead_ms(self) -> float | None:
+        return statistics.median(ms for _, ms in self.host_ms) if self.host_ms else None
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -103,30 +114,81 @@ def filled_pool(stage: Stage, lengths: list[int]) -> tuple[KVPool, list[str]]:
     return kv, requests
 
 
-def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True) -> float:
-    """Seconds per layer of one decode step of `batch` sequences at `context` cached tokens, as the worker
-    runs it: replayed as a CUDA graph where the stage is accelerated (a GPU), else eagerly."""
+def _accelerated(stage: Stage, device: str) -> bool:
+    return device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None
+
+
+def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True) -> tuple[float, float]:
+    """One decode step of `batch` sequences at `context` cached tokens, as the worker runs it (replayed as
+    a CUDA graph where the stage is accelerated, a GPU; else eagerly): (seconds per layer of the layers'
+    work, seconds of the host's layout of the step)."""
     kv, requests = filled_pool(stage, [context + 1] * batch)
     hidden = torch.randn(batch, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
-    if graphs and device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None:
+    if graphs and _accelerated(stage, device):
         captured = DecodeGraphs(stage, kv, batch, sizes=(batch,))
-        return _time(lambda: captured.run(requests, [context] * batch, hidden), device) / len(stage.layers)
-    plan = BatchPlan.build([(kv.pages_of[r], context, 1) for r in requests], kv.page_tokens, device)
-    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
+        step = _time(lambda: captured.run(requests, [context] * batch, hidden), device)   # layout, copy, replay
+        layers = _time(captured.graphs[batch][0].replay, device)   # on the inputs the last step staged
+        host = max(0.0, step - layers) + time_bookkeeping(kv, requests, [context] * batch, hidden, layout=False)
+        return layers / len(stage.layers), host
+    items = [(kv.pages_of[r], context, 1) for r in requests]
+    host = _time(lambda: BatchPlan.build(items, kv.page_tokens, device), device) \
+        + time_bookkeeping(kv, requests, [context] * batch, hidden, layout=False)
+    plan = BatchPlan.build(items, kv.page_tokens, device)
+    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers), host
+
+
+class _QueuedItem:
+    """A decode item as the worker's queue holds it (runtime.worker.Item's fields)."""
+    __slots__ = ("rid", "pos", "count", "path", "hop", "data")
+
+    def __init__(self, rid: str, pos: int, data: torch.Tensor) -> None:
+        self.rid, self.pos, self.count, self.path, self.hop, self.data = rid, pos, 1, ["a:0", "b:0", "c:0"], 0, data
+
+
+def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidden: torch.Tensor,
+                     layout: bool) -> float:
+    """Seconds of the worker's bookkeeping for one decode step outside the stage's kernels
+    (runtime/worker.py `_take_batch`, `_admit`, `_step`): forming the batch from the queue, checking each
+    request's KV, concatenating the inputs, splitting the output into one message header per next hop;
+    and, with `layout`, the step's layout for a CUDA graph (runtime.graphs.StepLayout)."""
+    rows = list(hidden.split(1))
+
+    def step() -> None:
+        queue = deque(_QueuedItem(r, p, row) for r, p, row in zip(requests, positions, rows))
+        decode = [i for i in queue if i.pos > 0 and i.count == 1]                    # _take_batch
+        taken = {id(i) for i in decode}
+        queue = deque(i for i in queue if id(i) not in taken)
+        ready = [i for i in decode if kv.holds(i.rid)]                                # _admit
+        if layout:
+            StepLayout(kv, [(i.rid, i.pos, i.count) for i in ready], len(ready), len(ready))
+        out = torch.cat([i.data for i in ready])
+        by_hop: dict[str, list] = {}
+        offset = 0
+        for item in ready:
+            by_hop.setdefault(item.path[item.hop + 1], []).append((item, out[offset:offset + item.count]))
+            offset += item.count
+        for pairs in by_hop.values():
+            _ = {"kind": "work", "items": [{"rid": i.rid, "pos": i.pos + i.count, "n": 1, "path": i.path,
+                                            "hop": i.hop + 1} for i, _ in pairs]}
+            torch.cat([h for _, h in pairs])
+
+    return _time(step, "cpu", min_runs=20)
 
 
 def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
     """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`, as the worker
-    runs it: one mixed-step CUDA graph where the stage is accelerated and the step fits one, else eagerly."""
+    runs it: one mixed-step CUDA graph where the stage is accelerated and the step fits one (the graph's
+    replay alone: its host layout is the step's, charged as `step_overhead_ms`), else eagerly."""
     sizes = [prompt_tokens] * (tokens // prompt_tokens) + ([tokens % prompt_tokens] if tokens % prompt_tokens else [])
     kv, requests = filled_pool(stage, sizes)
     hidden = torch.randn(tokens, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
     items = [(r, 0, n) for r, n in zip(requests, sizes)]
-    if device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None and tokens <= MIXED_TOKENS[-1]:
+    if _accelerated(stage, device) and tokens <= MIXED_TOKENS[-1]:
         captured = MixedGraphs(stage, kv, tokens, len(items), sizes=(tokens,))
         size = captured.fits(items)
         if size:
-            return _time(lambda: captured.run(items, hidden, size), device) / len(stage.layers)
+            captured.run(items, hidden, size)   # stages the inputs the replays read
+            return _time(captured.graphs[size][0].replay, device) / len(stage.layers)
     plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
 
@@ -207,13 +269,15 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
             decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
     name, memory = device_memory(device)
     stage.accelerate()   # time what the worker runs
-    decode = tuple((b, 1e3 * time_decode(stage, b, context, device)) for b in decode_batches)
+    timed = {b: time_decode(stage, b, context, device) for b in decode_batches}
+    decode = tuple((b, 1e3 * layer_s) for b, (layer_s, _) in timed.items())
+    host = tuple((b, 1e3 * host_s) for b, (_, host_s) in timed.items())
     prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
     model = stage.model
     head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device))
+                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device), host)
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
@@ -232,4 +296,6 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
         *([f"# outside the layers: final norm + LM head + greedy sampling per decode step, embedding per "
            f"batch of tokens, one hop's message (ZeroMQ on loopback)",
            f"head_ms = {table(result.head_ms)}", f"embed_ms = {table(result.embed_ms)}",
-           f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []), ""])
+           f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []),
+        *([f"# the host's layout of one decode step, by sequences: {table(result.host_ms)}; their median:",
+           f"step_overhead_ms = {result.step_overhead_ms:.4g}"] if result.host_ms else []), ""])

@@ -52,9 +52,10 @@ class Item:
     hop: int                     # this worker's index in path
     data: torch.Tensor           # token ids [count] (first stage) or hidden states [count, hidden]
     sampling: dict | None        # sampling parameters, sent with the prompt
+    lane: int = 0                # the path's decode micro-batch it belongs to
 
     def header(self, hop: int) -> dict:
-        head = {"rid": self.rid, "pos": self.pos, "n": self.count, "path": self.path, "hop": hop}
+        head = {"rid": self.rid, "pos": self.pos, "n": self.count, "path": self.path, "hop": hop, "lane": self.lane}
         if self.sampling is not None:
             head["sampling"] = self.sampling
         return head
@@ -201,7 +202,7 @@ class Worker:
                     offset += count
                     continue
                 self.queue.append(Item(head["rid"], head["pos"], count, head["path"], head["hop"],
-                                       data[offset:offset + count], head.get("sampling")))
+                                       data[offset:offset + count], head.get("sampling"), head.get("lane", 0)))
                 offset += count
         elif kind == "free":
             freed = set(header["rids"])
@@ -221,9 +222,12 @@ class Worker:
         self.logprobs.pop(rid, None)
 
     def _take_batch(self) -> list[Item]:
-        """Decode items first (one token each), then prompts in arrival order, within the token budget."""
+        """Decode items first (one token each), one lane per path (a path's micro-batches stay apart, so
+        its stages keep working on several), then prompts in arrival order, within the token budget."""
         budget = self.config.limits.max_batch_tokens
-        decode = [i for i in self.queue if i.pos > 0 and i.count == 1]
+        lane_of: dict[tuple[str, ...], int] = {}
+        decode = [i for i in self.queue if i.pos > 0 and i.count == 1
+                  and lane_of.setdefault(tuple(i.path), i.lane) == i.lane]
         prompts = [i for i in self.queue if not (i.pos > 0 and i.count == 1)]
         batch, tokens = [], 0
         for item in decode + prompts:

@@ -29,7 +29,7 @@ from planner.routing import COORDINATOR, DEFAULT_ROUTER, ROUTERS, RouteGraph, ma
 from simulator.engine import EventLoop
 from simulator.metrics import LinkReport, Recorder, SimResult, StageReport, summarise
 from simulator.network import Link
-from simulator.stage import Cohort, Stage
+from simulator.stage import LANES_PER_PATH, Cohort, Stage
 from simulator.workload import LENGTH_KINDS, Lengths, Offline, Request, Workload
 
 TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
@@ -51,7 +51,7 @@ class SimConfig:
     warmup_s: float | None = None   # simulated first, excluded from the metrics; None: automatic
     seed: int = 0
     token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
-    microbatches: int = 1           # decode micro-batches per path (lanes), filled evenly
+    microbatches: int | None = None # decode micro-batches per path (lanes), filled evenly; None: one per stage
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -110,7 +110,7 @@ class Simulation:
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
                           config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
-                          memos, self.loop, config.microbatches)
+                          memos, self.loop)
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
         flows = layout.flows or max_flow(problem, layout.placement).edge_flows
@@ -137,6 +137,12 @@ class Simulation:
         self.paths: dict[tuple[str, ...], int] = {}
         self.path_stages: list[tuple[Stage, ...]] = []
         self.lane_sizes: list[list[int]] = []   # sequences in each micro-batch of each path
+        # A lane (micro-batch) travels as one: while its cohort is out, first tokens that join it and
+        # prompts that ride with it wait here for its return (as the runtime's host and vLLM's scheduler
+        # hold them), so a path's lanes never fragment into batches of their own. By cohort key:
+        self.lane_out: set[int] = set()                  # lanes whose cohort is on its way
+        self.held_firsts: dict[int, list[Cohort]] = {}   # new members, each a cohort of one
+        self.held_prompts: dict[int, list[list]] = {}    # prompt chunks [request, tokens, context before]
         self._next_id = 0
         self._lengths_buffer: list[tuple[int, int]] = []
         self._load = lambda unit: self.stages[unit].resident
@@ -206,9 +212,10 @@ class Simulation:
             pid = self.paths[names] = len(self.path_stages)
             stages = tuple(self.stages[n] for n in names)
             self.path_stages.append(stages)
-            self.lane_sizes.append([0] * self.config.microbatches)
+            lanes = self.config.microbatches or len(stages)   # vLLM's virtual engines: one per stage
+            self.lane_sizes.append([0] * lanes)
             for i, stage in enumerate(stages):
-                stage.add_path(pid, stages[i + 1] if i + 1 < len(stages) else None)
+                stage.add_path(pid, stages[i + 1] if i + 1 < len(stages) else None, lanes)
         return pid
 
     def admit(self, now: float) -> None:
@@ -235,6 +242,10 @@ class Simulation:
             lanes[request.lane] += 1
             for stage in path:
                 stage.reserve(need, now)
+            key = request.pid * LANES_PER_PATH + request.lane
+            if key in self.lane_out:   # the prompt rides with its lane's next step
+                self.held_prompts.setdefault(key, []).append([request, request.prompt, 0])
+                continue
             first = path[0]
             arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_s
             first.receive(arrive, [], [[request, request.prompt, 0]])
@@ -261,26 +272,16 @@ class Simulation:
 
     def at_coordinator(self, now: float, payload: tuple[list, list]) -> None:
         """Tokens back at the coordinator: first tokens start decoding, finished requests leave,
-        the rest go round again to the first stage of their path."""
+        the rest go round again to the first stage of their path, each lane with what waited for it."""
         cohorts, firsts = payload
-        recorder = self.recorder
-        outgoing: dict[Stage, list[Cohort]] = {}
+        recorder, lane_out = self.recorder, self.lane_out
+        leaving: dict[int, Cohort | None] = {}   # lanes that go round now (None: only prompts wait for it)
         tokens = 0
         finished = False
-        for request in firsts:
-            request.first_s = now
-            recorder.prompt_done(now, request.prompt)
-            tokens += 1
-            if request.output <= 1:
-                self._complete(request, now)
-                finished = True
-                continue
-            cohort = Cohort(request.pid, request.lane, [request], request.prompt + 1)  # prompt + first token
-            cohort.ends, cohort.due, cohort.last_s = [request.output - 1], request.output - 1, now
-            outgoing.setdefault(request.path[0], []).append(cohort)
         for cohort in cohorts:
             members = cohort.members
             tokens += len(members)
+            lane_out.discard(cohort.key)
             cohort.round = round_ = cohort.round + 1
             last_s, lasts, ends = cohort.last_s, cohort.lasts, cohort.ends
             # Recorder.decode_gap for the whole cohort at once, unless an automatic warm-up is still
@@ -309,18 +310,49 @@ class Simulation:
                 cohort.members = members = staying
                 cohort.ends = staying_ends
                 cohort.due = min(staying_ends, default=0)
-            if members:
-                cohort.ctx += len(members) - gone   # every sequence still decoding holds one more token
-                outgoing.setdefault(self.path_stages[cohort.pid][0], []).append(cohort)
+            cohort.ctx += len(members) - gone   # every sequence still decoding holds one more token
+            leaving[cohort.key] = cohort if members else leaving.get(cohort.key)
+        for request in firsts:
+            request.first_s = now
+            recorder.prompt_done(now, request.prompt)
+            tokens += 1
+            if request.output <= 1:
+                self._complete(request, now)
+                finished = True
+                continue
+            cohort = Cohort(request.pid, request.lane, [request], request.prompt + 1)  # prompt + first token
+            cohort.ends, cohort.due, cohort.last_s = [request.output - 1], request.output - 1, now
+            self.held_firsts.setdefault(cohort.key, []).append(cohort)
+            if cohort.key not in lane_out:
+                leaving.setdefault(cohort.key, None)
         recorder.tokens(now, tokens)
-        for first, sent in outgoing.items():
+        if finished:   # new prompts for the lanes leaving now wait to ride with them
+            lane_out.update(leaving)
+            self.admit(now)
+            lane_out.difference_update(leaving)
+        outgoing: dict[Stage, tuple[list[Cohort], list]] = {}
+        for key, cohort in leaving.items():
+            for joining in self.held_firsts.pop(key, ()):
+                if cohort is None:
+                    cohort = joining
+                else:
+                    cohort.merge(joining)
+            prompts = self.held_prompts.pop(key, ())
+            if cohort is None and not prompts:
+                continue
+            sent, chunks = outgoing.setdefault(self.path_stages[key // LANES_PER_PATH][0], ([], []))
+            if cohort is not None:
+                sent.append(cohort)
+                lane_out.add(key)
+            chunks.extend(prompts)
+        for first, (sent, chunks) in outgoing.items():
             sequences = 0
             for cohort in sent:
                 sequences += len(cohort.members)
+            for chunk in chunks:
+                sequences += chunk[1]
             first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences) + first.inbound_s,
-                          sent, [])
-        if finished:
-            self.admit(now)
+                          sent, chunks)
 
     # ---- running ----------------------------------------------------------------------------------
 

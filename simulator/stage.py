@@ -75,7 +75,7 @@ class Cohort:
 class Stage:
     def __init__(self, name: str, host: str, cost: GpuCost, span: tuple[int, int], model_layers: int,
                  budget: int, activation_bytes: int, window: tuple[float, float],
-                 memos: dict | None = None, loop: EventLoop | None = None, lanes: int = 1) -> None:
+                 memos: dict | None = None, loop: EventLoop | None = None) -> None:
         start, end = span
         self.name, self.host, self.cost, self.span = name, host, cost, span
         self.layers = end - start
@@ -89,7 +89,7 @@ class Stage:
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
-        self.lanes = lanes   # decode micro-batches per path
+        self.lanes = 1   # decode micro-batches of the paths through it, the most of any
         self.kv_used = 0
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
@@ -181,9 +181,11 @@ class Stage:
 
     # ---- routing ----------------------------------------------------------------------------------
 
-    def add_path(self, pid: int, nxt: Stage | None) -> None:
-        """Path `pid` continues to `nxt` after this stage (None: back to the coordinator)."""
+    def add_path(self, pid: int, nxt: Stage | None, lanes: int = 1) -> None:
+        """Path `pid`, of `lanes` micro-batches, continues to `nxt` after this stage (None: back to the
+        coordinator)."""
         self.next_of[pid] = nxt
+        self.lanes = max(self.lanes, lanes)
         if self.only_next is NO_PATH:
             self.only_next = nxt
         elif self.only_next is not nxt:
