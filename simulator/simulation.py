@@ -51,7 +51,7 @@ class SimConfig:
     warmup_s: float | None = None   # simulated first, excluded from the metrics; None: automatic
     seed: int = 0
     token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
-    microbatches: int | None = None # decode micro-batches per path (lanes), filled evenly; None: one per stage
+    microbatches: int | None = None  # decode micro-batches per path (lanes), filled evenly; None: one per stage
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)

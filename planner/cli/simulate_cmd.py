@@ -32,8 +32,8 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
               help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
 @click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=SimConfig.scheduler, show_default=True,
               help="Routing policy: the path each request takes.")
-@click.option("--microbatches", type=click.IntRange(min=1), default=SimConfig.microbatches, show_default=True,
-              help="Decode micro-batches kept apart on each path.")
+@click.option("--microbatches", type=click.IntRange(min=1), default=SimConfig.microbatches,
+              help="Decode micro-batches (lanes) kept apart on each path. Default: one per stage of the path.")
 @click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget, show_default=True,
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
 @click.option("--seed", type=int, default=SimConfig.seed, show_default=True,
@@ -43,7 +43,7 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 @engine_option(default=None, help_extra=" Default: the engine the layout was planned for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
-                 microbatches: int, token_budget: int, seed: int, plot: str | None, engine: str | None,
+                 microbatches: int | None, token_budget: int, seed: int, plot: str | None, engine: str | None,
                  as_json: bool) -> None:
     """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node
     utilisation and KV use, the busiest link. Deterministic for a seed."""
