@@ -12,7 +12,7 @@ layers:   a middle stage of --layers layers with random weights shaped like --mo
           joining 64 decode rows: two passes against one mixed graph.
 serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
           checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
-          1/16/64/256, closed loop, 4 x concurrency requests (at least 8): output tokens/s, TTFT, TPOT.
+          1/16/64/256, closed loop, --waves (4) x concurrency requests (at least 8): output tokens/s, TTFT, TPOT.
 pipeline: the same model as two stages on the one GPU (each worker 0.45 of its memory), greedy: does it
           serve, and are its tokens the one-worker tokens (functional check, not a speed figure).
 profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on, and of the
@@ -247,7 +247,7 @@ def serve(layout: Path, checkpoint: str, args, concurrencies, utilization: float
     with tempfile.TemporaryDirectory() as tmp, LocalRun(config, checkpoint, workdir=Path(tmp), start_timeout_s=600) as run:
         measure(run.host, [prompt] * 4, 8, [SamplingParams()] * 4)      # warm-up
         for c in concurrencies:
-            requests = max(8, 4 * c) if not args.quick else max(2, c)
+            requests = max(8, args.waves * c) if not args.quick else max(2, c)
             stats = measure(run.host, [prompt] * requests, args.new_tokens, [SamplingParams()] * requests,
                             concurrency=c)
             stats.pop("paths")
@@ -338,6 +338,8 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
     parser.add_argument("--sweep", action="store_true", help="layers: also time other decode kernel configurations")
     parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
+    parser.add_argument("--waves", type=int, default=4,
+                        help="serve: requests per concurrency = waves x concurrency (at least 8), closed loop")
     parser.add_argument("--out", default=None, help="directory for results.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -67,7 +67,9 @@ class GpuSpec:
     head_ms: LatencyTable | None = None     # seconds: last stage's final norm + LM head + sampling, batch of N
     embed_ms: LatencyTable | None = None    # seconds: first stage's embedding of N tokens
     hop_s: float | None = None              # fixed cost of one message between stages
-    step_overhead_s: float | None = None    # fixed cost of one iteration at a stage (batch formation)
+    # fixed cost of one iteration at a stage (batch formation, the host's layout): one number, or a table by
+    # sequences in the step
+    step_overhead_s: float | LatencyTable | None = None
 
     @property
     def is_static(self) -> bool:
@@ -179,6 +181,13 @@ def _milliseconds(reader: SectionReader, key: str) -> float:
     return value / 1e3
 
 
+def _number_or_table(reader: SectionReader, key: str) -> float | LatencyTable | None:
+    """An optional key that is one number of milliseconds or an 'N: MS, ...' table, as seconds."""
+    if not reader.has(key):
+        return None
+    return _table(reader, key) if ":" in reader.text(key) else _milliseconds(reader, key)
+
+
 def _table(reader: SectionReader, key: str) -> LatencyTable | None:
     """An optional 'N: MS, ...' table in milliseconds, as seconds."""
     if not reader.has(key):
@@ -223,7 +232,7 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         prefill = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "prefill_ms", False)))
         outside = dict(head_ms=_table(r, "head_ms"), embed_ms=_table(r, "embed_ms"),
                        hop_s=_milliseconds(r, "hop_ms") if r.has("hop_ms") else None,
-                       step_overhead_s=_milliseconds(r, "step_overhead_ms") if r.has("step_overhead_ms") else None)
+                       step_overhead_s=_number_or_table(r, "step_overhead_ms"))
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))

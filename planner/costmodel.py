@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from planner.catalog import DTYPE_BYTES, GpuSpec, ModelSpec
+from planner.catalog import DTYPE_BYTES, GpuSpec, LatencyTable, ModelSpec
 from planner.engines import DEFAULT_ENGINE, Efficiency, Overheads, efficiency as engine_efficiency, overheads
 
 GIB = 1024.0**3
@@ -182,10 +182,13 @@ class GpuCost:
         """Fixed cost of one message this unit sends (or the coordinator sends it), beyond its bytes."""
         return self.gpu.hop_s if self.gpu.hop_s is not None else self.overheads.hop_s
 
-    @property
-    def step_overhead_s(self) -> float:
-        """Fixed cost of one iteration at this unit, whatever it computes."""
-        return self.gpu.step_overhead_s if self.gpu.step_overhead_s is not None else self.overheads.step_s
+    def step_overhead_s(self, sequences: float = 1.0) -> float:
+        """Fixed cost of one iteration of `sequences` sequences (decode rows and prompts) at this unit,
+        whatever it computes: the host's batch formation and layout."""
+        measured = self.gpu.step_overhead_s
+        if measured is None:
+            return self.overheads.step_s
+        return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
 
     def head_s(self, batch: float) -> float:
         """The last stage's final norm + LM head + sampling for `batch` rows (decode sequences, or prompts
@@ -249,7 +252,7 @@ class GpuCost:
             decode += self.head_s(batch)
             prefill += self.head_s(1)   # the head reads only each prompt's last token
         iterations = max(1.0 / batch, prompt / (chunk * output))
-        return decode / batch + prefill / output + iterations * self.step_overhead_s
+        return decode / batch + prefill / output + iterations * self.step_overhead_s(batch)
 
     # ---- capacity -----------------------------------------------------------------------------
 

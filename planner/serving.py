@@ -218,7 +218,7 @@ def _prefill_stage_s(problem: PlacementProblem, node: str, span: tuple[int, int]
     """A whole prompt's pass through a unit: its layers, the embedding on the first stage, the head for
     the prompt's last token on the last, and one step overhead."""
     cost = problem.cost(node)
-    seconds = cost.prefill_s(span[1] - span[0], prompt) + cost.step_overhead_s
+    seconds = cost.prefill_s(span[1] - span[0], prompt) + cost.step_overhead_s(1)
     if span[0] == 0:
         seconds += cost.embed_s(prompt)
     if span[1] == problem.layers:

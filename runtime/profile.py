@@ -53,12 +53,8 @@ class Profile:
     head_ms: tuple[tuple[int, float], ...] = ()
     embed_ms: tuple[tuple[int, float], ...] = ()
     hop_ms: float | None = None
-    # the host's layout of one decode step of N sequences (ms); step_overhead_ms is their median
+    # the host's part of one decode step of N sequences (ms): the cluster file's step_overhead_ms
     host_ms: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def step_overhead_ms(self) -> float | None:
-        return statistics.median(ms for _, ms in self.host_ms) if self.host_ms else None
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -297,5 +293,5 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
            f"batch of tokens, one hop's message (ZeroMQ on loopback)",
            f"head_ms = {table(result.head_ms)}", f"embed_ms = {table(result.embed_ms)}",
            f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []),
-        *([f"# the host's layout of one decode step, by sequences: {table(result.host_ms)}; their median:",
-           f"step_overhead_ms = {result.step_overhead_ms:.4g}"] if result.host_ms else []), ""])
+        *([f"# the host's part of a step (batch formation, layout, copy to the device) by sequences in it",
+           f"step_overhead_ms = {table(result.host_ms)}"] if result.host_ms else []), ""])

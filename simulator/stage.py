@@ -83,7 +83,6 @@ class Stage:
         self.activation_bytes = activation_bytes  # bytes per token sent to the next stage
         # work outside the layers (docs/cost-model.md#work-outside-the-layers)
         self.first, self.last = start == 0, end == model_layers
-        self.step_overhead_s = cost.step_overhead_s
         self.hop_s = cost.hop_s                                          # each message it sends
         self.inbound_s = cost.hop_s + cost.overheads.host_step_s         # each message the coordinator sends it
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
@@ -129,6 +128,7 @@ class Stage:
         self._on_wake = self.wake
         self._head_memo: dict[int, float] = {0: 0.0}
         self._embed_memo: dict[int, float] = {0: 0.0}
+        self._step_memo: dict[int, float] = {}
 
     # ---- cost model, memoised ---------------------------------------------------------------------
 
@@ -156,6 +156,13 @@ class Stage:
         seconds = self._head_memo.get(rows)
         if seconds is None:
             seconds = self._head_memo[rows] = self.cost.head_s(rows)
+        return seconds
+
+    def step_time(self, sequences: int) -> float:
+        """The step overhead of an iteration of `sequences` decode rows and prompt chunks."""
+        seconds = self._step_memo.get(sequences)
+        if seconds is None:
+            seconds = self._step_memo[sequences] = self.cost.step_overhead_s(sequences)
         return seconds
 
     def embed_time(self, tokens: int) -> float:
@@ -281,7 +288,7 @@ class Stage:
             context = attention / tokens - tokens / 2
             pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
             seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
-        seconds += self.step_overhead_s
+        seconds += self.step_time(sequences + len(chunks))
         if self.first:
             seconds += self.embed_time(sequences) + self.embed_time(tokens)
         if self.last:

@@ -61,7 +61,7 @@ def test_loader_reads_the_keys_in_seconds(tmp_path):
     assert gpu.embed_ms.seconds(1) == pytest.approx(0.02e-3)
     assert gpu.hop_s == pytest.approx(0.25e-3) and gpu.step_overhead_s == pytest.approx(0.125e-3)
     cost = load_cluster(path).cost("m")
-    assert cost.hop_s == pytest.approx(0.25e-3) and cost.step_overhead_s == pytest.approx(0.125e-3)
+    assert cost.hop_s == pytest.approx(0.25e-3) and cost.step_overhead_s(16) == pytest.approx(0.125e-3)
 
 
 def test_keys_are_optional_and_the_engine_fills_in(tmp_path):
@@ -70,7 +70,7 @@ def test_keys_are_optional_and_the_engine_fills_in(tmp_path):
     for engine in ("runtime", "vllm"):
         cost = load_cluster(path, engine=engine).cost("m")
         assert cost.hop_s == overheads(engine).hop_s
-        assert cost.step_overhead_s == overheads(engine).step_s
+        assert cost.step_overhead_s() == overheads(engine).step_s
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -258,5 +258,23 @@ def test_show_json_tells_the_charges(tmp_path):
     outside = json.loads(result.stdout)["gpu_types"]["m"]["outside_layers"]
     assert outside["head_ms"]["1"] == pytest.approx(0.9) and outside["head_ms"]["64"] == pytest.approx(1.1)
     assert outside["hop_ms"] == pytest.approx(0.3)
-    assert outside["step_overhead_ms"] == pytest.approx(overheads("runtime").step_s * 1e3)
+    assert outside["step_overhead_ms"]["1"] == outside["step_overhead_ms"]["256"] == \
+        pytest.approx(overheads("runtime").step_s * 1e3)
     assert outside["host_step_ms"] == pytest.approx(overheads("runtime").host_step_s * 1e3)
+
+
+def test_a_step_overhead_table_grows_with_the_step(tmp_path):
+    """`step_overhead_ms` by sequences (what `planner profile` writes): interpolated like the other tables,
+    charged per iteration at its batch by the planner and shown by `planner show --json`."""
+    path = tmp_path / "measured.ini"
+    path.write_text(cluster_text("step_overhead_ms = 1: 0.2, 64: 0.4, 256: 1.2"))
+    cost = load_cluster(path).cost("m")
+    assert [cost.step_overhead_s(b) * 1e3 for b in (1, 32.5, 64, 256, 512)] == \
+        pytest.approx([0.2, 0.3, 0.4, 1.2, 1.2 + 256 * 0.8 / 192])   # past the end: the last slope
+    (tmp_path / "flat.ini").write_text(cluster_text("step_overhead_ms = 0.2"))
+    flat = load_cluster(tmp_path / "flat.ini").cost("m")
+    layers = 4   # the table's growth reaches the planner's cost of a token at large batches only
+    assert cost.seconds_per_output_token(layers, 1) == pytest.approx(flat.seconds_per_output_token(layers, 1))
+    assert cost.seconds_per_output_token(layers, 256) > flat.seconds_per_output_token(layers, 256)
+    shown = json.loads(run_planner("show", path, "--json").stdout)["gpu_types"]["m"]["outside_layers"]
+    assert shown["step_overhead_ms"]["1"] == pytest.approx(0.2) and shown["step_overhead_ms"]["256"] == pytest.approx(1.2)

@@ -144,7 +144,7 @@ def test_prefill_in_chunks_costs_a_weight_read_per_chunk(ti, gpus):
         assert chunked >= whole * (1 - 1e-9)
         iterations = max(1 / batch, prompt / (chunk * 256))   # each pays the step overhead
         assert ti.seconds_per_output_token(k, batch) == pytest.approx(
-            ti.decode_s(k, batch) / batch + chunked / 256 + iterations * ti.step_overhead_s)
+            ti.decode_s(k, batch) / batch + chunked / 256 + iterations * ti.step_overhead_s(batch))
     # attention adds up: the chunks' causal attention over the prompt is the whole pass's
     free = replace(efficiency("runtime", "rtx2080ti"), layer_overhead_s=0.0)
     flops_bound = GpuCost(gpus["rtx2080ti"], ti.model, "fp16", efficiency=free)
@@ -189,7 +189,7 @@ def test_capacity_formula(ti):
     step = min(batch, 256 * 256 / 1280)  # an iteration's token budget, shared with prefill
     chunk = 256 - step                      # what the budget leaves after the decode batch: 204.8 tokens
     per_token = ti.decode_s(k, step) / step + 1024 / chunk * ti.prefill_s(k, chunk, (1024 - chunk) / 2) / 256 \
-        + ti.step_overhead_s / step                # one iteration per decode step of `step` sequences
+        + ti.step_overhead_s(step) / step                # one iteration per decode step of `step` sequences
     assert ti.capacity(k) == pytest.approx(1 / per_token)
     assert ti.capacity(k, 0.5) == pytest.approx(min(1 / per_token, batch / 0.5))
 

@@ -177,7 +177,7 @@ def test_idle_latency_is_the_sum_of_stage_and_link_times(tmp_path):
     def outside(n, tokens, rows):
         """Step overhead, embedding of `tokens` on the first stage, head of `rows` rows on the last."""
         cost = problem.cost(n)
-        return cost.step_overhead_s + (cost.embed_s(tokens) if n == stages[0] else 0.0) \
+        return cost.step_overhead_s(rows) + (cost.embed_s(tokens) if n == stages[0] else 0.0) \
             + (cost.head_s(rows) if n == stages[-1] else 0.0)
 
     def links(first_bytes, vector_bytes, last_bytes):
