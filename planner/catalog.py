@@ -70,6 +70,9 @@ class GpuSpec:
     # fixed cost of one iteration at a stage (batch formation, the host's layout): one number, or a table by
     # sequences in the step
     step_overhead_s: float | LatencyTable | None = None
+    # the coordinator's loop for one message it sends to a unit of this type: one number, or a table by the
+    # sequences in the message (the runtime's host handles each request's token and sends the next step)
+    host_step_s: float | LatencyTable | None = None
 
     @property
     def is_static(self) -> bool:
@@ -195,7 +198,8 @@ def _table(reader: SectionReader, key: str) -> LatencyTable | None:
     return LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(reader, key, False)))
 
 
-MEASURED_KEYS = ("decode_ms", "prefill_ms", "kv_tokens", "head_ms", "embed_ms", "hop_ms", "step_overhead_ms")
+MEASURED_KEYS = ("decode_ms", "prefill_ms", "kv_tokens", "head_ms", "embed_ms", "hop_ms", "step_overhead_ms",
+                 "host_step_ms")
 
 
 def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.SectionProxy) -> GpuSpec:
@@ -232,7 +236,8 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         prefill = LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(r, "prefill_ms", False)))
         outside = dict(head_ms=_table(r, "head_ms"), embed_ms=_table(r, "embed_ms"),
                        hop_s=_milliseconds(r, "hop_ms") if r.has("hop_ms") else None,
-                       step_overhead_s=_number_or_table(r, "step_overhead_ms"))
+                       step_overhead_s=_number_or_table(r, "step_overhead_ms"),
+                       host_step_s=_number_or_table(r, "host_step_ms"))
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))

@@ -190,6 +190,13 @@ class GpuCost:
             return self.overheads.step_s
         return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
 
+    def host_step_s(self, sequences: float = 1.0) -> float:
+        """The coordinator's loop for one message of `sequences` sequences it sends to this unit."""
+        measured = self.gpu.host_step_s
+        if measured is None:
+            return self.overheads.host_step_s
+        return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
+
     def head_s(self, batch: float) -> float:
         """The last stage's final norm + LM head + sampling for `batch` rows (decode sequences, or prompts
         whose last token this pass computed): the head's weights read once, its logits written and read."""

@@ -82,10 +82,15 @@ class _Units:
             self._hops[(a, b)] = (link, size, _message_s(self.problem, a, b), _link_key(self.problem, a, b))
         return self._hops[(a, b)]
 
-    def hop_s(self, a: str, b: str, vectors: float) -> float:
-        """Latency plus transfer time of `vectors` tokens' vectors over a hop, plus the message's fixed cost."""
+    def hop_s(self, a: str, b: str, vectors: float, sequences: float | None = None) -> float:
+        """Latency plus transfer time of `vectors` tokens' vectors over a hop, plus the message's fixed cost
+        and, from the coordinator, its loop for the message's `sequences` (default: one per vector; the
+        simulator charges the same)."""
         link, size, message, _ = self.hop(a, b)
-        return link.latency_s + size * vectors / link.bandwidth_bytes_per_s + message
+        seconds = link.latency_s + size * vectors / link.bandwidth_bytes_per_s + message
+        if a == COORDINATOR:
+            seconds += self.cost[b].host_step_s(vectors if sequences is None else sequences)
+        return seconds
 
     def operating_batch(self, node: str, rate: float) -> float:
         """Smallest batch b with which the node keeps up with `rate` tokens/s: b = rate * step_time(b)."""
@@ -151,12 +156,9 @@ def _hop(problem: PlacementProblem, a: str, b: str) -> tuple[Link, float]:
 
 
 def _message_s(problem: PlacementProblem, a: str, b: str) -> float:
-    """Fixed cost of one message over a hop: the sending unit's hop cost; a message from the coordinator
-    costs its receiver's hop cost plus the coordinator's loop (the simulator charges the same)."""
-    if a == COORDINATOR:
-        cost = problem.cost(b)
-        return cost.hop_s + cost.overheads.host_step_s
-    return problem.cost(a).hop_s
+    """Fixed cost of one message over a hop: the sending unit's hop cost (a message from the coordinator:
+    its receiver's; the coordinator's loop, which grows with the message, is _Units.hop_s's)."""
+    return problem.cost(b if a == COORDINATOR else a).hop_s
 
 
 def _link_key(problem: PlacementProblem, a: str, b: str) -> tuple[str, str]:
@@ -209,7 +211,7 @@ def _latencies(units: _Units, paths, node_flow: dict[str, float], load: float,
         tpot = sum(step[n] for n in nodes) + stage_wait + queued \
             + sum(units.hop_s(a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
         ttft = sum(units.prefill_stage[n] + step[n] / 2 for n in nodes) \
-            + queued + sum(units.hop_s(a, b, prompt) for a, b in hops)
+            + queued + sum(units.hop_s(a, b, prompt, sequences=1) for a, b in hops)
         estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
     return estimates, batch
 

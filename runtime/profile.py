@@ -55,6 +55,8 @@ class Profile:
     hop_ms: float | None = None
     # the host's part of one decode step of N sequences (ms): the cluster file's step_overhead_ms
     host_ms: tuple[tuple[int, float], ...] = ()
+    # the coordinator's loop for a round of N sequences' tokens (ms): host_step_ms
+    coordinator_ms: tuple[tuple[int, float], ...] = ()
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -171,6 +173,36 @@ def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidd
     return _time(step, "cpu", min_runs=20)
 
 
+def time_host_round(model: ModelSpec, batch: int) -> float:
+    """Seconds of the runtime host's loop for one round of `batch` decode tokens of one path: decoding the
+    last stage's message, streaming each token to its request, and sending the next step on (encoded as
+    for the wire, not sent: the hop's cost is hop_ms)."""
+    from runtime import wire
+    from runtime.config import HostSpec, Limits, RuntimeConfig, WorkerSpec
+    from runtime.host import Host
+
+    worker = WorkerSpec("w:0", "w", "127.0.0.1", 1, "cpu", 0, model.layers, batch, (("coordinator", 1.0),),
+                        kv_tokens=1 << 40)
+    config = RuntimeConfig("profile", model, "fp32", HostSpec("coordinator", "127.0.0.1", 1, 1, (("w:0", 1.0),)),
+                           (worker,), limits=Limits(max_seq_len=1 << 20))
+    host = Host(config)
+    host.state = {"w:0": "alive"}
+    host._send = lambda node, header, tensors=(): bool(wire.encode(header, tensors))
+    requests = [host.submit([1], 1 << 19) for _ in range(batch)]
+    while not host.submissions.empty():
+        host.waiting.append(host.submissions.get_nowait())
+    host._admit()
+    host._flush_lanes()
+    message = wire.encode({"kind": "tokens", "node": "w:0",
+                           "items": [{"rid": r.wire_id, "token": 7} for r in requests]}, ())
+
+    def round_() -> None:
+        host._handle(*wire.decode(message))
+        host._flush_lanes()
+
+    return _time(round_, "cpu", min_runs=20)
+
+
 def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
     """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`, as the worker
     runs it: one mixed-step CUDA graph where the stage is accelerated and the step fits one (the graph's
@@ -271,9 +303,11 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
     prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
     model = stage.model
     head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device)) for b in decode_batches)
+    coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device), host)
+                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device), host,
+                   coordinator)
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
@@ -294,4 +328,6 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
            f"head_ms = {table(result.head_ms)}", f"embed_ms = {table(result.embed_ms)}",
            f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []),
         *([f"# the host's part of a step (batch formation, layout, copy to the device) by sequences in it",
-           f"step_overhead_ms = {table(result.host_ms)}"] if result.host_ms else []), ""])
+           f"step_overhead_ms = {table(result.host_ms)}"] if result.host_ms else []),
+        *([f"# the coordinator's loop (the runtime's host, on this machine) for a round of N sequences' tokens",
+           f"host_step_ms = {table(result.coordinator_ms)}"] if result.coordinator_ms else []), ""])

@@ -247,7 +247,7 @@ class Simulation:
                 self.held_prompts.setdefault(key, []).append([request, request.prompt, 0])
                 continue
             first = path[0]
-            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_s
+            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_time(1)
             first.receive(arrive, [], [[request, request.prompt, 0]])
 
     def arrive(self, now: float, item: tuple[float, int, int]) -> None:
@@ -346,12 +346,13 @@ class Simulation:
                 lane_out.add(key)
             chunks.extend(prompts)
         for first, (sent, chunks) in outgoing.items():
-            sequences = 0
+            sequences = len(chunks)
             for cohort in sent:
                 sequences += len(cohort.members)
+            ids = sequences - len(chunks)   # one token id per decode sequence, a prompt's every token
             for chunk in chunks:
-                sequences += chunk[1]
-            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * sequences) + first.inbound_s,
+                ids += chunk[1]
+            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * ids) + first.inbound_time(sequences),
                           sent, chunks)
 
     # ---- running ----------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class Stage:
         # work outside the layers (docs/cost-model.md#work-outside-the-layers)
         self.first, self.last = start == 0, end == model_layers
         self.hop_s = cost.hop_s                                          # each message it sends
-        self.inbound_s = cost.hop_s + cost.overheads.host_step_s         # each message the coordinator sends it
+        self._inbound_memo: dict[int, float] = {}
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
@@ -163,6 +163,14 @@ class Stage:
         seconds = self._step_memo.get(sequences)
         if seconds is None:
             seconds = self._step_memo[sequences] = self.cost.step_overhead_s(sequences)
+        return seconds
+
+    def inbound_time(self, sequences: int) -> float:
+        """The fixed cost of a message of `sequences` sequences the coordinator sends this stage: the hop's,
+        and the coordinator's loop for them."""
+        seconds = self._inbound_memo.get(sequences)
+        if seconds is None:
+            seconds = self._inbound_memo[sequences] = self.cost.hop_s + self.cost.host_step_s(sequences)
         return seconds
 
     def embed_time(self, tokens: int) -> float:

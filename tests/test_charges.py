@@ -14,10 +14,18 @@ from planner.catalog import GpuSpec, LatencyTable, load_gpu_catalog, load_model_
 from planner.cluster import load_cluster
 from planner.costmodel import GpuCost, LOGIT_BYTES
 from planner.engines import overheads
+from planner.problem import Placement, PlacementProblem
+from planner.layout import Layout
+from planner.serving import estimate
+from simulator import SimConfig, simulate
+from simulator.workload import Offline
 from planner.errors import InputError
 from planner.layout import Layout
 from planner.problem import Placement, PlacementProblem
+from planner.layout import Layout
 from planner.serving import estimate
+from simulator import SimConfig, simulate
+from simulator.workload import Offline
 from simulator import SimConfig, simulate
 from simulator.stage import Cohort, Stage
 from simulator.workload import Offline
@@ -260,7 +268,8 @@ def test_show_json_tells_the_charges(tmp_path):
     assert outside["hop_ms"] == pytest.approx(0.3)
     assert outside["step_overhead_ms"]["1"] == outside["step_overhead_ms"]["256"] == \
         pytest.approx(overheads("runtime").step_s * 1e3)
-    assert outside["host_step_ms"] == pytest.approx(overheads("runtime").host_step_s * 1e3)
+    assert outside["host_step_ms"]["1"] == outside["host_step_ms"]["256"] == \
+        pytest.approx(overheads("runtime").host_step_s * 1e3)
 
 
 def test_a_step_overhead_table_grows_with_the_step(tmp_path):
@@ -278,3 +287,20 @@ def test_a_step_overhead_table_grows_with_the_step(tmp_path):
     assert cost.seconds_per_output_token(layers, 256) > flat.seconds_per_output_token(layers, 256)
     shown = json.loads(run_planner("show", path, "--json").stdout)["gpu_types"]["m"]["outside_layers"]
     assert shown["step_overhead_ms"]["1"] == pytest.approx(0.2) and shown["step_overhead_ms"]["256"] == pytest.approx(1.2)
+
+
+def test_the_coordinators_loop_by_message_size_lengthens_a_busy_round_trip(tmp_path):
+    """`host_step_ms` by sequences (what `planner profile` writes): charged per message the coordinator
+    sends, so it costs a large batch more than a small one, in the estimate and in the simulator alike."""
+    (tmp_path / "table.ini").write_text(cluster_text("host_step_ms = 1: 0.1, 256: 2.6"))
+    (tmp_path / "flat.ini").write_text(cluster_text("host_step_ms = 0.1"))
+    table, flat = (load_cluster(tmp_path / f"{n}.ini") for n in ("table", "flat"))
+    assert table.cost("m").host_step_s(128.5) == pytest.approx(1.35e-3)
+    placement = Placement({name: (0, table.model.layers) if i == 0 else (0, 0)
+                           for i, name in enumerate(PlacementProblem(table).by_name)})
+    slow, fast = (estimate(PlacementProblem(c), placement) for c in (table, flat))
+    assert slow.tpot_s > fast.tpot_s and slow.ttft_s == pytest.approx(fast.ttft_s)   # a prompt: one sequence
+    config = SimConfig(workload=Offline(64), lengths="fixed", duration_s=30, warmup_s=10)
+    simulated = [simulate(Layout(c, "hand", placement, e.flow.edge_flows, {}), config).tpot["mean"]
+                 for c, e in ((table, slow), (flat, fast))]
+    assert simulated[0] > simulated[1]

@@ -450,6 +450,8 @@ def test_profile_writes_a_measured_gpu_section(tmp_path, run_cli):
     host = re.search(r"step_overhead_ms = 1: ([0-9.e-]+), 4: ([0-9.e-]+)", out)
     cost = load_cluster(tmp_path / "cluster.ini").cost("cpu-x")
     assert host and [cost.step_overhead_s(b) * 1e3 for b in (1, 4)] == pytest.approx(list(map(float, host.groups())))
+    loop = re.search(r"host_step_ms = 1: ([0-9.e-]+), 4: ([0-9.e-]+)", out)   # the coordinator's, by sequences
+    assert loop and [cost.host_step_s(b) * 1e3 for b in (1, 4)] == pytest.approx(list(map(float, loop.groups())))
 
 
 def test_read_layout_of_demo(tmp_path):

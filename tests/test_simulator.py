@@ -170,7 +170,7 @@ def test_idle_latency_is_the_sum_of_stage_and_link_times(tmp_path):
     def hop(a, b, size):
         link = cluster.coordinator_link(problem.host_of(b if a == COORDINATOR else a)) \
             if COORDINATOR in (a, b) else cluster.link(problem.host_of(a), problem.host_of(b))
-        message = problem.cost(b).hop_s + problem.cost(b).overheads.host_step_s if a == COORDINATOR \
+        message = problem.cost(b).hop_s + problem.cost(b).host_step_s(1) if a == COORDINATOR \
             else problem.cost(a).hop_s
         return link.latency_s + size / link.bandwidth_bytes_per_s + message
 

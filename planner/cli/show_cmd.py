@@ -119,7 +119,7 @@ def show_json(cluster: Cluster) -> dict:
                 "embed_ms": {str(t): cost.embed_s(t) * 1e3 for t in (1, *PREFILL_TOKENS)},
                 "hop_ms": cost.hop_s * 1e3,
                 "step_overhead_ms": {str(b): cost.step_overhead_s(b) * 1e3 for b in DECODE_BATCHES},
-                "host_step_ms": cost.overheads.host_step_s * 1e3}
+                "host_step_ms": {str(b): cost.host_step_s(b) * 1e3 for b in DECODE_BATCHES}}
             entry["decode_ms"] = {str(c): {str(b): cost.decode_s(1, b, c) * 1e3 for b in DECODE_BATCHES}
                                   for c in DECODE_CONTEXTS}
             entry["prefill_ms"] = {str(t): cost.prefill_s(1, t) * 1e3 for t in PREFILL_TOKENS}
