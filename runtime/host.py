@@ -374,13 +374,27 @@ class Host:
                 continue
             decode, prompts = lane.decode, lane.prompts
             lane.decode, lane.prompts = [], []
-            items = [i for i, _ in decode] + [i for i, _ in prompts]
-            ids = torch.tensor([t for _, t in decode] + [t for _, p in prompts for t in p], dtype=torch.long)
-            if not self._send(path[0], {"kind": "work", "items": items}, (ids,)):
-                for item in items:
+            try:
+                sent = self._send_steps(path[0], decode, prompts)
+            except Exception as exc:  # noqa: BLE001 - a prompt that cannot be encoded fails alone
+                for item, _ in prompts:
+                    self._fail(self.requests[item["rid"]],
+                               f"request {item['rid']} could not be sent: {type(exc).__name__}: {exc}")
+                prompts = []
+                sent = self._send_steps(path[0], decode, prompts)
+            if not sent:
+                for item, _ in decode + prompts:
                     self._fail(self.requests[item["rid"]], f"worker {path[0]} is not taking messages")
                 continue
             lane.out.update(i["rid"] for i, _ in decode)
+
+    def _send_steps(self, node: str, decode: list[tuple[dict, int]], prompts: list[tuple[dict, list[int]]]) -> bool:
+        """One work message: decode steps (one token id each), then prompts (their ids)."""
+        if not decode and not prompts:
+            return True
+        items = [i for i, _ in decode] + [i for i, _ in prompts]
+        ids = torch.tensor([t for _, t in decode] + [t for _, p in prompts for t in p], dtype=torch.long)
+        return self._send(node, {"kind": "work", "items": items}, (ids,))
 
     def _release(self, request: Request) -> None:
         """Forget the request and tell every worker of its path to free its KV slot."""

@@ -2,15 +2,17 @@
 
 Iteration policy (vLLM's chunked-prefill scheduler, decode first):
   1. every decode token waiting at the stage joins the iteration, except that two micro-batches
-     (lanes) of one path never share an iteration (with the default of one lane per path: every
-     decode token waiting); at most `max_seqs` sequences are resident, so the batch is bounded;
+     (lanes) of one path never share an iteration (a path runs one lane per stage by default, held
+     together at the coordinator: simulator/simulation.py); at most `max_seqs` sequences are
+     resident, so the batch is bounded;
   2. the rest of the token budget (`budget` tokens per iteration) goes to prompt chunks, first come
      first served; a prompt longer than what is left is split, its remainder heads the queue;
   3. the iteration takes decode_s(layers, decode batch, mean context) + prefill_s(layers, chunk tokens,
      context) of the cost model (measured tables when the cluster has them): a mixed iteration is
      charged as a decode step plus a prefill pass, as the planner charges it; plus the work outside
-     the layers: the step overhead, the embedding of both passes' tokens on the first stage, and on the
-     last the head for the decode batch and, as a pass of its own, for the prompts this pass finished;
+     the layers: the step overhead (by the iteration's sequences), the embedding of both passes'
+     tokens on the first stage, and on the last the head for the decode batch and, as a pass of its
+     own, for the prompts this pass finished;
   4. when it ends, outputs leave as one transfer per next hop, each message landing its fixed cost
      (hop_s) after its bytes, and the next iteration starts at once with whatever has arrived
      meanwhile; with nothing waiting the stage idles until the next arrival.

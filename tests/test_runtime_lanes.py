@@ -99,3 +99,26 @@ def test_a_path_has_one_lane_per_stage_kept_apart(tmp_path):
     round_(host)
     assert sorted(len(m[1]["items"]) for m in sent) == [2, 2, 2]
     assert all(len({item["lane"] for item in m[1]["items"]}) == 1 for m in sent)
+
+
+def test_a_prompt_that_cannot_be_sent_fails_alone_and_its_lane_goes_on(tmp_path):
+    host, sent = host_of(tmp_path, [[(0, 6)]])
+    a = host.submit([1, 2], 5)
+    round_(host)
+    tokens(host, [a])
+    round_(host)
+    b = host.submit([3, 4], 5)   # rides with a's next step
+    round_(host)
+    sent.clear()
+
+    def refuses_prompts(node, header, tensors=()):
+        if any(item["pos"] == 0 for item in header.get("items", ())):
+            raise TypeError("cannot encode this")
+        sent.append((node, header, tensors))
+        return True
+
+    host._send = refuses_prompts
+    tokens(host, [a])
+    round_(host)
+    assert [rids(m) for m in sent if m[1]["kind"] == "work"] == [[a.wire_id]]
+    assert b.done.is_set() and "could not be sent" in b.error and not a.done.is_set()
