@@ -8,7 +8,7 @@
                   "start": 0, "end": 5, "kv_slots": 256, "kv_tokens": null, "threads": null,
                   "next": [["host2:0", 1397.25]], "ranks": [], "tp_port": null}, ...],
      "limits": {"max_seq_len": 4096, "max_batch_tokens": 512, "heartbeat_s": 0.25, "dead_after_s": 3.0,
-                "gpu_memory_utilization": 0.9, "kv_block_tokens": 16, "cuda_graphs": true}}
+                "gpu_memory_utilization": 0.9, "kv_block_tokens": 16, "cuda_graphs": true, "lanes": 0}}
 
 A worker is a pipeline unit: one GPU, or a tensor-parallel group (node "host2:0+host2:1") whose `ranks`
 list its GPUs in rank order, each with its device and the port of its step inbox; rank 0 is the group's
@@ -52,6 +52,7 @@ class Limits:
     gpu_memory_utilization: float = 0.9  # share of a GPU's memory the worker may use (weights + KV + graphs)
     kv_block_tokens: int = 16      # tokens per KV page (vLLM's default block size)
     cuda_graphs: bool = True       # replay decode steps as CUDA graphs on GPUs (False: eager, for debugging)
+    lanes: int = 0                 # decode micro-batches per path (0: one per stage of the path, as vLLM)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,9 @@ def read_runtime_config(path: str | Path) -> RuntimeConfig:
                                seed=int(raw.get("seed", 0)), limits=Limits(**raw.get("limits", {})))
     except (KeyError, TypeError) as exc:
         raise InputError(f"malformed: {exc}", file=path, fix="re-export with `planner export`") from None
+    if not isinstance(config.limits.lanes, int) or config.limits.lanes < 0:
+        raise InputError(f"lanes is {config.limits.lanes!r}", file=path, field="limits.lanes",
+                         fix="give a whole number >= 0 (0: one per stage of a path)")
     names = {w.node for w in workers}
     for hop, _ in host.next:
         if hop not in names:

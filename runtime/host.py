@@ -529,7 +529,9 @@ class Host:
                 self.in_flight[node] += 1
                 self.kv_reserved[node] += need
             self.requests[request.wire_id] = request
-            lanes = self.lanes.setdefault(path, [Lane(i) for i in range(len(path))])   # one per stage
+            lanes = self.lanes.get(path)
+            if lanes is None:   # by default one per stage (the simulator's --microbatches is the same choice)
+                lanes = self.lanes[path] = [Lane(i) for i in range(self.config.limits.lanes or len(path))]
             request.lane = lane = min(lanes, key=lambda ln: len(ln.members))
             lane.members.add(request.wire_id)
             # after a re-admission the tokens so far are prefilled with the prompt: the next one is drawn at

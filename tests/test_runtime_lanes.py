@@ -4,6 +4,8 @@ as the last stage would send them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -11,19 +13,21 @@ pytest.importorskip("zmq")
 
 from planner.export.runtime import runtime_config  # noqa: E402
 from planner.layout import read_layout  # noqa: E402
-from runtime.config import Limits  # noqa: E402
+from conftest import run_planner  # noqa: E402
+from planner.errors import InputError  # noqa: E402
+from runtime.config import Limits, config_json, read_runtime_config  # noqa: E402
 from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402
 from runtime.host import Host  # noqa: E402
 
 MODEL = TINY_MODELS["tiny-qwen3"]
 
 
-def host_of(tmp_path, stages) -> tuple[Host, list]:
+def host_of(tmp_path, stages, lanes: int = 0) -> tuple[Host, list]:
     workers = sum(len(s) for s in stages)
     (tmp_path / "cluster.ini").write_text(cpu_cluster(MODEL, workers))
     (tmp_path / "layout.ini").write_text(chain_layout("cluster.ini", MODEL, stages))
     config = runtime_config(read_layout(tmp_path / "layout.ini"), layout_path=str(tmp_path / "layout.ini"),
-                            local=True, device="cpu", kv_slots=16, limits=Limits(max_seq_len=64))
+                            local=True, device="cpu", kv_slots=16, limits=Limits(max_seq_len=64, lanes=lanes))
     host = Host(config)
     host.state = dict.fromkeys(host.state, "alive")
     host.kv_tokens = dict.fromkeys(host.kv_tokens, 10**6)
@@ -122,3 +126,23 @@ def test_a_prompt_that_cannot_be_sent_fails_alone_and_its_lane_goes_on(tmp_path)
     round_(host)
     assert [rids(m) for m in sent if m[1]["kind"] == "work"] == [[a.wire_id]]
     assert b.done.is_set() and "could not be sent" in b.error and not a.done.is_set()
+
+
+def test_lanes_per_path_can_be_set_and_a_bad_count_is_refused(tmp_path):
+    host, _ = host_of(tmp_path, [[(0, 2)], [(2, 4)], [(4, 6)]], lanes=2)
+    for i in range(4):
+        host.submit([i + 1], 5)
+    round_(host)
+    assert [len(lane.members) for lane in host.lanes[("local:0", "local:1", "local:2")]] == [2, 2]
+    written = tmp_path / "runtime.json"
+    written.write_text(json.dumps({**config_json(host.config), "limits": {"lanes": -1}}))
+    with pytest.raises(InputError, match="limits.lanes"):
+        read_runtime_config(written)
+
+
+def test_planner_run_serves_with_one_lane_per_path(tmp_path):
+    """The built-in demo (three CPU workers in a chain) with every request in one lane: all complete."""
+    done = run_planner("run", "--local", "--lanes", "1", "--requests", "4", "--max-new-tokens", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["completed"] == 4 and not result["errors"]
