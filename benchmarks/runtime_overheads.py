@@ -17,62 +17,12 @@ Median of repeated runs, one torch thread (as each worker runs). Needs `pip inst
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import statistics
-import time
 
 import torch
-import zmq
 
-from runtime import wire
 from runtime.checkpoint import TORCH_DTYPES
 from runtime.kvcache import KVPool
-from runtime.profile import time_bookkeeping
-
-ROUNDS = 400
-
-
-def _header(batch: int, hop: int) -> dict:
-    return {"kind": "work", "items": [{"rid": f"r{i}", "pos": 300 + i, "n": 1, "path": ["a:0", "b:0", "c:0"],
-                                       "hop": hop} for i in range(batch)]}
-
-
-def _echo(port: int, back: int, rounds: int) -> None:
-    """The far end: receive each message, decode it, encode it again and send it back."""
-    torch.set_num_threads(1)
-    context = zmq.Context()
-    inbox, outbox = context.socket(zmq.PULL), context.socket(zmq.PUSH)
-    inbox.bind(f"tcp://127.0.0.1:{port}")
-    outbox.connect(f"tcp://127.0.0.1:{back}")
-    for _ in range(rounds):
-        header, tensors = wire.decode(inbox.recv_multipart(copy=False))
-        outbox.send_multipart(wire.encode(header, tuple(tensors)), copy=False)
-    inbox.close()
-    outbox.close()
-    context.term()
-
-
-def hop_ms(batch: int, hidden: int, dtype: torch.dtype, port: int) -> float:
-    """Half the median round trip of one message of `batch` items and [batch, hidden] hidden states."""
-    far = mp.get_context("spawn").Process(target=_echo, args=(port, port + 1, ROUNDS), daemon=True)
-    far.start()
-    context = zmq.Context()
-    outbox, inbox = context.socket(zmq.PUSH), context.socket(zmq.PULL)
-    inbox.bind(f"tcp://127.0.0.1:{port + 1}")
-    outbox.connect(f"tcp://127.0.0.1:{port}")
-    hidden_states = torch.randn(batch, hidden).to(dtype)
-    header = _header(batch, 1)
-    trips = []
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        outbox.send_multipart(wire.encode(header, (hidden_states,)), copy=False)
-        wire.decode(inbox.recv_multipart(copy=False))
-        trips.append(time.perf_counter() - started)
-    far.join(timeout=10)
-    outbox.close()
-    inbox.close()
-    context.term()
-    return 1e3 * statistics.median(trips[ROUNDS // 10:]) / 2   # the first rounds include connecting
+from runtime.profile import time_bookkeeping, time_hop
 
 
 def step_ms(batch: int, hidden: int, dtype: torch.dtype) -> float:
@@ -92,14 +42,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096, help="hidden size (Qwen3-8B: 4096)")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--dtype", default="bf16", choices=sorted(TORCH_DTYPES))
-    parser.add_argument("--port", type=int, default=47310)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dtype = TORCH_DTYPES[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]   # for the step's rows; the hop takes the dtype's name
     print(f"| batch | hop ms (one message, [B, {args.hidden}] {args.dtype}) | step ms (worker bookkeeping) |")
     print("|---:|---:|---:|")
-    for i, batch in enumerate(int(b) for b in args.batches.split(",")):
-        print(f"| {batch} | {hop_ms(batch, args.hidden, dtype, args.port + 2 * i):.3f} | "
+    for batch in (int(b) for b in args.batches.split(",")):
+        print(f"| {batch} | {1e3 * time_hop(args.hidden, dtype=args.dtype, device='cpu', batch=batch):.3f} | "
               f"{step_ms(batch, args.hidden, dtype):.3f} |", flush=True)
 
 

@@ -266,31 +266,67 @@ def time_embed(model: ModelSpec, tokens: int, *, dtype: str, device: str) -> flo
     return _time(lambda: (F.embedding(ids, table), sync()), device)
 
 
-def time_hop(model: ModelSpec, *, dtype: str, device: str) -> float:
-    """Seconds of one message between stages beyond its bytes on the link: one decode token's hidden state
-    taken off the device, framed (runtime.wire), sent and received over ZeroMQ on loopback TCP, decoded
-    and put back on the device."""
+HOP_ROUNDS = 400
+
+
+def _echo(port: int, back: int, rounds: int) -> None:
+    """The far end of time_hop, in a process of its own: receive each message, decode it, encode it again
+    and send it back, as a worker passes work on."""
+    import zmq
+
+    from runtime import wire
+
+    torch.set_num_threads(1)
+    context = zmq.Context()
+    inbox, outbox = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    inbox.bind(f"tcp://127.0.0.1:{port}")
+    outbox.connect(f"tcp://127.0.0.1:{back}")
+    for _ in range(rounds):
+        header, tensors = wire.decode(inbox.recv_multipart(copy=False))
+        outbox.send_multipart(wire.encode(header, tuple(tensors)), copy=False)
+    inbox.close()
+    outbox.close()
+    context.term()
+
+
+def time_hop(hidden_size: int, *, dtype: str, device: str, batch: int = 1, rounds: int = HOP_ROUNDS) -> float:
+    """Seconds of one message between stages beyond its bytes on the link: `batch` decode tokens' hidden
+    states taken off the device, framed (runtime.wire), sent over ZeroMQ on loopback TCP to another process
+    (woken by it, as the next worker is), decoded there; half the median round trip of a ping-pong whose
+    far end sends each message straight back, and this end puts it back on the device."""
+    import multiprocessing
+
     import zmq
 
     from runtime import wire
 
     context = zmq.Context()
     inbox, outbox = context.socket(zmq.PULL), context.socket(zmq.PUSH)
-    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    back = inbox.bind_to_random_port("tcp://127.0.0.1")
+    probe = context.socket(zmq.PULL)   # a free port for the far end's inbox
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    far = multiprocessing.get_context("spawn").Process(target=_echo, args=(port, back, rounds), daemon=True)
+    far.start()
     outbox.connect(f"tcp://127.0.0.1:{port}")
-    hidden = torch.randn(1, model.hidden_size, device=device).to(TORCH_DTYPES[dtype])
-    header = {"kind": "work", "items": [{"rid": "r1", "pos": 100, "n": 1, "path": ["a", "b"], "hop": 1}]}
-
-    def hop() -> None:
-        outbox.send_multipart(wire.encode(header, (hidden,)), copy=False)
-        wire.decode(inbox.recv_multipart(copy=False), device)
-
+    hidden = torch.randn(batch, hidden_size, device=device).to(TORCH_DTYPES[dtype])
+    header = {"kind": "work", "items": [{"rid": f"r{i}", "pos": 100 + i, "n": 1, "path": ["a", "b", "c"], "hop": 1,
+                                         "lane": 0} for i in range(batch)]}
+    trips = []
     try:
-        return _time(hop, device, min_runs=50)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            outbox.send_multipart(wire.encode(header, (hidden,)), copy=False)
+            wire.decode(inbox.recv_multipart(copy=False), device)
+            trips.append(time.perf_counter() - started)
+        far.join(timeout=10)
     finally:
+        if far.is_alive():
+            far.kill()
         inbox.close(linger=0)
         outbox.close(linger=0)
         context.term()
+    return statistics.median(trips[rounds // 10:]) / 2   # the first rounds include starting and connecting
 
 
 def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
@@ -306,7 +342,7 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
     coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model, dtype=dtype, device=device), host,
+                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device), host,
                    coordinator)
 
 
