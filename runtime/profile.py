@@ -200,7 +200,11 @@ def time_host_round(model: ModelSpec, batch: int) -> float:
         host._handle(*wire.decode(message))
         host._flush_lanes()
 
-    return _time(round_, "cpu", min_runs=20)
+    try:
+        return _time(round_, "cpu", min_runs=20)
+    finally:   # the host's wake-up pipe (it never started its engine thread or sockets)
+        os.close(host.wake_r)
+        os.close(host.wake_w)
 
 
 def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
