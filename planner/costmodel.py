@@ -61,6 +61,14 @@ class NoLatencyModel(Exception):
     """A GPU described only by a static throughput table has no per-layer times."""
 
 
+def _by_sequences(measured: float | LatencyTable | None, engine_s: float, sequences: float) -> float:
+    """A measured per-step cost (one number, or a table by sequences) at `sequences`; the engine's constant
+    where the GPU section has none."""
+    if measured is None:
+        return engine_s
+    return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
+
+
 class GpuCost:
     """Costs of running `model` in `dtype` on one GPU type, or on a tensor-parallel group of `tp` of them.
 
@@ -185,17 +193,11 @@ class GpuCost:
     def step_overhead_s(self, sequences: float = 1.0) -> float:
         """Fixed cost of one iteration of `sequences` sequences (decode rows and prompts) at this unit,
         whatever it computes: the host's batch formation and layout."""
-        measured = self.gpu.step_overhead_s
-        if measured is None:
-            return self.overheads.step_s
-        return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
+        return _by_sequences(self.gpu.step_overhead_s, self.overheads.step_s, sequences)
 
     def host_step_s(self, sequences: float = 1.0) -> float:
         """The coordinator's loop for one message of `sequences` sequences it sends to this unit."""
-        measured = self.gpu.host_step_s
-        if measured is None:
-            return self.overheads.host_step_s
-        return measured.seconds(sequences) if isinstance(measured, LatencyTable) else measured
+        return _by_sequences(self.gpu.host_step_s, self.overheads.host_step_s, sequences)
 
     def head_s(self, batch: float) -> float:
         """The last stage's final norm + LM head + sampling for `batch` rows (decode sequences, or prompts

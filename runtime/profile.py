@@ -135,24 +135,19 @@ def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: boo
     return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers), host
 
 
-class _QueuedItem:
-    """A decode item as the worker's queue holds it (runtime.worker.Item's fields)."""
-    __slots__ = ("rid", "pos", "count", "path", "hop", "data")
-
-    def __init__(self, rid: str, pos: int, data: torch.Tensor) -> None:
-        self.rid, self.pos, self.count, self.path, self.hop, self.data = rid, pos, 1, ["a:0", "b:0", "c:0"], 0, data
-
-
 def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidden: torch.Tensor,
                      layout: bool) -> float:
     """Seconds of the worker's bookkeeping for one decode step outside the stage's kernels
     (runtime/worker.py `_take_batch`, `_admit`, `_step`): forming the batch from the queue, checking each
     request's KV, concatenating the inputs, splitting the output into one message header per next hop;
     and, with `layout`, the step's layout for a CUDA graph (runtime.graphs.StepLayout)."""
+    from runtime.worker import Item
+
     rows = list(hidden.split(1))
+    path = ["a:0", "b:0", "c:0"]
 
     def step() -> None:
-        queue = deque(_QueuedItem(r, p, row) for r, p, row in zip(requests, positions, rows))
+        queue = deque(Item(r, p, 1, path, 0, row, None) for r, p, row in zip(requests, positions, rows))
         decode = [i for i in queue if i.pos > 0 and i.count == 1]                    # _take_batch
         taken = {id(i) for i in decode}
         queue = deque(i for i in queue if id(i) not in taken)
@@ -345,9 +340,9 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
     head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device)) for b in decode_batches)
     coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
+    hop = 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device)
     return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device), head, embed, 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device), host,
-                   coordinator)
+                   memory, runs_bf16(device), head, embed, hop, host, coordinator)
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
