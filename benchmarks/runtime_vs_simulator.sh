@@ -54,7 +54,7 @@ open("layout-shared.ini", "w").write(open("layout.ini").read().replace("cluster.
 print(f"shared cores: layer, head and embedding times x {share:.2f} in cluster-shared.ini")
 EOF
 for n in 1 2 8; do
-  planner run --local layout.ini --checkpoint ck --prompt-ids "$prompt" --max-new-tokens 32 \
+  planner run --local layout.ini --checkpoint ck --threads 1 --prompt-ids "$prompt" --max-new-tokens 32 \
     --requests $((8 * n)) --concurrency $n --json > "run-$n.json"
   planner simulate layout.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n.json"
 done

@@ -326,10 +326,6 @@ class Simulation:
             if cohort.key not in lane_out:
                 leaving.setdefault(cohort.key, None)
         recorder.tokens(now, tokens)
-        if finished:   # new prompts for the lanes leaving now wait to ride with them
-            lane_out.update(leaving)
-            self.admit(now)
-            lane_out.difference_update(leaving)
         outgoing: dict[Stage, tuple[list[Cohort], list]] = {}
         for key, cohort in leaving.items():
             for joining in self.held_firsts.pop(key, ()):
@@ -354,6 +350,8 @@ class Simulation:
                 ids += chunk[1]
             first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * ids) + first.inbound_time(sequences),
                           sent, chunks)
+        if finished:   # a closed loop's next requests come after the lanes left: each waits for its lane's return
+            self.admit(now)
 
     # ---- running ----------------------------------------------------------------------------------
 

@@ -186,13 +186,15 @@ def test_planner_run_local_with_a_layout_prints_the_reference_ids(model_dir, run
     layout = directory / "cli.ini"
     layout.write_text(chain_layout("cli-cluster.ini", model, CHAIN))
     code, out, err = run_cli("run", "--local", layout, "--checkpoint", directory / "ck", "--prompt-ids",
-                             ",".join(map(str, PROMPTS[2])), "--max-new-tokens", str(NEW_TOKENS), "--requests", "2",
-                             "--json")
+                             ",".join(map(str, PROMPTS[2])), "--max-new-tokens", str(NEW_TOKENS), "--requests", "3",
+                             "--concurrency", "2", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["errors"] == []
-    assert result["outputs"] == [reference[2]] * 2
+    assert result["outputs"] == [reference[2]] * 3
     assert result["output_tokens_per_s"] > 0 and result["ttft_s"]["mean"] > 0
+    # one request came after the first wave of two: its TTFT alone
+    assert 0 < result["ttft_after_first_wave_s"]["mean"] == result["ttft_after_first_wave_s"]["max"]
     assert [w["layers"] for w in result["workers"]] == [[0, 1], [1, 4], [4, 6]]
 
 
