@@ -46,7 +46,7 @@ MAX_KV_SLOTS = 256            # requests a worker holds KV for at once (also its
 @dataclass(frozen=True)
 class Limits:
     max_seq_len: int = 4096        # prompt + output tokens of one request
-    max_batch_tokens: int = 512    # tokens one worker step takes: decode tokens first, then whole prompts
+    max_batch_tokens: int = 512    # tokens one worker step takes: decode tokens first, then prompts (chunked)
     heartbeat_s: float = 0.25      # how often a worker says it is alive
     dead_after_s: float = 3.0      # silence after which the host declares a worker dead
     gpu_memory_utilization: float = 0.9  # share of a GPU's memory the worker may use (weights + KV + graphs)

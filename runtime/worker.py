@@ -1,10 +1,11 @@
 """A worker: one pipeline stage on one device, fed over ZeroMQ, batching whatever has arrived.
 
 Loop: take every message waiting in the inbox; form a batch from the queue (decode items first, one
-token each, then whole prompts in arrival order, up to max_batch_tokens: continuous batching, requests
-join and leave between steps); run the stage once over the flat batch; send each request's hidden states
-to the next hop on its path (one message per next hop) or, on the last stage, sample its next token and
-send the ids to the host. A request's KV slot is taken at its prompt and given back when the host says
+token each, then prompts in arrival order, up to max_batch_tokens: continuous batching, requests join and
+leave between steps; a prompt longer than what is left is split, its first part runs now and the rest
+heads the queue, as vLLM's chunked prefill); run the stage once over the flat batch; send each request's
+hidden states to the next hop on its path (one message per next hop) or, on the last stage, sample its
+next token and send the ids to the host (a prompt's token once its last chunk has run). A request's KV slot is taken at its prompt and given back when the host says
 the request ended ("free"). A separate thread tells the host, every heartbeat_s, that the worker lives.
 A tensor-parallel group's rank 0 (its face) is such a worker whose stage is its shard of the layers; it
 hands each step to the group's other ranks (runtime.tensor_parallel), which `planner worker` also runs.
@@ -53,12 +54,23 @@ class Item:
     data: torch.Tensor           # token ids [count] (first stage) or hidden states [count, hidden]
     sampling: dict | None        # sampling parameters, sent with the prompt
     lane: int = 0                # the path's decode micro-batch it belongs to
+    more: bool = False           # a prompt chunk that is not its prompt's last: no token comes of it
 
     def header(self, hop: int) -> dict:
         head = {"rid": self.rid, "pos": self.pos, "n": self.count, "path": self.path, "hop": hop, "lane": self.lane}
         if self.sampling is not None:
             head["sampling"] = self.sampling
+        if self.more:
+            head["more"] = True
         return head
+
+    def split(self, tokens: int) -> tuple[Item, Item]:
+        """The first `tokens` of this prompt (chunk) and the rest, each with its own slice of the data."""
+        first = Item(self.rid, self.pos, tokens, self.path, self.hop, self.data[:tokens], self.sampling,
+                     self.lane, more=True)
+        rest = Item(self.rid, self.pos + tokens, self.count - tokens, self.path, self.hop, self.data[tokens:],
+                    self.sampling, self.lane, more=self.more)
+        return first, rest
 
 
 class Worker:
@@ -202,7 +214,8 @@ class Worker:
                     offset += count
                     continue
                 self.queue.append(Item(head["rid"], head["pos"], count, head["path"], head["hop"],
-                                       data[offset:offset + count], head.get("sampling"), head.get("lane", 0)))
+                                       data[offset:offset + count], head.get("sampling"), head.get("lane", 0),
+                                       bool(head.get("more", False))))
                 offset += count
         elif kind == "free":
             freed = set(header["rids"])
@@ -223,22 +236,39 @@ class Worker:
 
     def _take_batch(self) -> list[Item]:
         """Decode items first (one token each), one lane per path (a path's micro-batches stay apart, so
-        its stages keep working on several), then prompts in arrival order, within the token budget."""
+        its stages keep working on several), then prompts in arrival order within the token budget: the
+        first prompt that does not fit whole is split, its first part filling the budget, its rest
+        staying first in the queue (so a long prompt neither waits for a step without decode work nor
+        stretches one past the budget)."""
         budget = self.config.limits.max_batch_tokens
         lane_of: dict[tuple[str, ...], int] = {}
         decode = [i for i in self.queue if i.pos > 0 and i.count == 1
                   and lane_of.setdefault(tuple(i.path), i.lane) == i.lane]
         prompts = [i for i in self.queue if not (i.pos > 0 and i.count == 1)]
         batch, tokens = [], 0
-        for item in decode + prompts:
-            if batch and tokens + item.count > budget:
-                if item.count == 1:
-                    continue
-                break
+        rest: dict[int, Item] = {}   # id of a split prompt -> what stays queued of it
+        for item in decode:
+            if tokens < budget:
+                batch.append(item)
+                tokens += 1
+        for item in prompts:
+            room = budget - tokens
+            if item.count > room:
+                # chunks of at least 2 tokens: a 1-token piece past position 0 would pass for a decode step,
+                # which goes first and could run before the chunk ahead of it
+                take = room if item.count - room >= 2 else room - 1
+                if take < 2:
+                    if batch:
+                        break
+                    take = item.count if item.count <= 3 else 2   # a step of nothing else: a little over
+                if take < item.count:   # the budget is spent: the rest waits for the next step
+                    first, rest[id(item)] = item.split(take)
+                    batch.append(first)
+                    break
             batch.append(item)
             tokens += item.count
         taken = {id(i) for i in batch}
-        self.queue = deque(i for i in self.queue if id(i) not in taken)
+        self.queue = deque(rest.get(id(i), i) for i in self.queue if id(i) not in taken)
         return batch
 
     def _admit(self, batch: list[Item]) -> list[Item]:
@@ -319,6 +349,11 @@ class Worker:
             return
         self.steps += 1
         if self.stage.last:
+            rows = [row for row, item in enumerate(batch) if not item.more]   # a prompt's last chunk yields a token
+            if not rows:
+                return
+            if len(rows) < len(batch):
+                out, batch = out[rows], [batch[row] for row in rows]
             # one call for the batch; row i draws the token at position pos + count of its request
             tokens = sample_batch(out, [self.sampling.get(i.rid, SamplingParams()) for i in batch],
                                   [i.pos + i.count for i in batch])

@@ -54,13 +54,13 @@ def model_dir(request, tmp_path_factory):
     return model, directory, hf_greedy(directory / "ck", PROMPTS, NEW_TOKENS)
 
 
-def start(model, directory: Path, stages, forkserver, name: str, **options) -> LocalRun:
+def start(model, directory: Path, stages, forkserver, name: str, limits: Limits = LIMITS, **options) -> LocalRun:
     workers = sum(len(s) for s in stages)
     (directory / f"{name}-cluster.ini").write_text(cpu_cluster(model, workers))
     layout = directory / f"{name}.ini"
     layout.write_text(chain_layout(f"{name}-cluster.ini", model, stages))
     config = runtime_config(read_layout(layout), layout_path=str(layout), local=True, device="cpu", threads=1,
-                            kv_slots=8, limits=LIMITS)
+                            kv_slots=8, limits=limits)
     (directory / name).mkdir(exist_ok=True)
     return LocalRun(config, directory / "ck", workdir=directory / name, forkserver=forkserver, **options).start()
 
@@ -84,6 +84,20 @@ def test_chain_of_three_uneven_workers_matches_transformers(chain):
     assert outputs == reference
     assert {r.path for r in requests} == {("local:0", "local:1", "local:2")}
     assert all(r.finish_reason == "length" and r.ttft_s > 0 for r in requests)
+
+
+def test_prompts_longer_than_the_token_budget_run_in_chunks_and_match_transformers(model_dir, forkserver):
+    """A budget of 4 tokens a step: every worker splits the 5-, 6- and 9-token prompts into chunks (a
+    3-token prompt rides whole beside decode steps, a 9-token one leaves a 1-token rest), each chunk
+    continuing from the KV its predecessors wrote, and only a prompt's last chunk yields its first token."""
+    model, directory, reference = model_dir
+    tight = Limits(max_seq_len=160, max_batch_tokens=4, heartbeat_s=0.1, dead_after_s=1.0)
+    with start(model, directory, CHAIN, forkserver, "chunked", limits=tight) as run:
+        outputs, requests = generate_all(run.host, PROMPTS)
+        steps = run.host.health()
+    assert outputs == reference
+    assert all(len(r.tokens) == NEW_TOKENS and r.ttft_s > 0 for r in requests)
+    assert steps["status"] == "ok"
 
 
 def test_parallel_middle_stage_splits_requests_and_matches_transformers(model_dir, forkserver):
