@@ -5,10 +5,11 @@ token each, then prompts in arrival order, up to max_batch_tokens: continuous ba
 leave between steps; a prompt longer than what is left is split, its first part runs now and the rest
 heads the queue, as vLLM's chunked prefill); run the stage once over the flat batch; send each request's
 hidden states to the next hop on its path (one message per next hop) or, on the last stage, sample its
-next token and send the ids to the host (a prompt's token once its last chunk has run). A request's KV slot is taken at its prompt and given back when the host says
-the request ended ("free"). A separate thread tells the host, every heartbeat_s, that the worker lives.
-A tensor-parallel group's rank 0 (its face) is such a worker whose stage is its shard of the layers; it
-hands each step to the group's other ranks (runtime.tensor_parallel), which `planner worker` also runs.
+next token and send the ids to the host (a prompt's token once its last chunk has run). A request's KV
+slot is taken at its prompt and given back when the host says the request ended ("free"). A separate
+thread tells the host, every heartbeat_s, that the worker lives. A tensor-parallel group's rank 0 (its
+face) is such a worker whose stage is its shard of the layers; it hands each step to the group's other
+ranks (runtime.tensor_parallel), which `planner worker` also runs.
 """
 
 from __future__ import annotations
