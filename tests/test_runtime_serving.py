@@ -100,6 +100,34 @@ def test_prompts_longer_than_the_token_budget_run_in_chunks_and_match_transforme
     assert steps["status"] == "ok"
 
 
+def test_a_worker_splits_the_first_prompt_that_does_not_fit_and_keeps_its_rest_first():
+    from collections import deque
+    from types import SimpleNamespace
+
+    from runtime.worker import Item, Worker
+
+    def item(rid, pos, count, lane=0):
+        return Item(rid, pos, count, ["a:0"], 0, torch.arange(count), None, lane)
+
+    def take(queue, budget):
+        worker = SimpleNamespace(config=SimpleNamespace(limits=Limits(max_batch_tokens=budget)), queue=deque(queue))
+        batch = Worker._take_batch(worker)
+        return [(i.rid, i.pos, i.count, i.more) for i in batch], [(i.rid, i.pos, i.count, i.more) for i in worker.queue]
+
+    # two decode steps, then a 10-token prompt on an 8-token budget: 6 of it now, 4 later, the next prompt waits
+    batch, left = take([item("d1", 5, 1), item("p", 0, 10), item("q", 0, 3), item("d2", 7, 1)], 8)
+    assert batch == [("d1", 5, 1, False), ("d2", 7, 1, False), ("p", 0, 6, True)]
+    assert left == [("p", 6, 4, False), ("q", 0, 3, False)]
+    assert torch.equal(Worker._take_batch(SimpleNamespace(config=SimpleNamespace(limits=Limits(max_batch_tokens=8)),
+                                                          queue=deque([item("p", 0, 10)])))[0].data, torch.arange(8))
+    # a rest of one token would pass for a decode step: the chunk is one shorter
+    assert take([item("d1", 5, 1), item("p", 0, 8)], 8) == ([("d1", 5, 1, False), ("p", 0, 6, True)],
+                                                           [("p", 6, 2, False)])
+    # no room for a 2-token chunk beside decode work: the prompt waits whole; alone it runs a little over
+    assert take([item("d1", 5, 1), item("d2", 6, 1), item("p", 0, 3)], 3)[0] == [("d1", 5, 1, False), ("d2", 6, 1, False)]
+    assert take([item("p", 0, 3)], 2) == ([("p", 0, 3, False)], [])
+
+
 def test_parallel_middle_stage_splits_requests_and_matches_transformers(model_dir, forkserver):
     model, directory, reference = model_dir
     with start(model, directory, PARALLEL, forkserver, "parallel") as run:
