@@ -87,17 +87,17 @@ def test_chain_of_three_uneven_workers_matches_transformers(chain):
 
 
 def test_prompts_longer_than_the_token_budget_run_in_chunks_and_match_transformers(model_dir, forkserver):
-    """A budget of 4 tokens a step: every worker splits the 5-, 6- and 9-token prompts into chunks (a
-    3-token prompt rides whole beside decode steps, a 9-token one leaves a 1-token rest), each chunk
-    continuing from the KV its predecessors wrote, and only a prompt's last chunk yields its first token."""
+    """A budget of 4 tokens a step: every worker splits the 5-, 6- and 9-token prompts into chunks of at
+    least 2 tokens (a 3-token prompt may ride whole beside decode steps), each chunk continuing from the
+    KV its predecessors wrote, and only a prompt's last chunk yields its first token."""
     model, directory, reference = model_dir
     tight = Limits(max_seq_len=160, max_batch_tokens=4, heartbeat_s=0.1, dead_after_s=1.0)
     with start(model, directory, CHAIN, forkserver, "chunked", limits=tight) as run:
         outputs, requests = generate_all(run.host, PROMPTS)
-        steps = run.host.health()
+        health = run.host.health()
     assert outputs == reference
     assert all(len(r.tokens) == NEW_TOKENS and r.ttft_s > 0 for r in requests)
-    assert steps["status"] == "ok"
+    assert health["status"] == "ok"
 
 
 def test_a_worker_splits_the_first_prompt_that_does_not_fit_and_keeps_its_rest_first():
@@ -109,17 +109,20 @@ def test_a_worker_splits_the_first_prompt_that_does_not_fit_and_keeps_its_rest_f
     def item(rid, pos, count, lane=0):
         return Item(rid, pos, count, ["a:0"], 0, torch.arange(count), None, lane)
 
-    def take(queue, budget):
+    def batch_of(queue, budget):
         worker = SimpleNamespace(config=SimpleNamespace(limits=Limits(max_batch_tokens=budget)), queue=deque(queue))
-        batch = Worker._take_batch(worker)
-        return [(i.rid, i.pos, i.count, i.more) for i in batch], [(i.rid, i.pos, i.count, i.more) for i in worker.queue]
+        return Worker._take_batch(worker), worker.queue
+
+    def take(queue, budget):
+        batch, left = batch_of(queue, budget)
+        return [(i.rid, i.pos, i.count, i.more) for i in batch], [(i.rid, i.pos, i.count, i.more) for i in left]
 
     # two decode steps, then a 10-token prompt on an 8-token budget: 6 of it now, 4 later, the next prompt waits
     batch, left = take([item("d1", 5, 1), item("p", 0, 10), item("q", 0, 3), item("d2", 7, 1)], 8)
     assert batch == [("d1", 5, 1, False), ("d2", 7, 1, False), ("p", 0, 6, True)]
     assert left == [("p", 6, 4, False), ("q", 0, 3, False)]
-    assert torch.equal(Worker._take_batch(SimpleNamespace(config=SimpleNamespace(limits=Limits(max_batch_tokens=8)),
-                                                          queue=deque([item("p", 0, 10)])))[0].data, torch.arange(8))
+    (first,), (rest,) = batch_of([item("p", 0, 10)], 8)
+    assert torch.equal(first.data, torch.arange(8)) and torch.equal(rest.data, torch.arange(8, 10))
     # a rest of one token would pass for a decode step: the chunk is one shorter
     assert take([item("d1", 5, 1), item("p", 0, 8)], 8) == ([("d1", 5, 1, False), ("p", 0, 6, True)],
                                                            [("p", 6, 2, False)])
