@@ -247,7 +247,7 @@ class Simulation:
                 self.held_prompts.setdefault(key, []).append([request, request.prompt, 0])
                 continue
             first = path[0]
-            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_time(1)
+            arrive = self.coordinator_link[first].send(now, TOKEN_ID_BYTES * request.prompt) + first.inbound_time[1]
             first.receive(arrive, [], [[request, request.prompt, 0]])
 
     def arrive(self, now: float, item: tuple[float, int, int]) -> None:
@@ -348,7 +348,7 @@ class Simulation:
             ids = sequences - len(chunks)   # one token id per decode sequence, a prompt's every token
             for chunk in chunks:
                 ids += chunk[1]
-            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * ids) + first.inbound_time(sequences),
+            first.receive(self.coordinator_link[first].send(now, TOKEN_ID_BYTES * ids) + first.inbound_time[sequences],
                           sent, chunks)
         if finished:   # a closed loop's next requests come after the lanes left: each waits for its lane's return
             self.admit(now)

@@ -43,6 +43,18 @@ LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
 NO_PATH, MIXED = object(), object()   # Stage.only_next before any path is added; paths with different next hops
 
 
+class Memo(dict):
+    """A cost by size, computed once: memo[n] is a plain dict lookup, `compute(n)` on the first one."""
+
+    def __init__(self, compute: Callable[[int], float], known: dict[int, float] | None = None) -> None:
+        super().__init__(known or {})
+        self.compute = compute
+
+    def __missing__(self, size: int) -> float:
+        seconds = self[size] = self.compute(size)
+        return seconds
+
+
 class Cohort:
     """Decode sequences of one micro-batch (lane) of one path, moving as one; `ctx` is the sum of
     their context lengths.
@@ -86,7 +98,6 @@ class Stage:
         # work outside the layers (docs/cost-model.md#work-outside-the-layers)
         self.first, self.last = start == 0, end == model_layers
         self.hop_s = cost.hop_s                                          # each message it sends
-        self._inbound_memo: dict[int, float] = {}
         # KV cache, in tokens (each token's K and V in every layer held), and batch slots
         self.kv_capacity = cost.kv_tokens(self.layers, first=start == 0, last=end == model_layers)
         self.max_seqs = cost.params.max_batch
@@ -128,9 +139,12 @@ class Stage:
         # handlers bound once: a bound method is a new object at every attribute lookup
         self._on_finish = self.finish
         self._on_wake = self.wake
-        self._head_memo: dict[int, float] = {0: 0.0}
-        self._embed_memo: dict[int, float] = {0: 0.0}
-        self._step_memo: dict[int, float] = {}
+        # work outside the layers by size, looked up as memo[n] (a dict lookup, the cost model on a miss)
+        self.head_time = Memo(cost.head_s, {0: 0.0})          # the head for n rows (last stage)
+        self.embed_time = Memo(cost.embed_s, {0: 0.0})        # the embedding of n tokens (first stage)
+        self.step_time = Memo(cost.step_overhead_s)           # an iteration's overhead, n sequences in it
+        # a message of n sequences the coordinator sends this stage: the hop's fixed cost and its loop for them
+        self.inbound_time = Memo(lambda n: cost.hop_s + cost.host_step_s(n))
 
     # ---- cost model, memoised ---------------------------------------------------------------------
 
@@ -152,33 +166,6 @@ class Stage:
         if seconds is None:
             seconds = self.cost.prefill_s(self.layers, tokens, (bucket + 0.5) * CONTEXT_BUCKET)
             self._prefill_memo[key] = seconds
-        return seconds
-
-    def head_time(self, rows: int) -> float:
-        seconds = self._head_memo.get(rows)
-        if seconds is None:
-            seconds = self._head_memo[rows] = self.cost.head_s(rows)
-        return seconds
-
-    def step_time(self, sequences: int) -> float:
-        """The step overhead of an iteration of `sequences` decode rows and prompt chunks."""
-        seconds = self._step_memo.get(sequences)
-        if seconds is None:
-            seconds = self._step_memo[sequences] = self.cost.step_overhead_s(sequences)
-        return seconds
-
-    def inbound_time(self, sequences: int) -> float:
-        """The fixed cost of a message of `sequences` sequences the coordinator sends this stage: the hop's,
-        and the coordinator's loop for them."""
-        seconds = self._inbound_memo.get(sequences)
-        if seconds is None:
-            seconds = self._inbound_memo[sequences] = self.cost.hop_s + self.cost.host_step_s(sequences)
-        return seconds
-
-    def embed_time(self, tokens: int) -> float:
-        seconds = self._embed_memo.get(tokens)
-        if seconds is None:
-            seconds = self._embed_memo[tokens] = self.cost.embed_s(tokens)
         return seconds
 
     # ---- KV admission -----------------------------------------------------------------------------
@@ -298,11 +285,11 @@ class Stage:
             context = attention / tokens - tokens / 2
             pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
             seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
-        seconds += self.step_time(sequences + len(chunks))
+        seconds += self.step_time[sequences + len(chunks)]
         if self.first:
-            seconds += self.embed_time(sequences) + self.embed_time(tokens)
+            seconds += self.embed_time[sequences] + self.embed_time[tokens]
         if self.last:
-            seconds += self.head_time(sequences) + self.head_time(finished)
+            seconds += self.head_time[sequences] + self.head_time[finished]
 
         self.wake_at = BUSY
         self._batch, self._chunks, self._sequences, self._tokens = batch, chunks, sequences, tokens
