@@ -137,21 +137,23 @@ def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: boo
 
 def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidden: torch.Tensor,
                      layout: bool) -> float:
-    """Seconds of the worker's bookkeeping for one decode step outside the stage's kernels
-    (runtime/worker.py `_take_batch`, `_admit`, `_step`): forming the batch from the queue, checking each
-    request's KV, concatenating the inputs, splitting the output into one message header per next hop;
-    and, with `layout`, the step's layout for a CUDA graph (runtime.graphs.StepLayout)."""
-    from runtime.worker import Item
+    """Seconds of the worker's bookkeeping for one decode step outside the stage's kernels: forming the batch
+    from the queue and checking each request's KV (runtime/worker.py `_take_batch` and `_admit`, run on a
+    stand-in holding the queue and the pool), concatenating the inputs, splitting the output into one
+    message per next hop (`_step`'s part, repeated here: it runs between the stage and the sockets); and,
+    with `layout`, the step's layout for a CUDA graph (runtime.graphs.StepLayout)."""
+    from types import SimpleNamespace
+
+    from runtime.worker import Item, Worker
 
     rows = list(hidden.split(1))
     path = ["a:0", "b:0", "c:0"]
+    config = SimpleNamespace(limits=SimpleNamespace(max_batch_tokens=len(requests)))
 
     def step() -> None:
-        queue = deque(Item(r, p, 1, path, 0, row, None) for r, p, row in zip(requests, positions, rows))
-        decode = [i for i in queue if i.pos > 0 and i.count == 1]                    # _take_batch
-        taken = {id(i) for i in decode}
-        queue = deque(i for i in queue if id(i) not in taken)
-        ready = [i for i in decode if kv.holds(i.rid)]                                # _admit
+        worker = SimpleNamespace(config=config, kv=kv, queue=deque(
+            Item(r, p, 1, path, 0, row, None) for r, p, row in zip(requests, positions, rows)))
+        ready = Worker._admit(worker, Worker._take_batch(worker))
         if layout:
             StepLayout(kv, [(i.rid, i.pos, i.count) for i in ready], len(ready), len(ready))
         out = torch.cat([i.data for i in ready])
@@ -161,8 +163,7 @@ def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidd
             by_hop.setdefault(item.path[item.hop + 1], []).append((item, out[offset:offset + item.count]))
             offset += item.count
         for pairs in by_hop.values():
-            _ = {"kind": "work", "items": [{"rid": i.rid, "pos": i.pos + i.count, "n": 1, "path": i.path,
-                                            "hop": i.hop + 1} for i, _ in pairs]}
+            _ = {"kind": "work", "items": [i.header(i.hop + 1) for i, _ in pairs]}
             torch.cat([h for _, h in pairs])
 
     return _time(step, "cpu", min_runs=20)
