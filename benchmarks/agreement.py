@@ -22,12 +22,10 @@ from pathlib import Path
 
 from planner.cluster import load_cluster
 from planner.errors import SolveError
-from planner.layout import Layout, read_layout
+from planner.layout import Layout, predicted as layout_estimate, read_layout
 from planner.plan import solve
-from planner.problem import PlacementProblem
 from planner.report import plan_layout
 from planner.routing import ROUTERS
-from planner.serving import estimate
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from planner.synthetic import cluster_text
 from simulator import SimConfig, simulate
@@ -93,7 +91,7 @@ def agreement(layouts: list[tuple[str, Layout]]) -> None:
         logn = run(layout, "lognormal")
         # the planner's estimate of this placement now (a bundled layout's recorded figures may predate
         # a cost-model change)
-        predicted = estimate(PlacementProblem(layout.cluster), layout.placement)
+        predicted = layout_estimate(layout)
         plan_tp, plan_tpot = predicted.throughput, predicted.tpot_s
         print(f"| {name} | {layout.method} | {predicted.max_flow:,.0f} | {plan_tp:,.0f} "
               f"| {ref.decode_throughput:,.0f} | {logn.decode_throughput:,.0f} "

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import InputError, InputWarning
+from planner.errors import InputWarning
 from planner.ini import SectionReader, read_ini
 from planner.units import parse_bandwidth, parse_memory
 

@@ -14,6 +14,7 @@ from planner.engines import DEFAULT_ENGINE, ENGINES
 from planner.errors import InputError
 from planner.ini import SectionReader, read_ini
 from planner.problem import Placement, PlacementProblem
+from planner.serving import ServingEstimate, estimate
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class Layout:
     placement: Placement
     flows: dict[tuple[str, str], float]
     figures: dict[str, str]  # static max flow, predicted throughput and latency, solver status ...
+    lanes: int | None = None  # decode micro-batches per path (None: one per stage of the path)
+
+
+def predicted(layout: Layout) -> ServingEstimate:
+    """The serving estimate of what the layout runs: its placement with its lanes (one per stage if none)."""
+    return estimate(PlacementProblem(layout.cluster), layout.placement, lanes=layout.lanes or False)
 
 
 def write_layout(path: str | Path, layout: Layout) -> None:
@@ -35,6 +42,8 @@ def write_layout(path: str | Path, layout: Layout) -> None:
              f"dtype = {layout.cluster.dtype}", f"method = {layout.method}", f"engine = {layout.cluster.engine}"]
     if layout.placement.tp_groups:  # tensor-parallel groups: GPUs of one host acting as one stage
         lines.append("tp_groups = " + ", ".join("+".join(g) for g in layout.placement.tp_groups))
+    if layout.lanes is not None:  # the plan's lane count; the simulator and the runtime take it by default
+        lines.append(f"lanes = {layout.lanes}")
     lines += [f"{key} = {value}" for key, value in layout.figures.items()]
     lines += ["", "[nodes]"]
     by_name = {n.name: n for n in layout.cluster.nodes()}
@@ -95,9 +104,10 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
         for key, value in ini["flows"].items():
             a, _, b = key.partition("->")
             flows[(a.strip(), b.strip())] = float(value)
+    lanes = head.positive_int("lanes") if head.has("lanes") else None   # absent: one lane per stage
     figures = {k: v for k, v in ini["layout"].items()
-               if k not in ("cluster", "model", "dtype", "method", "engine", "tp_groups")}
-    return Layout(cluster, head.text("method", "unknown"), Placement(ranges, groups), flows, figures)
+               if k not in ("cluster", "model", "dtype", "method", "engine", "tp_groups", "lanes")}
+    return Layout(cluster, head.text("method", "unknown"), Placement(ranges, groups), flows, figures, lanes)
 
 
 def _read_groups(head: SectionReader, problem: PlacementProblem) -> tuple[tuple[str, ...], ...]:

@@ -28,6 +28,11 @@ class Plan:
     def placement(self) -> Placement:
         return self.result.placement
 
+    @property
+    def lanes(self) -> int | None:
+        """Decode micro-batches per path the estimate chose (None: one per stage of the path)."""
+        return self.serving.lanes
+
 
 def score(problem: PlacementProblem, result: SolveResult, max_tpot_s: float | None = None,
           max_ttft_s: float | None = None, deadline: float = math.inf) -> Plan:

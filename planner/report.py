@@ -5,7 +5,6 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner.flow import COORDINATOR
 from planner.layout import Layout
 from planner.plan import Plan
 from planner.units import format_time
@@ -36,6 +35,7 @@ def plan_json(plan: Plan) -> dict:
         **({"tp_groups": groups} if groups else {}),  # flows name a group by its members joined with '+'
         "flows": flows,
         "bottleneck": list(serving.flow.cut),
+        "lanes": plan.lanes,   # decode micro-batches per path; null: one per stage of each path
         "notes": list(result.notes) + list(serving.notes) + list(plan.notes),
     }
 
@@ -54,7 +54,7 @@ def plan_layout(plan: Plan) -> Layout:
         figures["predicted_tpot_ms"] = f"{serving.tpot_s * 1e3:.2f}"
         figures["predicted_ttft_ms"] = f"{serving.ttft_s * 1e3:.2f}"
     flows = {edge: value * serving.load for edge, value in serving.flow.edge_flows.items()}
-    return Layout(plan.cluster, plan.result.method, plan.placement, flows, figures)
+    return Layout(plan.cluster, plan.result.method, plan.placement, flows, figures, plan.lanes)
 
 
 def print_plan(console: Console, plan: Plan) -> None:
@@ -98,10 +98,10 @@ def print_plan(console: Console, plan: Plan) -> None:
 
 def chain_text(plan: Plan) -> str:
     """Request routes as text: coordinator -> node -> ... with their share of the flow."""
-    total = sum(v for (a, _), v in plan.serving.flow.edge_flows.items() if a == COORDINATOR)
+    total = sum(path.tokens_per_s for path in plan.serving.paths)
     lines = []
     for path in plan.serving.paths:
-        share = path.tokens_per_s / (total * plan.serving.load) if total else 0
+        share = path.tokens_per_s / total if total else 0
         lines.append(f"{share:.0%}: coordinator -> " + " -> ".join(path.nodes) + " -> coordinator")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from weakref import WeakKeyDictionary
 
 from scipy.optimize import brentq, linprog
 
+from planner import lanes as lane_model
 from planner.cluster import Link
 from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
@@ -25,6 +26,7 @@ LOAD_STEPS = 40  # bisection steps for the load that meets the latency limits
 BATCH_FLOOR = 1e-6  # smallest operating batch considered (sequences)
 BATCH_XTOL = 1e-12  # operating batches are solved to within this many sequences
 TOLERANCE = 1e-3
+LANE_ENGINES = ("runtime",)   # engines a plan can tell how many lanes to run (vLLM: one per pipeline stage, always)
 SETTLED = 1e-2  # capacities moving less than this may stop once the flow's value holds still
 
 
@@ -53,6 +55,7 @@ class ServingEstimate:
     paths: tuple[PathEstimate, ...]
     notes: tuple[str, ...] = ()
     complete: bool = True              # False: a deadline cut the fixed point or the load search (notes say)
+    lanes: int | None = None           # decode micro-batches per path (None: one per stage of each path)
 
 
 class _Units:
@@ -318,15 +321,20 @@ def round_trip_max_flow(problem: PlacementProblem, placement: Placement,
 
 
 def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: float | None = None,
-             max_ttft_s: float | None = None, deadline: float = math.inf) -> ServingEstimate:
+             max_ttft_s: float | None = None, deadline: float = math.inf,
+             lanes: bool | int = True) -> ServingEstimate:
     """Predicted serving throughput and latency of a placement. Past `deadline` (a time.perf_counter()
     value) the fixed point stops and the load search keeps the highest load found to meet the limits;
-    the estimate then says so (`complete` False, and a note). Complete estimates are kept per problem:
-    the same placement under the same limits is scored once (the optimiser and plan.score both ask)."""
-    key = (tuple(placement.ranges.items()), placement.tp_groups, max_tpot_s, max_ttft_s)
+    the estimate then says so (`complete` False, and a note). Lanes per path: True, on an engine that
+    lets a plan set them (the runtime), the count planner/lanes.py rates best; False, one per stage; a
+    number, that many (a layout's `lanes`; one per stage where paths share a stage, with a note). Complete
+    estimates are kept per problem: the same placement under the same limits is scored once (the
+    optimiser and plan.score both ask)."""
+    lane_key = "choose" if lanes is True else "one per stage" if lanes is False else int(lanes)   # True == 1
+    key = (tuple(placement.ranges.items()), placement.tp_groups, max_tpot_s, max_ttft_s, lane_key)
     known = _ESTIMATES.setdefault(problem, {})
     if key not in known:
-        served = _estimate(problem, placement, max_tpot_s, max_ttft_s, deadline)
+        served = _estimate(problem, placement, max_tpot_s, max_ttft_s, deadline, lanes)
         if not served.complete:
             return served
         known[key] = served
@@ -334,7 +342,7 @@ def estimate(problem: PlacementProblem, placement: Placement, *, max_tpot_s: flo
 
 
 def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float | None,
-              max_ttft_s: float | None, deadline: float) -> ServingEstimate:
+              max_ttft_s: float | None, deadline: float, lanes: bool | int) -> ServingEstimate:
     if problem.static:
         static = max_flow(problem.with_rtt(0.0), placement)
         return ServingEstimate(static.value, static.value, None, None, 1.0, static,
@@ -350,8 +358,18 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
                      "are those of its last step (capacities start at their compute bound and fall as it settles, so "
                      "throughput is likely high)")
 
+    choice = lane_model.LaneChoice(None, 1.0, {})
+    if lanes is True and problem.cluster.engine in LANE_ENGINES:
+        choice = lane_model.choose(units, _latencies(units, paths, flow.node_flow, 1.0)[0])
+    elif lanes is not False and lanes is not True:   # a given count
+        choice = lane_model.rate(units, _latencies(units, paths, flow.node_flow, 1.0)[0], lanes) or choice
+        if choice.lanes is None:
+            notes.append(f"lanes: {lanes} per path estimated as one per stage: paths share a stage, where the "
+                         "lane model does not hold (docs/planner.md#lanes)")
+    ratio = choice.tpot_ratio   # per path: round trip with the chosen lanes over one lane per stage's
+
     def meets(load: float) -> bool:
-        est, _ = _latencies(units, paths, flow.node_flow, load)
+        est = lane_model.scaled(_latencies(units, paths, flow.node_flow, load)[0], ratio)
         tpot = _mean([(p.tpot_s, p.tokens_per_s) for p in est])
         ttft = _mean([(p.ttft_s, p.tokens_per_s) for p in est])
         return (max_tpot_s is None or tpot <= max_tpot_s) and (max_ttft_s is None or ttft <= max_ttft_s)
@@ -374,14 +392,33 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
                          f"{LOAD_STEPS}, to within {high - low:.1e} of the consistent flow (the lower end kept)")
     final, batch = _latencies(units, paths, flow.node_flow, max(load, 1e-9))
     offered = sum(p.tokens_per_s for p in final)
+    final = lane_model.scaled(final, ratio)
+    laned = sum(p.tokens_per_s for p in final)
     final = _within_kv(problem, placement, final)
-    kept = sum(p.tokens_per_s for p in final) / offered if offered > 0 else 1.0
+    kept = sum(p.tokens_per_s for p in final) / laned if laned > 0 else 1.0
     if kept < 0.98:  # the fixed point is within a few per cent almost everywhere; say so when it is not
         notes.append(f"path rates trimmed to {kept:.1%} so the sequences in flight fit every stage's KV")
+    gain = laned / offered if offered > 0 else 1.0
+    capacity = fixed.capacity
+    if choice.lanes is not None:
+        notes.append(f"lanes: {choice.lanes} per path, {gain - 1:+.0%} tokens/s against one lane per stage by the "
+                     "lane model (docs/planner.md#lanes)")
+        flow, capacity = _with_lanes(flow, capacity, paths, ratio)
     weights = [(p.tpot_s, p.tokens_per_s) for p in final]
     return ServingEstimate(
-        throughput=flow.value * load * kept, max_flow=fixed.static_value,
+        throughput=fixed.flow.value * load * gain * kept, max_flow=fixed.static_value,
         tpot_s=_mean(weights) if final else None,
         ttft_s=_mean([(p.ttft_s, p.tokens_per_s) for p in final]) if final else None,
-        load=load, flow=flow, node_capacity=fixed.capacity, node_batch=batch, paths=tuple(final),
-        notes=tuple(notes), complete=not fixed.cut_short and bisected == LOAD_STEPS)
+        load=load, flow=flow, node_capacity=capacity, node_batch=batch, paths=tuple(final),
+        notes=tuple(notes), complete=not fixed.cut_short and bisected == LOAD_STEPS, lanes=choice.lanes)
+
+
+def _with_lanes(flow: FlowResult, capacity: dict[str, float], paths, ratio: dict[tuple[str, ...], float]
+                ) -> tuple[FlowResult, dict[str, float]]:
+    """Flows and capacities with each path's stages carrying what its lanes serve (paths share no stage
+    where lanes are chosen, so each stage scales with its one path)."""
+    factor = {n: 1.0 / ratio.get(nodes, 1.0) for nodes, _ in paths for n in nodes}
+    edges = {(a, b): value * factor.get(b if a == COORDINATOR else a, 1.0) for (a, b), value in flow.edge_flows.items()}
+    scaled_flow = replace(flow, value=sum(v for (a, _), v in edges.items() if a == COORDINATOR), edge_flows=edges,
+                          node_flow={n: value * factor.get(n, 1.0) for n, value in flow.node_flow.items()})
+    return scaled_flow, {n: value * factor.get(n, 1.0) for n, value in capacity.items()}

@@ -51,7 +51,8 @@ class SimConfig:
     warmup_s: float | None = None   # simulated first, excluded from the metrics; None: automatic
     seed: int = 0
     token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
-    microbatches: int | None = None  # decode micro-batches per path (lanes), filled evenly; None: one per stage
+    microbatches: int | None = None  # decode micro-batches per path (lanes), filled evenly; None: the layout's
+    #                                   `lanes`, or one per stage where it has none
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -88,6 +89,7 @@ def _check(layout: Layout, config: SimConfig) -> None:
 class Simulation:
     def __init__(self, layout: Layout, config: SimConfig) -> None:
         self.layout, self.config = layout, config
+        self.lanes = config.microbatches or layout.lanes   # None: one per stage of each path
         cluster = layout.cluster
         problem = PlacementProblem(cluster)
         units = layout.placement.units()
@@ -212,7 +214,7 @@ class Simulation:
             pid = self.paths[names] = len(self.path_stages)
             stages = tuple(self.stages[n] for n in names)
             self.path_stages.append(stages)
-            lanes = self.config.microbatches or len(stages)   # vLLM's virtual engines: one per stage
+            lanes = self.lanes or len(stages)   # by default one per stage, as vLLM's virtual engines
             self.lane_sizes.append([0] * lanes)
             for i, stage in enumerate(stages):
                 stage.add_path(pid, stages[i + 1] if i + 1 < len(stages) else None, lanes)
@@ -432,7 +434,7 @@ class Simulation:
                     "workload": config.workload.label, "in_flight": self.in_flight or None,
                     "lengths": config.lengths, "prompt_tokens_mean": self.lengths.prompt_mean,
                     "output_tokens_mean": self.lengths.output_mean, "scheduler": config.scheduler,
-                    "seed": config.seed, "token_budget": config.token_budget,
+                    "seed": config.seed, "token_budget": config.token_budget, "lanes": self.lanes,
                     "warmup_s": self.warmup_s, "warmup_auto": self.auto_warmup,
                     "duration_s": config.duration_s}
         bins = int(math.ceil(self.end_s / rec.bin_s))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from planner.cluster import load_cluster
-from planner.layout import Layout, read_layout
+from planner.layout import Layout, predicted as layout_estimate, read_layout
 from planner.plan import solve
 from planner.problem import Placement, PlacementProblem
 from planner.report import plan_layout
@@ -22,7 +22,7 @@ TOLERANCE = 0.15
 
 
 def _agreement(layout) -> tuple[float, float]:
-    predicted = estimate(PlacementProblem(layout.cluster), layout.placement)
+    predicted = layout_estimate(layout)
     simulated = simulate(layout, OFFLINE)
     return (simulated.decode_throughput / predicted.throughput, simulated.tpot["mean"] / predicted.tpot_s)
 
@@ -50,7 +50,7 @@ def test_slow_link_layout_tpot_agrees():
 
 def test_slow_link_layout_tpot_agrees_with_varied_lengths():
     layout = read_layout(LAYOUTS / "l20x4.ini")
-    predicted = estimate(PlacementProblem(layout.cluster), layout.placement)
+    predicted = layout_estimate(layout)
     simulated = simulate(layout, replace(OFFLINE, lengths="lognormal"))
     assert abs(simulated.tpot["mean"] / predicted.tpot_s - 1) <= TOLERANCE
 
@@ -89,7 +89,7 @@ def test_deep_chain_agrees_within_15_percent(tmp_path):
             start += per
     placement = Placement(ranges)
     predicted = estimate(PlacementProblem(cluster), placement)
-    layout = Layout(cluster, "chain", placement, predicted.flow.edge_flows, {})
+    layout = Layout(cluster, "chain", placement, predicted.flow.edge_flows, {}, predicted.lanes)
     simulated = simulate(layout, replace(OFFLINE, duration_s=1200))
     assert len(predicted.paths) == 1 and len(predicted.paths[0].nodes) == 24
     assert abs(simulated.decode_throughput / predicted.throughput - 1) <= TOLERANCE

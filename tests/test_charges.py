@@ -14,21 +14,13 @@ from planner.catalog import GpuSpec, LatencyTable, load_gpu_catalog, load_model_
 from planner.cluster import load_cluster
 from planner.costmodel import GpuCost, LOGIT_BYTES
 from planner.engines import overheads
-from planner.problem import Placement, PlacementProblem
-from planner.layout import Layout
-from planner.serving import estimate
-from simulator import SimConfig, simulate
-from simulator.workload import Offline
 from planner.errors import InputError
-from planner.layout import Layout
+from planner.layout import Layout, predicted as layout_estimate
 from planner.problem import Placement, PlacementProblem
-from planner.layout import Layout
 from planner.serving import estimate
 from simulator import SimConfig, simulate
 from simulator.workload import Offline
-from simulator import SimConfig, simulate
 from simulator.stage import Cohort, Stage
-from simulator.workload import Offline
 
 QWEN8 = load_model_catalog()["qwen3-8b"]
 TABLE = LatencyTable(((1, 1.0e-3), (64, 2.0e-3)))
@@ -227,7 +219,7 @@ def test_each_hop_adds_hop_ms_to_tpot_in_the_simulator(tmp_path, stages, hops):
 def test_each_hop_adds_hop_ms_to_the_serving_estimate(tmp_path, stages, hops):
     def tpot(keys):
         layout = _layout(tmp_path, keys, "m * 2", stages)
-        return estimate(PlacementProblem(layout.cluster), layout.placement).paths[0].tpot_s
+        return layout_estimate(layout).paths[0].tpot_s
 
     assert tpot("hop_ms = 2.5") - tpot("hop_ms = 0") == pytest.approx(hops * 2.5e-3, rel=1e-3)
 

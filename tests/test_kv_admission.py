@@ -9,7 +9,6 @@ import textwrap
 import pytest
 
 from planner.cluster import load_cluster
-from planner.flow import max_flow
 from planner.layout import Layout
 from planner.plan import solve
 from planner.problem import Placement, PlacementProblem
@@ -95,7 +94,7 @@ def cluster(tmp_path, text: str, name: str, **values):
 
 
 def simulated(c, placement: Placement, served, lengths: str = "fixed"):
-    layout = Layout(c, "test", placement, served.flow.edge_flows, {})
+    layout = Layout(c, "test", placement, served.flow.edge_flows, {}, served.lanes)
     return simulate(layout, SimConfig(workload=Offline(), lengths=lengths, duration_s=300, warmup_s=60))
 
 

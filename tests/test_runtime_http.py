@@ -460,7 +460,6 @@ def test_killing_a_middle_worker_during_32_streams_loses_nothing(checkpoint, for
 
 def test_planner_host_command_serves_the_openai_client(checkpoint, forkserver, tmp_path):
     """`planner host` as a user starts it (workers from the fork server, as launch scripts would start them)."""
-    import os
     import re
     import shutil
     import signal

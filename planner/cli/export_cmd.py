@@ -40,11 +40,11 @@ from runtime.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, MAX_KV_SLOTS, Limits
               show_default=True, help="Share of each GPU's memory a worker may take (weights, KV and CUDA graphs).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="Replay decode steps as CUDA graphs (off: eager, for debugging).")
-@click.option("--lanes", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--lanes", type=click.IntRange(min=0), default=None, show_default="the layout's lanes, else 0",
               help="Decode micro-batches per path (0: one per stage of the path; the simulator's --microbatches).")
 def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | None, device: str, port: int,
                http_port: int, routing: str, max_seq_len: int, max_num_seqs: int | None, kv_slots: int | None,
-               kv_tokens: int | None, gpu_memory_utilization: float, cuda_graphs: bool, lanes: int) -> None:
+               kv_tokens: int | None, gpu_memory_utilization: float, cuda_graphs: bool, lanes: int | None) -> None:
     """Write the files that run a layout: the bundled runtime (runtime.json and a launch script per host),
     vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
     docs/exports.md walks through each."""
@@ -52,7 +52,8 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
                                limits=Limits(max_seq_len=max_seq_len, gpu_memory_utilization=gpu_memory_utilization,
-                                             cuda_graphs=cuda_graphs, lanes=lanes),
+                                             cuda_graphs=cuda_graphs,
+                                             lanes=(layout.lanes or 0) if lanes is None else lanes),
                                kv_slots=kv_slots, kv_tokens=kv_tokens,
                                max_model_len=max_seq_len, max_num_seqs=max_num_seqs)
     console = make_console()

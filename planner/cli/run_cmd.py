@@ -51,13 +51,13 @@ def _ids(text: str) -> list[int]:
               help="On GPUs, replay decode steps as CUDA graphs (off: eager, for debugging).")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
               show_default=True, help="Share of each GPU's memory a worker may take (weights, KV, graphs).")
-@click.option("--lanes", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--lanes", type=click.IntRange(min=0), default=None, show_default="the layout's lanes, else 0",
               help="Decode micro-batches per path (0: one per stage of the path; the simulator's --microbatches).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device: str, prompt_ids: str,
             max_new_tokens: int, requests: int, concurrency: int | None, temperature: float, top_p: float,
             seed: int, routing: str, threads: int | None, warmup: bool, cuda_graphs: bool,
-            gpu_memory_utilization: float, lanes: int, as_json: bool) -> None:
+            gpu_memory_utilization: float, lanes: int | None, as_json: bool) -> None:
     """Serve a layout on this machine and generate: prints the ids, output tokens/s and time to first token.
     With no LAYOUT, a built-in demo: a random 6-layer Qwen3 on 3 CPU workers holding 1, 3 and 2 layers."""
     if (layout_file is None) != (checkpoint is None):
@@ -83,7 +83,8 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
         # requests as long as this run's (on a CPU the pool holds every request at once at that length; a GPU
         # sizes its pool from its memory)
         limits = Limits(max_seq_len=len(prompt) + max_new_tokens, cuda_graphs=cuda_graphs,
-                        gpu_memory_utilization=gpu_memory_utilization, lanes=lanes)
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        lanes=(layout.lanes or 0) if lanes is None else lanes)
         config = runtime_config(layout, layout_path=str(layout_file), checkpoint=checkpoint, device=device,
                                 local=True, routing=routing, seed=seed, limits=limits, threads=threads,
                                 kv_slots=min(concurrency or requests, MAX_KV_SLOTS))

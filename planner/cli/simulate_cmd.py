@@ -33,7 +33,8 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
 @click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=SimConfig.scheduler, show_default=True,
               help="Routing policy: the path each request takes.")
 @click.option("--microbatches", type=click.IntRange(min=1), default=SimConfig.microbatches,
-              help="Decode micro-batches (lanes) kept apart on each path. Default: one per stage of the path.")
+              help="Decode micro-batches (lanes) kept apart on each path. Default: the layout's `lanes`, else one "
+                   "per stage of the path.")
 @click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget, show_default=True,
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
 @click.option("--seed", type=int, default=SimConfig.seed, show_default=True,
