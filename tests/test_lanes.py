@@ -114,3 +114,15 @@ def test_a_bad_lane_count_in_a_layout_is_a_one_line_error(tmp_path, value):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "lanes" in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_vllm_export_says_the_lanes_do_not_apply(tmp_path, run_cli):
+    """vLLM has no lane setting: exporting a layout planned with lanes warns in one line and still writes."""
+    layout = dataclasses.replace(read_layout(LAYOUTS / "l20x4.ini"), lanes=2)
+    path = tmp_path / "layout.ini"
+    write_layout(path, layout)
+    code, _, err = run_cli("export", path, "--to", "vllm", tmp_path / "out")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "lanes = 2" in warned[0] and "one micro-batch per pipeline stage" in warned[0]
+    assert (tmp_path / "out" / "router.json").exists()
