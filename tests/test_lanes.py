@@ -124,5 +124,5 @@ def test_a_vllm_export_says_the_lanes_do_not_apply(tmp_path, run_cli):
     code, _, err = run_cli("export", path, "--to", "vllm", tmp_path / "out")
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warned) == 1 and "lanes = 2" in warned[0] and "one micro-batch per pipeline stage" in warned[0]
+    assert len(warned) == 1 and "lanes = 2" in warned[0] and "--to vllm" in warned[0]
     assert (tmp_path / "out" / "router.json").exists()

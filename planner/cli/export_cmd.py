@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from planner.cli.console import make_console
+from planner.errors import InputWarning
 from planner.export import EXPORTERS
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
@@ -49,6 +52,10 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
     vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
     docs/exports.md walks through each."""
     layout = read_layout(layout_file)
+    if layout.lanes is not None and target != "runtime":   # the lane count is the bundled runtime's setting
+        warnings.warn(InputWarning(f"{layout_file}: [layout] lanes = {layout.lanes} does not apply to --to {target}: "
+                                   "it has no lane setting, so the layout's predicted figures are not what it "
+                                   "serves (for vLLM, re-plan with --engine vllm)"))
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
                                limits=Limits(max_seq_len=max_seq_len, gpu_memory_utilization=gpu_memory_utilization,

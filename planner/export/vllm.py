@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import warnings
 from pathlib import Path
 
-from planner.errors import InputError, InputWarning
+from planner.errors import InputError
 from planner.layout import Layout
 from planner.problem import PlacementProblem
 from planner.routing import COORDINATOR
@@ -162,10 +161,6 @@ def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", c
     OUT/router.json: deployment endpoint -> share of the plan's flow."""
     out_dir = Path(out_dir)
     chains = vllm_chains(layout, layout_path)  # a multi-host chain's hosts have addresses (checked there)
-    if layout.lanes is not None:   # planned for the runtime's lane count, which vLLM has no setting for
-        warnings.warn(InputWarning(f"{layout_path or 'the layout'}: [layout] lanes = {layout.lanes} does not apply: "
-                                   "vLLM runs one micro-batch per pipeline stage (re-plan with --engine vllm for "
-                                   "its figures)"))
     max_model_len = max_model_len or DEFAULT_MAX_MODEL_LEN
     model, served = _model_arg(layout, checkpoint), layout.cluster.model.id
     written, flows = [], {}
