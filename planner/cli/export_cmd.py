@@ -52,10 +52,6 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
     vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
     docs/exports.md walks through each."""
     layout = read_layout(layout_file)
-    if layout.lanes is not None and target != "runtime":   # the lane count is the bundled runtime's setting
-        warnings.warn(InputWarning(f"{layout_file}: [layout] lanes = {layout.lanes} does not apply to --to {target}: "
-                                   "it has no lane setting, so the layout's predicted figures are not what it "
-                                   "serves (for vLLM, re-plan with --engine vllm)"))
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
                                limits=Limits(max_seq_len=max_seq_len, gpu_memory_utilization=gpu_memory_utilization,
@@ -63,6 +59,11 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
                                              lanes=(layout.lanes or 0) if lanes is None else lanes),
                                kv_slots=kv_slots, kv_tokens=kv_tokens,
                                max_model_len=max_seq_len, max_num_seqs=max_num_seqs)
+    # after the export: a refused one says only why (one line)
+    if layout.lanes is not None and target != "runtime":   # the lane count is the bundled runtime's setting
+        warnings.warn(InputWarning(f"{layout_file}: [layout] lanes = {layout.lanes} does not apply to --to {target}: "
+                                   "it has no lane setting, so the layout's predicted figures are not what it "
+                                   "serves (for vLLM, re-plan with --engine vllm)"))
     console = make_console()
     for path in written:
         console.print(f"wrote {path}")
