@@ -97,7 +97,7 @@ def print_plan(console: Console, plan: Plan) -> None:
 
 
 def chain_text(plan: Plan) -> str:
-    """Request routes as text: coordinator -> node -> ... with their share of the flow."""
+    """Request routes as text: coordinator -> node -> ... with their share of the tokens served."""
     total = sum(path.tokens_per_s for path in plan.serving.paths)
     lines = []
     for path in plan.serving.paths:
