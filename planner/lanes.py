@@ -73,6 +73,8 @@ def round_trips(units: _Units, paths: list[tuple[tuple[str, ...], float, float]]
     stages = {n: _Stage(units, n) for nodes, _, _ in paths for n in nodes}
     batch = {nodes: max(held / (lanes or len(nodes)), 1e-9) for nodes, held, _ in paths}
     step = {(nodes, n): stages[n].step_s(batch[nodes]) for nodes, _, _ in paths for n in nodes}
+    # what a lane meets at a stage in a prompt pass: half the pass, and a chunk riding in its own step
+    met = {(nodes, n): stages[n].pass_s / 2 + stages[n].riding_s(batch[nodes]) for nodes, _, _ in paths for n in nodes}
     hops = {nodes: sum(units.hop_s(a, b, batch[nodes]) for a, b in zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
             for nodes, _, _ in paths}
     trip = {nodes: start for nodes, _, start in paths}
@@ -89,7 +91,7 @@ def round_trips(units: _Units, paths: list[tuple[tuple[str, ...], float, float]]
             latency = hops[nodes]
             for n in nodes:
                 share = min(prompts[n], MAX_PROMPT_SHARE)
-                latency += step[(nodes, n)] + share * (stages[n].pass_s / 2 + stages[n].riding_s(batch[nodes]))
+                latency += step[(nodes, n)] + share * met[(nodes, n)]
             busy = trip[nodes] * max(work[n] for n in nodes)   # > trip: a stage cannot keep up at this trip
             updated = 0.5 * trip[nodes] + 0.5 * max(latency, busy)
             moved = max(moved, abs(updated - trip[nodes]) / trip[nodes])
