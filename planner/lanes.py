@@ -108,11 +108,12 @@ def choose(units: _Units, served: list[PathEstimate]) -> LaneChoice:
     sequences in flight, so the count that serves most also has the shortest round trips: latency limits
     need no count of their own (the estimate cuts the load after this)."""
     best = LaneChoice(None, 1.0, {})
-    top = max((len(p.nodes) for p in served if p.tokens_per_s > 0), default=0)
-    for lanes in range(1, top + 1):
-        rated = rate(units, served, lanes)
-        if rated is None:
-            break
+    paths = _modelled(served)
+    if paths is None:
+        return best
+    default = round_trips(units, paths, None)
+    for lanes in range(1, max(len(nodes) for nodes, _, _ in paths) + 1):
+        rated = _rated(units, served, paths, default, lanes)
         if rated.gain >= MIN_GAIN and rated.gain > best.gain:
             best = rated
     return best
@@ -120,17 +121,26 @@ def choose(units: _Units, served: list[PathEstimate]) -> LaneChoice:
 
 def rate(units: _Units, served: list[PathEstimate], lanes: int) -> LaneChoice | None:
     """The model's figures for `lanes` lanes on every path against one per stage, at the sequences in flight
-    of `served` (one lane per stage); None where paths share a stage: there lanes of several paths merge
-    into one step, which the model does not describe."""
+    of `served` (one lane per stage); None where the model does not hold (below)."""
+    paths = _modelled(served)
+    return None if paths is None else _rated(units, served, paths, round_trips(units, paths, None), lanes)
+
+
+def _modelled(served: list[PathEstimate]) -> list[tuple[tuple[str, ...], float, float]] | None:
+    """(nodes, sequences in flight, round trip) of the paths that carry tokens; None if none do, or where
+    paths share a stage: there lanes of several paths merge into one step, which the model does not describe."""
     paths = [(p.nodes, p.tokens_per_s * p.tpot_s, p.tpot_s) for p in served if p.tokens_per_s > 0]
     seen: set[str] = set()
     for nodes, _, _ in paths:
         if seen & set(nodes):
             return None
         seen |= set(nodes)
-    if not paths:
-        return None
-    default, trips = round_trips(units, paths, None), round_trips(units, paths, lanes)
+    return paths or None
+
+
+def _rated(units: _Units, served: list[PathEstimate], paths, default: dict[tuple[str, ...], float],
+           lanes: int) -> LaneChoice:
+    trips = round_trips(units, paths, lanes)
     ratio = {nodes: trips[nodes] / default[nodes] for nodes in trips}
     rates = {p.nodes: p.tokens_per_s for p in served}
     # each path keeps its sequences in flight: its tokens/s scale inversely with its round trip
