@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 ENGINES = ("runtime", "vllm")
 DEFAULT_ENGINE = "runtime"  # the constants the cost model has always had describe the runtime
+LANE_ENGINES = ("runtime",)  # engines a plan can tell how many lanes a path runs (vLLM: one per pipeline stage)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from scipy.optimize import brentq, linprog
 
 from planner import lanes as lane_model
 from planner.cluster import Link
+from planner.engines import LANE_ENGINES
 from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
@@ -26,7 +27,6 @@ LOAD_STEPS = 40  # bisection steps for the load that meets the latency limits
 BATCH_FLOOR = 1e-6  # smallest operating batch considered (sequences)
 BATCH_XTOL = 1e-12  # operating batches are solved to within this many sequences
 TOLERANCE = 1e-3
-LANE_ENGINES = ("runtime",)   # engines a plan can tell how many lanes to run (vLLM: one per pipeline stage, always)
 SETTLED = 1e-2  # capacities moving less than this may stop once the flow's value holds still
 
 
