@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime.config import RuntimeConfig
 from runtime.chat import ChatTemplate, load_chat_template
@@ -89,6 +90,29 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     param = str(first["loc"][0]) if first["loc"] else None
     more = f" (and {len(errors) - 1} more: the field takes several forms)" if len(errors) > 1 else ""
     return f"{where}: {first['msg']}{more}", param
+
+
+async def drain_body(raw: HttpRequest) -> bool:
+    """Reads and drops a request's body (up to DRAIN_BYTES, within BODY_TIMEOUT_S); whether it all came.
+    Closing a connection with body bytes unread, or still arriving, resets it and can erase the answer
+    before the client reads it (RFC 9112, section 9.6)."""
+    length = raw.headers.get("content-length")
+    if length is not None and int(length) > DRAIN_BYTES:
+        return False
+    received = 0
+
+    async def consume() -> bool:
+        nonlocal received
+        async for chunk in raw.stream():
+            received += len(chunk)
+            if received > DRAIN_BYTES:
+                return False
+        return True
+
+    try:
+        return await asyncio.wait_for(consume(), BODY_TIMEOUT_S)
+    except (asyncio.TimeoutError, ClientDisconnect, RuntimeError):  # RuntimeError: the body was already read
+        return False
 
 
 async def read_body(raw: HttpRequest, model: type):
@@ -455,9 +479,10 @@ def make_app(host: Host, model_name: str, tokenizer=None, chat_template: ChatTem
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(raw: HttpRequest, exc: StarletteHTTPException):
+        # routing refuses a request on its headers alone: its body is read and dropped before the answer,
+        # so the connection stays usable and no unread byte makes the kernel reset it under the answer
         message = f"no route {raw.method} {raw.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        # the body of a refused request is never read: close rather than misread it as the next request
-        return _error_response(exc.status_code, message, close=raw.method not in ("GET", "HEAD"))
+        return _error_response(exc.status_code, message, close=not await drain_body(raw))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_, exc: RequestValidationError):
