@@ -9,6 +9,10 @@ per layer, the unit of decode_ms / prefill_ms in cluster files (docs/formats.md)
 The host's part of a step (laying out the batch's positions and page tables, copying them to the device)
 is paid once per step whatever the stage holds, so it is timed apart and written as `step_overhead_ms`,
 not spread over the timed layers: a worker holding all 36 layers of a model pays it once, not 36 times.
+
+On a CPU each timed run of the layers or the head follows a read of as many bytes as the rest of the
+model holds (RestOfModel), as it follows the rest of the pipeline there. A GPU's L2 (50 MB on an H100)
+holds no layer of the models planned for, so GPU runs are timed back to back.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +89,47 @@ def checkpoint_stage(checkpoint: str, model: ModelSpec, layers: int, *, dtype: s
                                                                  device=device))
 
 
-def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2) -> float:
-    """Median seconds of fn() after two warm-up calls."""
+def last_level_cache_bytes() -> int | None:
+    """The size of this CPU's largest cache (Linux sysfs), or None where it does not say."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        if text.rstrip("KMG").isdigit():
+            sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=None)
+
+
+class RestOfModel:
+    """Reads as many bytes as the rest of the model's weights hold. Between two steps of a stage on a CPU
+    the other stages, the head and the host run on the same machine, and what they read evicts the
+    stage's weights from the caches they share; timed back to back instead, a 2-layer stage of a small
+    model stays in the last-level cache and runs 20-25% faster than it does in the pipeline
+    (docs/runtime.md). Capped at twice the last-level cache: past that the caches are cold whatever is read."""
+
+    def __init__(self, model: ModelSpec, dtype: str) -> None:
+        self.width = torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size()
+        self.model_bytes = (model.layers * model.layer_params() + model.head_params()) * self.width
+        cache = last_level_cache_bytes()
+        self.cap = 2 * cache if cache else 2 * 2**30
+        self.buffer = torch.ones(min(self.model_bytes, self.cap) // 4, dtype=torch.float32)  # real pages
+
+    def rest_bytes(self, timed_params: int) -> int:
+        """Bytes read between two timed runs of a part holding `timed_params` weights."""
+        return max(0, min(self.model_bytes - timed_params * self.width, self.cap))
+
+    def reader(self, timed_params: int):
+        """What runs between two timed runs of that part: a read of the rest (a read, not a write: the
+        lines it leaves are clean, as other stages' weights are); None where nothing else runs."""
+        view = self.buffer[:self.rest_bytes(timed_params) // 4]
+        return (lambda: view.sum()) if view.numel() else None
+
+
+def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2, before=None) -> float:
+    """Median seconds of fn() after two warm-up calls; `before()` runs untimed ahead of every timed call."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(2):
         fn()
@@ -93,6 +137,8 @@ def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2) -> float
     runs: list[float] = []
     started = time.perf_counter()
     while len(runs) < min_runs or (time.perf_counter() - started < min_seconds and len(runs) < 200):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         sync()
@@ -116,10 +162,11 @@ def _accelerated(stage: Stage, device: str) -> bool:
     return device.startswith("cuda") and stage.layers[0].self_attn.kernels is not None
 
 
-def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True) -> tuple[float, float]:
+def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True,
+                between=None) -> tuple[float, float]:
     """One decode step of `batch` sequences at `context` cached tokens, as the worker runs it (replayed as
-    a CUDA graph where the stage is accelerated, a GPU; else eagerly): (seconds per layer of the layers'
-    work, seconds of the host's layout of the step)."""
+    a CUDA graph where the stage is accelerated, a GPU; else eagerly, `between()` untimed ahead of each
+    run): (seconds per layer of the layers' work, seconds of the host's layout of the step)."""
     kv, requests = filled_pool(stage, [context + 1] * batch)
     hidden = torch.randn(batch, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
     if graphs and _accelerated(stage, device):
@@ -132,7 +179,7 @@ def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: boo
     host = _time(lambda: BatchPlan.build(items, kv.page_tokens, device), device) \
         + time_bookkeeping(kv, requests, [context] * batch, hidden, layout=False)
     plan = BatchPlan.build(items, kv.page_tokens, device)
-    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers), host
+    return _time(lambda: stage(hidden, plan, kv), device, before=between) / len(stage.layers), host
 
 
 def time_bookkeeping(kv: KVPool, requests: list[str], positions: list[int], hidden: torch.Tensor,
@@ -203,7 +250,7 @@ def time_host_round(model: ModelSpec, batch: int) -> float:
         os.close(host.wake_w)
 
 
-def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> float:
+def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str, between=None) -> float:
     """Seconds per layer of prefilling `tokens` tokens in prompts of at most `prompt_tokens`, as the worker
     runs it: one mixed-step CUDA graph where the stage is accelerated and the step fits one (the graph's
     replay alone: its host layout is the step's, charged as `step_overhead_ms`), else eagerly."""
@@ -218,7 +265,7 @@ def time_prefill(stage: Stage, tokens: int, prompt_tokens: int, device: str) -> 
             captured.run(items, hidden, size)   # stages the inputs the replays read
             return _time(captured.graphs[size][0].replay, device) / len(stage.layers)
     plan = BatchPlan.build([(kv.pages_of[r], 0, n) for r, n in zip(requests, sizes)], kv.page_tokens, device)
-    return _time(lambda: stage(hidden, plan, kv), device) / len(stage.layers)
+    return _time(lambda: stage(hidden, plan, kv), device, before=between) / len(stage.layers)
 
 
 def device_memory(device: str) -> tuple[str, int]:
@@ -240,7 +287,7 @@ def runs_bf16(device: str) -> bool:
         return False
 
 
-def time_head(model: ModelSpec, batch: int, *, dtype: str, device: str) -> float:
+def time_head(model: ModelSpec, batch: int, *, dtype: str, device: str, between=None) -> float:
     """Seconds of the last stage's work after its layers for one decode step of `batch` sequences: the
     final norm, the LM head (vocab x hidden, the largest matrix of a small model) and greedy sampling,
     ending when the ids are on the host (as the worker's sample_batch ends)."""
@@ -255,7 +302,7 @@ def time_head(model: ModelSpec, batch: int, *, dtype: str, device: str) -> float
         x = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + model.rms_norm_eps)).to(head.dtype) * norm
         return torch.argmax(F.linear(x, head).float(), dim=-1).tolist()
 
-    return _time(step, device)
+    return _time(step, device, before=between)
 
 
 def time_embed(model: ModelSpec, tokens: int, *, dtype: str, device: str) -> float:
@@ -333,12 +380,16 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
             decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS) -> Profile:
     name, memory = device_memory(device)
     stage.accelerate()   # time what the worker runs
-    timed = {b: time_decode(stage, b, context, device) for b in decode_batches}
+    model = stage.model
+    rest = None if device.startswith("cuda") else RestOfModel(model, dtype)   # a CPU's caches, shared
+    layers = rest and rest.reader(len(stage.layers) * model.layer_params())
+    timed = {b: time_decode(stage, b, context, device, between=layers) for b in decode_batches}
     decode = tuple((b, 1e3 * layer_s) for b, (layer_s, _) in timed.items())
     host = tuple((b, 1e3 * host_s) for b, (_, host_s) in timed.items())
-    prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device)) for n in prefill_tokens)
-    model = stage.model
-    head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device)) for b in decode_batches)
+    prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device, between=layers)) for n in prefill_tokens)
+    head_between = rest and rest.reader(model.head_params())
+    head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device, between=head_between))
+                 for b in decode_batches)
     coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     hop = 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device)

@@ -454,6 +454,25 @@ def test_profile_writes_a_measured_gpu_section(tmp_path, run_cli):
     assert loop and [cost.host_step_s(b) * 1e3 for b in (1, 4)] == pytest.approx(list(map(float, loop.groups())))
 
 
+
+def test_a_cpu_profile_reads_the_rest_of_the_model_between_timed_runs(monkeypatch):
+    # between two steps of a stage on one CPU the rest of the pipeline streams its weights through the
+    # shared caches; the profile reads that many bytes before each timed run (capped at 2x the cache)
+    from runtime import profile as prof
+
+    model = TINY_MODELS["tiny-qwen3"]
+    monkeypatch.setattr(prof, "last_level_cache_bytes", lambda: 1 << 30)
+    rest = prof.RestOfModel(model, "bf16")
+    whole = 2 * (model.layers * model.layer_params() + model.head_params())
+    assert rest.model_bytes == whole and rest.buffer.numel() * 4 >= whole
+    assert rest.rest_bytes(2 * model.layer_params()) == whole - 4 * model.layer_params()
+    assert rest.rest_bytes(model.head_params()) == whole - 2 * model.head_params()
+    rest.reader(model.head_params())()   # it runs
+    assert rest.reader(model.layers * model.layer_params() + model.head_params()) is None   # nothing else runs
+    monkeypatch.setattr(prof, "last_level_cache_bytes", lambda: 1000)
+    small = prof.RestOfModel(model, "fp32")   # past 2x the cache all is cold: no more is read
+    assert small.rest_bytes(model.layer_params()) == 2000 and small.buffer.numel() == 2000 // 4
+
 def test_read_layout_of_demo(tmp_path):
     from runtime.demo import write_demo
 
