@@ -29,7 +29,7 @@ Nothing here imports torch: the exporter writes this format with the planner alo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from planner.catalog import ModelSpec
@@ -253,7 +253,3 @@ def read_runtime_config(path: str | Path) -> RuntimeConfig:
         raise InputError(f"unknown routing policy '{config.routing}'", file=path, field="routing",
                          fix=f"use one of {', '.join(ROUTERS)}")
     return config
-
-
-def with_checkpoint(config: RuntimeConfig, checkpoint: str | None) -> RuntimeConfig:
-    return config if checkpoint is None else replace(config, checkpoint=str(checkpoint))

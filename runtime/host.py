@@ -229,12 +229,6 @@ class Host:
                  timeout: float | None = 60.0, **options) -> list[int]:
         return self.submit(prompt, max_new_tokens, sampling, **options).result(timeout)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until every worker has sent a heartbeat; RuntimeError naming the silent ones."""
-        if not self.ready.wait(timeout):
-            silent = [n for n, s in self.state.items() if s != "alive"]
-            raise RuntimeError(f"workers {', '.join(silent)} did not report within {timeout:g} s")
-
     def health(self) -> dict:
         states = dict(self.state)
         open_path = self._path_exists(lambda u: states.get(u) == "alive")

@@ -92,11 +92,6 @@ class KVPool:
         if pages:
             self.free_pages.extend(reversed(pages))
 
-    def page_table(self, requests: list[str], rows: int | None = None) -> list[list[int]]:
-        """Each request's pages, padded with the scratch page to max_pages (rows: pad with empty rows too)."""
-        table = [self.pages_of[r] + [SCRATCH_PAGE] * (self.max_pages - len(self.pages_of[r])) for r in requests]
-        return table + [[SCRATCH_PAGE] * self.max_pages] * ((rows or len(requests)) - len(requests))
-
 
 def pool_pages(*, device: torch.device, bytes_per_token: int, page_tokens: int, utilization: float,
                reserve_bytes: int, tokens: int | None) -> int:
