@@ -73,6 +73,9 @@ class GpuSpec:
     # the coordinator's loop for one message it sends to a unit of this type: one number, or a table by the
     # sequences in the message (the runtime's host handles each request's token and sends the next step)
     host_step_s: float | LatencyTable | None = None
+    # what a step costs beyond the figures above when the stage waited for it, by how long (both seconds):
+    # the message that wakes a sleeping worker lands later, and its step runs with cold caches
+    wake_s: LatencyTable | None = None
 
     @property
     def is_static(self) -> bool:
@@ -199,7 +202,7 @@ def _table(reader: SectionReader, key: str) -> LatencyTable | None:
 
 
 MEASURED_KEYS = ("decode_ms", "prefill_ms", "kv_tokens", "head_ms", "embed_ms", "hop_ms", "step_overhead_ms",
-                 "host_step_ms")
+                 "host_step_ms", "wake_ms")
 
 
 def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.SectionProxy) -> GpuSpec:
@@ -237,7 +240,9 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         outside = dict(head_ms=_table(r, "head_ms"), embed_ms=_table(r, "embed_ms"),
                        hop_s=_milliseconds(r, "hop_ms") if r.has("hop_ms") else None,
                        step_overhead_s=_number_or_table(r, "step_overhead_ms"),
-                       host_step_s=_number_or_table(r, "host_step_ms"))
+                       host_step_s=_number_or_table(r, "host_step_ms"),
+                       wake_s=LatencyTable(tuple((x / 1e3, y / 1e3) for x, y in _pairs(r, "wake_ms", False)))
+                       if r.has("wake_ms") else None)
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))

@@ -19,6 +19,7 @@ from planner.engines import DEFAULT_ENGINE, Efficiency, Overheads, efficiency as
 
 GIB = 1024.0**3
 LOGIT_BYTES = 4  # logits are float32 for sampling (the runtime and vLLM upcast them)
+WAKE_WAITS_MS = (0.2, 1.0, 5.0, 20.0)  # waits `planner profile` measures wake_ms at (and `show --json` shows)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,19 @@ class GpuCost:
         """Fixed cost of one iteration of `sequences` sequences (decode rows and prompts) at this unit,
         whatever it computes: the host's batch formation and layout."""
         return _by_sequences(self.gpu.step_overhead_s, self.overheads.step_s, sequences)
+
+    def wake_s(self, waited_s: float) -> float:
+        """What a step costs beyond its figures when the unit waited `waited_s` for it (a sleeping worker
+        woken by the message, its caches cold): the GPU section's measured `wake_ms`, else nothing."""
+        table = self.gpu.wake_s
+        if table is None or waited_s <= 0:
+            return 0.0
+        return table.seconds(min(waited_s, table.points[-1][0]))   # flat past the longest wait measured
+
+    @property
+    def wakes(self) -> bool:
+        """Whether waiting costs this unit anything (a measured `wake_ms`)."""
+        return self.gpu.wake_s is not None
 
     def host_step_s(self, sequences: float = 1.0) -> float:
         """The coordinator's loop for one message of `sequences` sequences it sends to this unit."""

@@ -77,6 +77,7 @@ class _Units:
             self.ceiling[n] = ceiling
             self.ceiling_spot[n] = self.cost[n].seconds_per_output_token(layers, ceiling, first, last)
         self._hops: dict[tuple[str, str], tuple[Link, float, float, tuple[str, str]]] = {}
+        self.wakes = any(cost.wakes for cost in self.cost.values())   # a measured wake_ms somewhere
 
     def hop(self, a: str, b: str) -> tuple[Link, float, float, tuple[str, str]]:
         """A hop's link, the bytes one token puts on it, its fixed cost per message and its link key."""
@@ -200,6 +201,10 @@ def _latencies(units: _Units, paths, node_flow: dict[str, float], load: float,
     ranges = units.ranges
     batch = {n: units.operating_batch(n, node_flow.get(n, 0.0) * load) for n in ranges}
     step = {n: units.step_s(n, batch[n]) for n in ranges}
+    # a unit waits between its steps when the flow leaves it idle (below one sequence per step) ...
+    idle = {n: max(batch[n], 1.0) / (node_flow[n] * load) - step[n] if node_flow.get(n, 0.0) * load > 0 else 0.0
+            for n in ranges}
+    lanes_at = {n: sum(len(nodes) for nodes, _ in paths if n in nodes) for n in ranges}
     waits = _link_waits(units, paths, batch, load) if waiting else {}
     prompt = units.problem.cluster.workload.prompt_tokens
     estimates = []
@@ -208,12 +213,19 @@ def _latencies(units: _Units, paths, node_flow: dict[str, float], load: float,
         queued = sum(waits.get(units.hop(a, b)[3], 0.0) for a, b in hops)
         # A path runs one decode micro-batch (lane) per stage, as vLLM's virtual engines and the runtime's
         # host do: lanes pass its slowest stage one at a time, so a lane comes round no sooner than
-        # stages x the slowest step; what that exceeds the steps' sum, a lane waits at stages
-        stage_wait = max(0.0, len(nodes) * max(step[n] for n in nodes) - sum(step[n] for n in nodes)) \
-            if waiting else 0.0
-        tpot = sum(step[n] for n in nodes) + stage_wait + queued \
-            + sum(units.hop_s(a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
-        ttft = sum(units.prefill_stage[n] + step[n] / 2 for n in nodes) \
+        # stages x the slowest step; what that exceeds the steps' sum, a lane waits at stages (a stage
+        # that waits pays for waking in its step, which that slack can absorb)
+        moves = queued + sum(units.hop_s(a, b, batch.get(b, batch.get(a, 1.0))) for a, b in hops)
+        steps = [step[n] for n in nodes]
+        if units.wakes:   # ... or while the lanes through it are at other stages: a round over their number
+            trip = sum(steps) + max(0.0, len(nodes) * max(steps) - sum(steps)) + moves
+            wake = {n: units.cost[n].wake_s(max(idle[n], trip / lanes_at[n] - step[n])) for n in nodes}
+            steps = [step[n] + wake[n] for n in nodes]
+        else:
+            wake = dict.fromkeys(nodes, 0.0)
+        stage_wait = max(0.0, len(nodes) * max(steps) - sum(steps)) if waiting else 0.0
+        tpot = sum(steps) + stage_wait + moves
+        ttft = sum(units.prefill_stage[n] + step[n] / 2 + wake[n] for n in nodes) \
             + queued + sum(units.hop_s(a, b, prompt, sequences=1) for a, b in hops)
         estimates.append(PathEstimate(nodes, rate * load, tpot, ttft))
     return estimates, batch

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.catalog import ModelSpec
+from planner.costmodel import WAKE_WAITS_MS
 from runtime.checkpoint import TORCH_DTYPES, load_stage
 from runtime.graphs import MIXED_TOKENS, DecodeGraphs, MixedGraphs, StepLayout
 from runtime.kvcache import KVPool
@@ -62,6 +63,8 @@ class Profile:
     host_ms: tuple[tuple[int, float], ...] = ()
     # the coordinator's loop for a round of N sequences' tokens (ms): host_step_ms
     coordinator_ms: tuple[tuple[int, float], ...] = ()
+    # what a step costs beyond the back-to-back figures after the stage waited N ms for it: wake_ms
+    wake_ms: tuple[tuple[float, float], ...] = ()
 
 
 def random_stage(model: ModelSpec, layers: int, *, dtype: str, device: str, seed: int = 0) -> Stage:
@@ -165,14 +168,14 @@ def _accelerated(stage: Stage, device: str) -> bool:
 def time_decode(stage: Stage, batch: int, context: int, device: str, graphs: bool = True,
                 between=None) -> tuple[float, float]:
     """One decode step of `batch` sequences at `context` cached tokens, as the worker runs it (replayed as
-    a CUDA graph where the stage is accelerated, a GPU; else eagerly, `between()` untimed ahead of each
-    run): (seconds per layer of the layers' work, seconds of the host's layout of the step)."""
+    a CUDA graph where the stage is accelerated, a GPU; else eagerly; `between()`, if given, untimed ahead
+    of each timed run): (seconds per layer of the layers' work, seconds of the host's layout of the step)."""
     kv, requests = filled_pool(stage, [context + 1] * batch)
     hidden = torch.randn(batch, stage.model.hidden_size, device=device).to(next(stage.parameters()).dtype)
     if graphs and _accelerated(stage, device):
         captured = DecodeGraphs(stage, kv, batch, sizes=(batch,))
         step = _time(lambda: captured.run(requests, [context] * batch, hidden), device)   # layout, copy, replay
-        layers = _time(captured.graphs[batch][0].replay, device)   # on the inputs the last step staged
+        layers = _time(captured.graphs[batch][0].replay, device, before=between)   # on the inputs the last step staged
         host = max(0.0, step - layers) + time_bookkeeping(kv, requests, [context] * batch, hidden, layout=False)
         return layers / len(stage.layers), host
     items = [(kv.pages_of[r], context, 1) for r in requests]
@@ -317,8 +320,9 @@ HOP_ROUNDS = 400
 
 
 def _echo(port: int, back: int, rounds: int) -> None:
-    """The far end of time_hop, in a process of its own: receive each message, decode it, encode it again
-    and send it back, as a worker passes work on."""
+    """The far end of the hop timings, in a process of its own: receive each message, decode it, note when
+    (the machine's monotonic clock, which both ends read), encode it again and send it back, as a worker
+    passes work on."""
     import zmq
 
     from runtime import wire
@@ -330,17 +334,18 @@ def _echo(port: int, back: int, rounds: int) -> None:
     outbox.connect(f"tcp://127.0.0.1:{back}")
     for _ in range(rounds):
         header, tensors = wire.decode(inbox.recv_multipart(copy=False))
+        header["at"] = time.perf_counter()
         outbox.send_multipart(wire.encode(header, tuple(tensors)), copy=False)
     inbox.close()
     outbox.close()
     context.term()
 
 
-def time_hop(hidden_size: int, *, dtype: str, device: str, batch: int = 1, rounds: int = HOP_ROUNDS) -> float:
-    """Seconds of one message between stages beyond its bytes on the link: `batch` decode tokens' hidden
-    states taken off the device, framed (runtime.wire), sent over ZeroMQ on loopback TCP to another process
-    (woken by it, as the next worker is), decoded there; half the median round trip of a ping-pong whose
-    far end sends each message straight back, and this end puts it back on the device."""
+def _ping_pong(hidden_size: int, *, dtype: str, device: str, batch: int, waits_s: tuple[float, ...],
+               rounds: int) -> dict[float, tuple[float, float]]:
+    """Messages of `batch` decode tokens' hidden states to another process and straight back, `rounds` for
+    each wait in `waits_s` (how long the far end has waited for the message): by wait, the median half
+    round trip and the median one-way time (sent here to decoded there)."""
     import multiprocessing
 
     import zmq
@@ -353,19 +358,26 @@ def time_hop(hidden_size: int, *, dtype: str, device: str, batch: int = 1, round
     probe = context.socket(zmq.PULL)   # a free port for the far end's inbox
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(linger=0)
-    far = multiprocessing.get_context("spawn").Process(target=_echo, args=(port, back, rounds), daemon=True)
+    far = multiprocessing.get_context("spawn").Process(target=_echo, args=(port, back, rounds * len(waits_s)),
+                                                       daemon=True)
     far.start()
     outbox.connect(f"tcp://127.0.0.1:{port}")
     hidden = torch.randn(batch, hidden_size, device=device).to(TORCH_DTYPES[dtype])
-    header = {"kind": "work", "items": [{"rid": f"r{i}", "pos": 100 + i, "n": 1, "path": ["a", "b", "c"], "hop": 1,
-                                         "lane": 0} for i in range(batch)]}
-    trips = []
+    items = [{"rid": f"r{i}", "pos": 100 + i, "n": 1, "path": ["a", "b", "c"], "hop": 1, "lane": 0} for i in range(batch)]
+    times = {}
     try:
-        for _ in range(rounds):
-            started = time.perf_counter()
-            outbox.send_multipart(wire.encode(header, (hidden,)), copy=False)
-            wire.decode(inbox.recv_multipart(copy=False), device)
-            trips.append(time.perf_counter() - started)
+        for wait in waits_s:
+            trips, one_way = [], []
+            for _ in range(rounds):
+                if wait:
+                    time.sleep(wait)   # the far end waits as long for this message
+                started = time.perf_counter()
+                outbox.send_multipart(wire.encode({"kind": "work", "items": items}, (hidden,)), copy=False)
+                header, _ = wire.decode(inbox.recv_multipart(copy=False), device)
+                trips.append(time.perf_counter() - started)
+                one_way.append(header["at"] - started)
+            skip = rounds // 10   # the first rounds include starting and connecting
+            times[wait] = (statistics.median(trips[skip:]) / 2, statistics.median(one_way[skip:]))
         far.join(timeout=10)
     finally:
         if far.is_alive():
@@ -373,7 +385,43 @@ def time_hop(hidden_size: int, *, dtype: str, device: str, batch: int = 1, round
         inbox.close(linger=0)
         outbox.close(linger=0)
         context.term()
-    return statistics.median(trips[rounds // 10:]) / 2   # the first rounds include starting and connecting
+    return times
+
+
+def time_hop(hidden_size: int, *, dtype: str, device: str, batch: int = 1, rounds: int = HOP_ROUNDS) -> float:
+    """Seconds of one message between stages beyond its bytes on the link: `batch` decode tokens' hidden
+    states taken off the device, framed (runtime.wire), sent over ZeroMQ on loopback TCP to another process
+    (woken by it, as the next worker is), decoded there; half the median round trip of a ping-pong whose
+    far end sends each message straight back, and this end puts it back on the device."""
+    return _ping_pong(hidden_size, dtype=dtype, device=device, batch=batch, waits_s=(0.0,), rounds=rounds)[0.0][0]
+
+
+WAKE_ROUNDS = 40
+
+
+def time_wake(stage: Stage, *, context: int, device: str, dtype: str, between=None,
+              waits_ms: tuple[float, ...] = WAKE_WAITS_MS, rounds: int = WAKE_ROUNDS) -> tuple[tuple[float, float], ...]:
+    """What a step costs a stage that has waited for it, beyond the back-to-back figures (ms, by the wait
+    in ms): the message that wakes it arrives later (one-way time to a process that waited, less one to
+    a process that did not) and the step runs slower (a decode step of one sequence after `between()` and
+    the wait, less one after `between()` alone). A worker waits between its steps whenever the pipeline
+    has fewer lanes in flight than stages: at one request in flight, most of every token."""
+    waits = tuple(ms / 1e3 for ms in waits_ms)
+    hops = _ping_pong(stage.model.hidden_size, dtype=dtype, device=device, batch=1, waits_s=(0.0, *waits),
+                      rounds=rounds)
+    layers = len(stage.layers)
+    plain = time_decode(stage, 1, context, device, between=between)[0] * layers
+    points = []
+    for ms, wait in zip(waits_ms, waits):
+        def waited(wait: float = wait) -> None:
+            if between is not None:
+                between()
+            time.sleep(wait)
+
+        step = time_decode(stage, 1, context, device, between=waited)[0] * layers - plain
+        hop = hops[wait][1] - hops[0.0][1]
+        points.append((ms, 1e3 * max(0.0, step + hop)))
+    return tuple(points)
 
 
 def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt_tokens: int = 512,
@@ -393,14 +441,15 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
     coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     hop = 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device)
+    wake = time_wake(stage, context=context, device=device, dtype=dtype, between=layers)
     return Profile(device, name, dtype, model.id, len(stage.layers), context, prompt_tokens, decode, prefill,
-                   memory, runs_bf16(device), head, embed, hop, host, coordinator)
+                   memory, runs_bf16(device), head, embed, hop, host, coordinator, wake)
 
 
 def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
     """A measured [gpu NAME] section for a cluster file (docs/formats.md)."""
     def table(points):
-        return ", ".join(f"{x}: {ms:.4g}" for x, ms in points)
+        return ", ".join(f"{x:g}: {ms:.4g}" for x, ms in points)
 
     return "\n".join([
         f"[gpu {name}]",
@@ -417,4 +466,7 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
         *([f"# the host's part of a step (batch formation, layout, copy to the device) by sequences in it",
            f"step_overhead_ms = {table(result.host_ms)}"] if result.host_ms else []),
         *([f"# the coordinator's loop (the runtime's host, on this machine) for a round of N sequences' tokens",
-           f"host_step_ms = {table(result.coordinator_ms)}"] if result.coordinator_ms else []), ""])
+           f"host_step_ms = {table(result.coordinator_ms)}"] if result.coordinator_ms else []),
+        *([f"# a step of a stage that waited N ms for it, beyond the figures above: its message wakes a",
+           f"# sleeping worker, its step runs cold",
+           f"wake_ms = {table(result.wake_ms)}"] if result.wake_ms else []), ""])

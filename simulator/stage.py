@@ -12,7 +12,9 @@ Iteration policy (vLLM's chunked-prefill scheduler, decode first):
      charged as a decode step plus a prefill pass, as the planner charges it; plus the work outside
      the layers: the step overhead (by the iteration's sequences), the embedding of both passes'
      tokens on the first stage, and on the last the head for the decode batch and, as a pass of its
-     own, for the prompts this pass finished;
+     own, for the prompts this pass finished; and, for an iteration that starts an idle stage, what
+     waking costs after that wait (a measured `wake_ms`: the message lands on a sleeping worker, the
+     step runs with cold caches);
   4. when it ends, outputs leave as one transfer per next hop, each message landing its fixed cost
      (hop_s) after its bytes, and the next iteration starts at once with whatever has arrived
      meanwhile; with nothing waiting the stage idles until the next arrival.
@@ -118,6 +120,9 @@ class Stage:
         self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
         self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
         self.wake_at = INF   # when the idle stage wakes for an arrival (INF: none on its way); BUSY: iterating
+        self.idle_since = 0.0   # when it last went idle
+        self.wakes = cost.wakes   # a step after a wait costs more (a measured wake_ms): wake_time(waited)
+        self.wake_time = cost.wake_s
         self._batch: list[Cohort] = []            # the running iteration's decode cohorts,
         self._chunks: list[list] = []             # its prompt chunks,
         self._sequences = self._tokens = 0        # and their sizes
@@ -208,10 +213,11 @@ class Stage:
     def wake(self, now: float, _payload: None) -> None:
         if now == self.wake_at:   # else stale: an iteration started or an earlier wake-up took over
             self.wake_at = INF
-            self.start(now)
+            self.start(now, self.wake_time(now - self.idle_since) if self.wakes else 0.0)
 
-    def start(self, now: float) -> None:
-        """Begin an iteration with everything that has arrived, or go idle until the next arrival."""
+    def start(self, now: float, extra: float = 0.0) -> None:
+        """Begin an iteration with everything that has arrived (`extra` seconds more: what waking cost), or
+        go idle until the next arrival."""
         ready, prefill, inbox = self.ready, self.prefill, self.inbox
         while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
             _, _, cohorts, chunks = heappop(inbox)
@@ -285,7 +291,7 @@ class Stage:
             context = attention / tokens - tokens / 2
             pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
             seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
-        seconds += self.step_time[sequences + len(chunks)]
+        seconds += self.step_time[sequences + len(chunks)] + extra
         if self.first:
             seconds += self.embed_time[sequences] + self.embed_time[tokens]
         if self.last:
@@ -324,7 +330,9 @@ class Stage:
         inbox = self.inbox
         if self.ready or self.prefill or (inbox and inbox[0][0] <= now):
             self.start(now)
-        elif inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
+            return
+        self.idle_since = now
+        if inbox:   # nothing has arrived: idle until the next transfer lands (as start() would)
             self.wake_at = arrive = inbox[0][0]
             heappush(self._heap, (arrive, next(self._seq), self._on_wake, None))
 

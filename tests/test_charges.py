@@ -80,6 +80,9 @@ def test_keys_are_optional_and_the_engine_fills_in(tmp_path):
     ("hop_ms = -0.1", "must be a finite number of milliseconds >= 0"),
     ("hop_ms = 0.2 ms", "is not a number of milliseconds"),
     ("step_overhead_ms = nan", "must be a finite number of milliseconds >= 0"),
+    ("wake_ms = 5: 0.4, 1: 0.1", "not sorted"),
+    ("wake_ms = 1: -0.1", "negative or zero"),
+    ("wake_ms = 0.4", "is not 'N: value'"),
 ])
 def test_loader_refuses_malformed_values_in_one_line(tmp_path, line, problem):
     path = tmp_path / "bad.ini"
@@ -231,6 +234,51 @@ def test_the_coordinator_loop_is_charged_once_per_round(tmp_path):
     vllm = simulate(replace(layout, cluster=vllm_cluster), ONE_IN_FLIGHT).tpot["mean"]
     assert runtime - vllm == pytest.approx(overheads("runtime").host_step_s - overheads("vllm").host_step_s, rel=1e-6)
 
+
+
+# ---- waking: a step after a wait costs wake_ms more, in the simulator and the serving estimate --------
+
+WAKE = "wake_ms = 0.2: 0, 1: 0.1, 5: 1.5, 20: 1.5"   # the shape `planner profile` measures on a CPU
+
+
+def test_wake_ms_is_read_by_the_wait_and_flat_past_the_longest(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text(cluster_text(WAKE))
+    cost = load_cluster(path).cost("m")
+    assert [cost.wake_s(ms / 1e3) * 1e3 for ms in (0, 0.1, 0.6, 3, 5, 20, 1000)] == \
+        pytest.approx([0, 0, 0.05, 0.8, 1.5, 1.5, 1.5])
+    (tmp_path / "none.ini").write_text(cluster_text(""))
+    assert not load_cluster(tmp_path / "none.ini").cost("m").wakes
+    shown = json.loads(run_planner("show", path, "--json").stdout)["gpu_types"]["m"]["outside_layers"]["wake_ms"]
+    assert shown == pytest.approx({"0.2": 0.0, "1": 0.1, "5": 1.5, "20": 1.5})
+
+
+def test_one_request_in_flight_wakes_every_stage_every_token(tmp_path):
+    """With one request in flight each stage waits for the other's step (over 5 ms here), so each of its
+    steps costs the table's 1.5 ms more: TPOT rises by exactly stages x 1.5 ms."""
+    base = simulate(_layout(tmp_path, "", "m * 2", (0, 18, 36)), ONE_IN_FLIGHT)
+    woken = simulate(_layout(tmp_path, WAKE, "m * 2", (0, 18, 36)), ONE_IN_FLIGHT)
+    assert woken.tpot["mean"] - base.tpot["mean"] == pytest.approx(2 * 1.5e-3, rel=1e-6)
+
+
+def test_a_saturated_pipeline_hardly_waits(tmp_path):
+    """At full load the stages wait only for hops (under 1 ms): the estimate and the simulator charge
+    under 2%."""
+    plain, woken = (_layout(tmp_path, keys, "m * 2", (0, 18, 36)) for keys in ("", WAKE))
+    assert layout_estimate(woken).tpot_s == pytest.approx(layout_estimate(plain).tpot_s, rel=0.02)
+    busy = SimConfig(workload=Offline(), lengths="fixed", duration_s=30, warmup_s=10)
+    assert simulate(woken, busy).tpot["mean"] == pytest.approx(simulate(plain, busy).tpot["mean"], rel=0.02)
+
+
+def test_a_stage_that_waits_for_a_slower_one_pays_within_its_slack(tmp_path):
+    """A 6-layer stage feeding a 30-layer one waits for it every step: the estimate charges it the wake,
+    which the slow stage's pace absorbs (TPOT unchanged), and so does the simulator."""
+    plain, woken = (_layout(tmp_path, keys, "m * 2", (0, 6, 36)) for keys in ("", WAKE))
+    fast, slow = (layout_estimate(layout) for layout in (plain, woken))
+    assert slow.tpot_s == pytest.approx(fast.tpot_s, rel=0.01)   # the slow stage waits only for hops
+    assert slow.ttft_s - fast.ttft_s == pytest.approx(1.5e-3, rel=0.05)   # a prompt wakes the fast one
+    busy = SimConfig(workload=Offline(), lengths="fixed", duration_s=30, warmup_s=10)
+    assert simulate(woken, busy).tpot["mean"] == pytest.approx(simulate(plain, busy).tpot["mean"], rel=0.02)
 
 # ---- the command line ---------------------------------------------------------------------------------
 

@@ -452,6 +452,10 @@ def test_profile_writes_a_measured_gpu_section(tmp_path, run_cli):
     assert host and [cost.step_overhead_s(b) * 1e3 for b in (1, 4)] == pytest.approx(list(map(float, host.groups())))
     loop = re.search(r"host_step_ms = 1: ([0-9.e-]+), 4: ([0-9.e-]+)", out)   # the coordinator's, by sequences
     assert loop and [cost.host_step_s(b) * 1e3 for b in (1, 4)] == pytest.approx(list(map(float, loop.groups())))
+    # what a step costs after the stage waited 0.2 ... 20 ms, charged by the wait
+    wake = re.search(r"wake_ms = 0.2: ([0-9.e-]+), 1: ([0-9.e-]+), 5: ([0-9.e-]+), 20: ([0-9.e-]+)\n", out)
+    assert wake and cost.wakes
+    assert [cost.wake_s(ms / 1e3) * 1e3 for ms in (0.2, 1, 5, 20)] == pytest.approx(list(map(float, wake.groups())))
 
 
 

@@ -10,6 +10,7 @@ from planner.cli.options import engine_option
 from rich.table import Table
 
 from planner.cluster import Cluster, Link, load_cluster
+from planner.costmodel import WAKE_WAITS_MS
 from planner.units import format_bandwidth, format_bytes, format_time
 
 DECODE_BATCHES = tuple(2**i for i in range(9))          # 1, 2, 4, ..., 256 sequences
@@ -119,7 +120,8 @@ def show_json(cluster: Cluster) -> dict:
                 "embed_ms": {str(t): cost.embed_s(t) * 1e3 for t in (1, *PREFILL_TOKENS)},
                 "hop_ms": cost.hop_s * 1e3,
                 "step_overhead_ms": {str(b): cost.step_overhead_s(b) * 1e3 for b in DECODE_BATCHES},
-                "host_step_ms": {str(b): cost.host_step_s(b) * 1e3 for b in DECODE_BATCHES}}
+                "host_step_ms": {str(b): cost.host_step_s(b) * 1e3 for b in DECODE_BATCHES},
+                "wake_ms": {f"{ms:g}": cost.wake_s(ms / 1e3) * 1e3 for ms in WAKE_WAITS_MS}}
             entry["decode_ms"] = {str(c): {str(b): cost.decode_s(1, b, c) * 1e3 for b in DECODE_BATCHES}
                                   for c in DECODE_CONTEXTS}
             entry["prefill_ms"] = {str(t): cost.prefill_s(1, t) * 1e3 for t in PREFILL_TOKENS}
