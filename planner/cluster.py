@@ -19,6 +19,9 @@ from planner.ini import SectionReader, read_ini
 from planner.units import format_bytes, parse_bandwidth, parse_time
 
 COORDINATOR = "coordinator"
+# a host's name makes node names (HOST:I), TP group units (A+B) and shell words in exported scripts
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+ADDRESS = re.compile(r"[A-Za-z0-9._:-]+")   # a host name, an IPv4 or an IPv6 address
 DEFAULT_GPU_LINK = "16 GB/s, 0.01 ms"  # PCIe 4.0 x16 in practice, when a host does not say
 BF16_FREE_DTYPE = "fp16"
 
@@ -177,14 +180,23 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFA
             continue
         r = SectionReader(path, section, ini[section])
         r.unknown_keys({"gpus", "gpu_link", "address", "region"})
+        if not HOST_NAME.fullmatch(name) or name == COORDINATOR:
+            raise InputError(f"host name {name!r} " + ("is reserved for the coordinator's end of links"
+                                                       if name == COORDINATOR else "has characters other than "
+                                                       "letters, digits, '.', '_' and '-'"),
+                             file=path, field=f"[{section}]", fix="rename the host, e.g. [host gpu-box-1]")
+        address = r.text("address", "") or None
+        if address is not None and not ADDRESS.fullmatch(address):
+            raise r.fail("address", f"{address!r} is not a host name or an IP address",
+                         "write e.g. 'address = 10.0.0.2' or 'address = gpu-box-1.lan'")
         gpus = _parse_gpu_list(r, gpu_types)
         if dtype == "bf16":
             for gpu in gpus:
                 if not gpu_types[gpu].bf16:
                     raise InputError(f"{gpu} has no bf16 support", file=path, field="[cluster] dtype",
                                      fix="use 'dtype = fp16' for this cluster")
-        hosts.append(Host(name, gpus, _parse_link(r, "gpu_link", DEFAULT_GPU_LINK),
-                          r.text("address", "") or None, r.text("region", "") or None))
+        hosts.append(Host(name, gpus, _parse_link(r, "gpu_link", DEFAULT_GPU_LINK), address,
+                          r.text("region", "") or None))
     if not hosts:
         raise InputError("no [host NAME] sections", file=path, fix="add a [host NAME] with 'gpus = TYPE * N'")
     if not any(h.gpus for h in hosts):

@@ -27,6 +27,7 @@ from planner.flow import COORDINATOR
 if TYPE_CHECKING:   # the serving estimate calls this module: types only, no import cycle
     from planner.serving import PathEstimate, _Units
 
+MAX_LANES = 1024     # lanes a path may be given (more than a stage's sequences leave lanes empty)
 MIN_GAIN = 1.03      # a lane count other than one per stage must gain this much by the model to be chosen
 MAX_PROMPT_SHARE = 0.95
 ROUNDS = 60          # damped fixed-point rounds over the paths' round trips

@@ -5,14 +5,16 @@ Written by `planner solve --out`, read by the simulator and the exporters. Forma
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.cluster import Cluster, load_cluster
+from planner.cluster import COORDINATOR, Cluster, load_cluster
 from planner.engines import DEFAULT_ENGINE, ENGINES
 from planner.errors import InputError
 from planner.ini import SectionReader, read_ini
+from planner.lanes import MAX_LANES
 from planner.problem import Placement, PlacementProblem
 from planner.serving import ServingEstimate, estimate
 
@@ -84,11 +86,11 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
             start, end = (int(x) for x in raw.split(","))
         except ValueError:
             raise nodes.fail(name, f"'{raw}' is not 'START, END'", "write two layer indices, e.g. '0, 12'") from None
+        if not 0 <= start <= end <= cluster.model.layers:
+            raise nodes.fail(name, f"[{start}, {end}) is outside 0..{cluster.model.layers}", "fix the range")
         if end > start and name not in grouped and not problem.fits(name, start, end):
             raise nodes.fail(name, f"[{start}, {end}) does not fit: at most {problem.max_layers(name, start, end)} "
                              f"of the {cluster.model.layers} layers fit", "shorten the range or re-plan")
-        if not 0 <= start <= end <= cluster.model.layers:
-            raise nodes.fail(name, f"[{start}, {end}) is outside 0..{cluster.model.layers}", "fix the range")
         ranges[name] = (start, end)
     for group in groups:
         unit = "+".join(group)
@@ -99,15 +101,46 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
         if end > start and not problem.fits(unit, start, end):
             raise head.fail("tp_groups", f"{unit} cannot hold [{start}, {end}): at most "
                             f"{problem.max_layers(unit, start, end)} layers fit", "shorten the range or re-plan")
-    flows = {}
-    if "flows" in ini:
-        for key, value in ini["flows"].items():
-            a, _, b = key.partition("->")
-            flows[(a.strip(), b.strip())] = float(value)
+    placement = Placement(ranges, groups)
+    flows = _read_flows(SectionReader(path, "flows", ini["flows"]), placement, cluster.model.layers) \
+        if "flows" in ini else {}
     lanes = head.positive_int("lanes") if head.has("lanes") else None   # absent: one lane per stage
+    if lanes is not None and lanes > MAX_LANES:
+        raise head.fail("lanes", f"{lanes} lanes is more than {MAX_LANES}", "give a count of decode micro-batches per path")
     figures = {k: v for k, v in ini["layout"].items()
                if k not in ("cluster", "model", "dtype", "method", "engine", "tp_groups", "lanes")}
-    return Layout(cluster, head.text("method", "unknown"), Placement(ranges, groups), flows, figures, lanes)
+    return Layout(cluster, head.text("method", "unknown"), placement, flows, figures, lanes)
+
+
+def _read_flows(reader: SectionReader, placement: Placement, layers: int) -> dict[tuple[str, str], float]:
+    """`A -> B = tokens/s`: each edge between the coordinator and units holding layers, B's first layer
+    the one after A's last (a unit starting at layer 0 takes the coordinator's, one ending at the last
+    layer sends back to it), at a finite rate of zero or more."""
+    units = placement.units()
+    flows: dict[tuple[str, str], float] = {}
+    for key in reader.values:
+        a, arrow, b = (part.strip() for part in key.partition("->"))
+        if not arrow or not a or not b or "->" in b:
+            raise reader.fail(key, "is not 'FROM -> TO'", "write e.g. 'coordinator -> host:0 = 120'")
+        for end in (a, b):
+            if end != COORDINATOR and end not in units:
+                raise reader.fail(key, f"'{end}' is not the coordinator nor a unit holding layers",
+                                  f"units are {', '.join(units) or 'none'}")
+        after = 0 if a == COORDINATOR else units[a][1]
+        starts = layers if b == COORDINATOR else units[b][0]
+        if a == b or (a == COORDINATOR and b == COORDINATOR) or after != starts:
+            raise reader.fail(key, f"does not join layers: {a} ends before layer {after}, {b} "
+                                   f"{'expects ' + str(layers) if b == COORDINATOR else 'starts at ' + str(starts)}",
+                              "join units whose ranges meet, or re-plan with `planner solve --out`")
+        raw = reader.text(key)
+        try:
+            rate = float(raw)
+        except ValueError:
+            raise reader.fail(key, f"'{raw}' is not a number of tokens/s", "write e.g. '120.5'") from None
+        if not (math.isfinite(rate) and rate >= 0):
+            raise reader.fail(key, f"must be a finite number of tokens/s >= 0, got {raw}", "write e.g. '120.5'")
+        flows[(a, b)] = rate
+    return flows
 
 
 def _read_groups(head: SectionReader, problem: PlacementProblem) -> tuple[tuple[str, ...], ...]:

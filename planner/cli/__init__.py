@@ -83,9 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:   # one line, as every other error: what is wrong and where to look
+        where = exc.ctx.command_path if exc.ctx is not None else "planner"
+        click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) or exc.exit_code == 2 else exc.exit_code)
+        sys.exit(exc.exit_code)
     except InputError as exc:
         if debug:
             raise

@@ -6,7 +6,7 @@ import json
 
 import click
 from planner.cli.console import make_console
-from planner.cli.options import engine_option
+from planner.cli.options import FiniteRange, engine_option
 from rich.table import Table
 
 from planner import sp_pp
@@ -93,10 +93,10 @@ def _sp_pp_row(cluster: Cluster) -> dict:
 @click.argument("cluster_file", type=click.Path())
 @click.option("--methods", "names", default=",".join([*METHODS, SP_PP]), show_default=True,
               help=f"Comma-separated methods to compare ({SP_PP}: seed 002's SP+PP on every GPU).")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option("--time-limit", type=FiniteRange(min=0.1), default=60.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-tpot", type=click.FloatRange(min=0, min_open=True), default=None, help="ms")
-@click.option("--max-ttft", type=click.FloatRange(min=0, min_open=True), default=None, help="ms")
+@click.option("--max-tpot", type=FiniteRange(min=0, min_open=True), default=None, help="ms")
+@click.option("--max-ttft", type=FiniteRange(min=0, min_open=True), default=None, help="ms")
 @click.option("--simulate/--no-simulate", "with_sim", default=True, show_default=True,
               help="Also run each plan in the simulator (offline load) for measured TTFT/TPOT.")
 @click.option("--match-tpot/--no-match-tpot", default=True, show_default=True,

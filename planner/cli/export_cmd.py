@@ -6,6 +6,9 @@ import warnings
 
 import click
 
+from planner.cli.options import FiniteRange
+from planner.lanes import MAX_LANES
+
 from planner.cli.console import make_console
 from planner.errors import InputWarning
 from planner.export import EXPORTERS
@@ -39,11 +42,11 @@ from runtime.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, MAX_KV_SLOTS, Limits
 @click.option("--kv-tokens", type=click.IntRange(min=1), default=None,
               help="Tokens of KV each worker's paged pool holds (default: sized at start from the GPU memory "
                    "left after the weights; on --device cpu, what the cost model fits).")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
+@click.option("--gpu-memory-utilization", type=FiniteRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
               show_default=True, help="Share of each GPU's memory a worker may take (weights, KV and CUDA graphs).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="Replay decode steps as CUDA graphs (off: eager, for debugging).")
-@click.option("--lanes", type=click.IntRange(min=0), default=None, show_default="the layout's lanes, else 0",
+@click.option("--lanes", type=click.IntRange(min=0, max=MAX_LANES), default=None, show_default="the layout's lanes, else 0",
               help="Decode micro-batches per path (0: one per stage of the path; the simulator's --microbatches).")
 def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | None, device: str, port: int,
                http_port: int, routing: str, max_seq_len: int, max_num_seqs: int | None, kv_slots: int | None,

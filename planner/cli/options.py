@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from planner.engines import DEFAULT_ENGINE, ENGINES
@@ -14,3 +16,15 @@ ENGINE_HELP = ("Serving engine whose speed the cost model predicts: vllm (CUDA g
 def engine_option(default: str | None = DEFAULT_ENGINE, help_extra: str = "") -> click.decorators.FC:
     return click.option("--engine", type=click.Choice(ENGINES), default=default,
                         show_default=default is not None, help=ENGINE_HELP + help_extra)
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (a range check lets nan through: it compares false)."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from planner.cli.options import FiniteRange
+from planner.lanes import MAX_LANES
+
 from planner.cli.console import make_console
 from planner.errors import InputError
 from planner.export.runtime import runtime_config
@@ -39,8 +42,8 @@ def _ids(text: str) -> list[int]:
               help="Copies of the prompt to serve (each with its own seed).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Requests in flight at once, a new one as each ends (the simulator's offline:N); default: all.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--temperature", type=FiniteRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=FiniteRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the first request (+1 each).")
 @click.option("--routing", type=click.Choice(sorted(ROUTERS)), default=DEFAULT_ROUTER, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -49,9 +52,9 @@ def _ids(text: str) -> list[int]:
               help="Run one request before the measured ones.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="On GPUs, replay decode steps as CUDA graphs (off: eager, for debugging).")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
+@click.option("--gpu-memory-utilization", type=FiniteRange(0.05, 1.0), default=Limits.gpu_memory_utilization,
               show_default=True, help="Share of each GPU's memory a worker may take (weights, KV, graphs).")
-@click.option("--lanes", type=click.IntRange(min=0), default=None, show_default="the layout's lanes, else 0",
+@click.option("--lanes", type=click.IntRange(min=0, max=MAX_LANES), default=None, show_default="the layout's lanes, else 0",
               help="Decode micro-batches per path (0: one per stage of the path; the simulator's --microbatches).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device: str, prompt_ids: str,

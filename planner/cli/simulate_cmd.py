@@ -9,22 +9,24 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner.cli.console import make_console
-from planner.cli.options import engine_option
+from planner.cli.options import FiniteRange, engine_option
 from planner.layout import read_layout
 from planner.routing import ROUTERS
+from planner.lanes import MAX_LANES
 from planner.units import format_time
 from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
 from simulator.simulation import AUTO_WARMUP_MIN_S
 from simulator.workload import WORKLOAD_HELP
 
 PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar is worth drawing
+MAX_SIMULATED_S = 1e6    # 11.6 days: longer runs are a typo, not a study
 
 
 @click.command(name="simulate")
 @click.argument("layout_file", type=click.Path())
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=SimConfig.duration_s, show_default=True,
+@click.option("--duration", type=FiniteRange(min=0, min_open=True, max=MAX_SIMULATED_S), default=SimConfig.duration_s, show_default=True,
               help="Simulated seconds measured, after the warm-up.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=None, show_default="auto",
+@click.option("--warmup", type=FiniteRange(min=0, max=MAX_SIMULATED_S), default=None, show_default="auto",
               help="Simulated seconds run first and left out of the metrics; auto: until as many requests "
                    f"have finished as were admitted at the start, at least {AUTO_WARMUP_MIN_S:g} s.")
 @click.option("--workload", default="offline", show_default=True, help=WORKLOAD_HELP + " (docs/simulator.md).")
@@ -32,12 +34,12 @@ PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar i
               help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
 @click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=SimConfig.scheduler, show_default=True,
               help="Routing policy: the path each request takes.")
-@click.option("--microbatches", type=click.IntRange(min=1), default=SimConfig.microbatches,
+@click.option("--microbatches", type=click.IntRange(min=1, max=MAX_LANES), default=SimConfig.microbatches,
               help="Decode micro-batches (lanes) kept apart on each path. Default: the layout's `lanes`, else one "
                    "per stage of the path.")
 @click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget, show_default=True,
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
-@click.option("--seed", type=int, default=SimConfig.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=SimConfig.seed, show_default=True,
               help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")

@@ -6,7 +6,7 @@ import json
 
 import click
 from planner.cli.console import make_console
-from planner.cli.options import engine_option
+from planner.cli.options import FiniteRange, engine_option
 
 from planner.cluster import load_cluster
 from planner.layout import write_layout
@@ -21,12 +21,12 @@ from planner.vllm_runnable import NotRunnable, vllm_chains
 @click.argument("cluster_file", type=click.Path())
 @click.option("--method", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
               help="Placement method (docs/planner.md).")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--time-limit", type=FiniteRange(min=0.1), default=60.0, show_default=True,
               help="Seconds the optimiser may take; the best layout found by then is returned.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
-@click.option("--max-tpot", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-tpot", type=FiniteRange(min=0, min_open=True), default=None,
               help="Latency limit: mean time per output token, in ms.")
-@click.option("--max-ttft", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-ttft", type=FiniteRange(min=0, min_open=True), default=None,
               help="Latency limit: mean time to first token, in ms.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")

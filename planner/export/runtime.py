@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.export.shell import default_to
 from planner.layout import Layout
 from planner.problem import PlacementProblem
 from planner.routing import COORDINATOR, ROUTERS, RouteGraph
@@ -127,7 +128,7 @@ def launch_scripts(config: RuntimeConfig, config_name: str = CONFIG_FILE) -> dic
                  f"# {host}: started by `planner export`; run it on {host} with the checkpoint at $CHECKPOINT.",
                  "# Stops every process it started when one of them exits or on Ctrl-C.",
                  "set -euo pipefail", 'cd "$(dirname "$0")"',
-                 f'CHECKPOINT="${{CHECKPOINT:-{config.checkpoint or ""}}}"',
+                 default_to("CHECKPOINT", config.checkpoint or ""),
                  'if [ -z "$CHECKPOINT" ]; then echo "set CHECKPOINT to the model directory" >&2; exit 2; fi',
                  "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT INT TERM"]
         for w in config.workers:  # a tensor-parallel group: one process per GPU, each naming its GPU

@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.export.shell import default_to
 from planner.layout import Layout
 from planner.problem import PlacementProblem
 from planner.routing import COORDINATOR
@@ -113,7 +114,7 @@ def export_vllm_replicas(layout: Layout, out_dir: str | Path, *, layout_path: st
         lines = [f"# {host}: one vLLM server per GPU / tensor-parallel group holding all of {served} "
                  f"(layout method {layout.method}); written by `planner export --to vllm-replicas`.",
                  "# Each server runs in the background and logs to vllm-PORT.log; stop them with `kill $(cat vllm-*.pid)`.",
-                 "set -euo pipefail", 'cd "$(dirname "$0")"', f'MODEL="${{MODEL:-{model}}}"']
+                 "set -euo pipefail", 'cd "$(dirname "$0")"', default_to("MODEL", model)]
         port = BASE_PORT
         for u in (u for u in units if u.host == host):
             seqs = max_num_seqs or _max_num_seqs(layout, u, max_model_len)
@@ -198,7 +199,7 @@ def export_vllm(layout: Layout, out_dir: str | Path, *, layout_path: str = "", c
                 f"--max-num-seqs {seqs}", f"--max-model-len {max_model_len}"]
         lines = [f"# {name}: vLLM deployment of {served}, TP {tp} x PP {pp}, run on {head}; "
                  f"written by `planner export --to vllm`.", f"# {stages}", "set -euo pipefail",
-                 f'MODEL="${{MODEL:-{model}}}"', f"export VLLM_PP_LAYER_PARTITION={shlex.quote(partition)}"]
+                 default_to("MODEL", model), f"export VLLM_PP_LAYER_PARTITION={shlex.quote(partition)}"]
         if multi:
             lines.append(f"export RAY_ADDRESS={head_addr}:{ray_port}")
         else:

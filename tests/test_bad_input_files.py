@@ -1,0 +1,96 @@
+"""Bad layouts, cluster files and command-line values found by a sweep of the CLI: each is one line naming
+the file, field or option and the fix, a non-zero exit, never an internal error, a hang or a plan that
+quietly means something else."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BASE_CLUSTER, run_planner
+
+ROOT = Path(__file__).resolve().parent.parent
+HETERO_LAYOUT = (ROOT / "layouts" / "hetero.ini").read_text().replace(
+    "cluster = ../profiles/hetero.ini", f"cluster = {ROOT / 'profiles' / 'hetero.ini'}")
+
+
+def one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    line = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert line.startswith("error: ") and "\n" not in line and "internal error" not in line, line
+    assert all(word in line for word in words), (words, line)
+    return line
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("coordinator -> host1:0 = 1025.08", "coordinator -> host1:0 = abc"), ["[flows] coordinator -> host1:0", "abc"]),
+    (("coordinator -> host1:0 = 1025.08", "coordinator -> host1:0 = -5"), ["[flows]", "finite number"]),
+    (("coordinator -> host1:0 = 1025.08", "coordinator -> host1:0 = nan"), ["[flows]", "finite number"]),
+    (("coordinator -> host1:0 = 1025.08", "coordinator -> hostX:0 = 1025.08"), ["hostX:0", "units are"]),
+    (("host1:0 -> host2:0 = 1025.08", "host1:0 --> host2:0 = 1025.08"), ["[flows]", "not the coordinator"]),
+    (("host1:0 -> host2:0 = 1025.08", "host1:0 = 1025.08"), ["[flows] host1:0", "FROM -> TO"]),
+    (("host1:0 -> host2:0 = 1025.08", "host1:0 -> host2:1 = 1025.08"), ["does not join layers"]),
+    (("host1:0 -> host2:0 = 1025.08", "host1:0 -> host1:0 = 1025.08"), ["does not join layers"]),
+    (("host1:1 -> coordinator = 1025.08", "coordinator -> coordinator = 1"), ["does not join layers"]),
+    (("host1:1 = 35, 40", "host1:1 = 38, 41"), ["[nodes] host1:1", "outside 0..40"]),
+    (("[layout]\n", "[layout]\nlanes = 99999999999999999999\n"), ["[layout] lanes", "more than 1024"]),
+])
+def test_a_bad_layout_is_one_line_naming_the_field(tmp_path, edit, words):
+    path = tmp_path / "layout.ini"
+    assert edit[0] in HETERO_LAYOUT
+    path.write_text(HETERO_LAYOUT.replace(*edit, 1))
+    for command in (["simulate", path, "--duration", "5"], ["export", path, "--to", "runtime", tmp_path / "out"]):
+        one_line_error(run_planner(*command), "layout.ini", *words)
+    assert not (tmp_path / "out").exists()   # refused before writing anything
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("[host host2]", "[host a+b]"), ["[host a+b]", "characters"]),
+    (("[host host2]", "[host c:d]"), ["[host c:d]", "characters"]),
+    (("[host host2]", "[host coordinator]"), ["[host coordinator]", "reserved"]),
+    (("gpus = rtx4090 * 2\n", "gpus = rtx4090 * 2\naddress = 10.0.0.2; touch /tmp/x\n"), ["[host host2] address"]),
+])
+def test_a_host_name_or_address_that_would_break_names_or_scripts_is_refused(tmp_path, edit, words):
+    text = BASE_CLUSTER.replace(*edit, 1).replace("host1 -- host2", "host1 -- a+b" if "a+b" in edit[1] else
+                                                  "host1 -- c:d" if "c:d" in edit[1] else "host1 -- host2")
+    path = tmp_path / "cluster.ini"
+    path.write_text(text)
+    one_line_error(run_planner("show", path), "cluster.ini", *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["simulate", "LAYOUT", "--duration", "nan"], ["--duration", "finite"]),
+    (["simulate", "LAYOUT", "--duration", "inf"], ["--duration"]),
+    (["simulate", "LAYOUT", "--warmup", "1e12"], ["--warmup"]),
+    (["simulate", "LAYOUT", "--seed", "-1"], ["--seed"]),
+    (["simulate", "LAYOUT", "--microbatches", "1000000000"], ["--microbatches"]),
+    (["simulate", "LAYOUT", "--duration", "0"], ["--duration", "planner simulate --help"]),
+    (["solve", str(ROOT / "profiles" / "hetero.ini"), "--time-limit", "nan"], ["--time-limit", "finite"]),
+    (["solve", str(ROOT / "profiles" / "hetero.ini"), "--max-tpot", "nan"], ["--max-tpot", "finite"]),
+    (["export", "LAYOUT", "OUT", "--gpu-memory-utilization", "nan"], ["--gpu-memory-utilization"]),
+    (["export", "LAYOUT", "OUT", "--lanes", "1000000000"], ["--lanes"]),
+])
+def test_a_bad_option_value_is_one_line(tmp_path, args, words):
+    layout = tmp_path / "layout.ini"
+    layout.write_text(HETERO_LAYOUT)
+    args = [str(layout) if a == "LAYOUT" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    one_line_error(run_planner(*args, timeout=60), *words)
+
+
+def test_an_exported_script_takes_the_checkpoint_path_as_written(tmp_path):
+    """A path with shell syntax in it is one word in the launch script, never run."""
+    layout = tmp_path / "layout.ini"
+    layout.write_text(HETERO_LAYOUT)
+    marker = tmp_path / "ran"
+    checkpoint = f'/models/$(touch {marker})"q'
+    done = run_planner("export", layout, "--to", "runtime", tmp_path / "out", "--checkpoint", checkpoint)
+    assert done.returncode == 0, done.stderr
+    for script in (tmp_path / "out").glob("launch-*.sh"):
+        assert subprocess.run(["bash", "-n", script]).returncode == 0   # it parses
+        setup = "\n".join(line for line in script.read_text().splitlines() if "CHECKPOINT" in line and "planner" not in line)
+        shown = subprocess.run(["bash", "-c", setup + '\nprintf %s "$CHECKPOINT"'], capture_output=True, text=True,
+                               env={"PATH": "/usr/bin:/bin"})
+        assert shown.stdout == checkpoint, shown
+    assert not marker.exists()
