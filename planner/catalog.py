@@ -166,6 +166,9 @@ def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[
             raise reader.fail(key, f"entry '{item.strip()}' is not a finite number", "write numbers like '8: 7.0'")
         if x <= 0 or y < 0:
             raise reader.fail(key, f"entry '{item.strip()}' is negative or zero", "sizes must be >= 1 and times >= 0")
+        if x > TABLE_MAX or y > TABLE_MAX:
+            raise reader.fail(key, f"entry '{item.strip()}' is past {TABLE_MAX:g}: not a measurement",
+                              "give sizes and milliseconds as measured")
         if integer_values and (x != int(x) or y != int(y)):
             raise reader.fail(key, f"entry '{item.strip()}' is not whole numbers", "write whole layer and token counts")
         if points and x <= points[-1][0]:
@@ -175,6 +178,9 @@ def _pairs(reader: SectionReader, key: str, integer_values: bool) -> list[tuple[
     return points
 
 
+TABLE_MAX = 1e9   # past a billion sequences, tokens or milliseconds (11 days) an entry is a typo or an overflow
+
+
 def _milliseconds(reader: SectionReader, key: str) -> float:
     """A plain number of milliseconds, zero or more, as seconds."""
     raw = reader.text(key)
@@ -182,7 +188,7 @@ def _milliseconds(reader: SectionReader, key: str) -> float:
         value = float(raw)
     except ValueError:
         raise reader.fail(key, f"'{raw}' is not a number of milliseconds", "write e.g. '0.25' (milliseconds)") from None
-    if not (math.isfinite(value) and value >= 0):
+    if not (math.isfinite(value) and 0 <= value <= TABLE_MAX):
         raise reader.fail(key, f"must be a finite number of milliseconds >= 0, got {raw}", "write e.g. '0.25'")
     return value / 1e3
 
@@ -212,6 +218,8 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
     r.text("source", "")  # provenance note, kept in the file for people
     max_layers = r.positive_int("max_layers") if r.has("max_layers") else None
     memory = r.quantity("memory", parse_memory) if r.has("memory") else None
+    if memory is not None and memory <= 0:
+        raise r.fail("memory", "must be positive", "give the GPU's memory, e.g. '24 GiB'")
     common = dict(id=gpu_id, name=r.text("name", gpu_id), memory_bytes=memory, bf16=r.boolean("bf16", False),
                   max_layers=max_layers)
     forms = [form for form, keys in (("static", ("throughput",)), ("measured", MEASURED_KEYS),
@@ -227,7 +235,7 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
             table = tuple(float(x) for x in r.text("throughput").split(","))
         except ValueError:
             raise r.fail("throughput", "not a list of numbers", "write tokens/s for 1, 2, ... layers: '2400, 1190'") from None
-        if not all(math.isfinite(x) and x > 0 for x in table):
+        if not all(math.isfinite(x) and 0 < x <= TABLE_MAX for x in table):
             raise r.fail("throughput", "entries must be positive finite numbers", "give tokens/s > 0 for each layer count")
         if len(table) > max_layers:
             raise r.fail("throughput", f"has {len(table)} entries but max_layers = {max_layers}",
@@ -256,7 +264,10 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         return GpuSpec(decode_ms=decode, prefill_ms=prefill, kv_tokens=kv, fp32_flops=fp32, **outside, **common)
     if memory is None:
         raise r.fail("memory", "missing", "add 'memory = 24 GiB'")
-    return GpuSpec(memory_bandwidth_bytes_per_s=r.quantity("memory_bandwidth", parse_bandwidth),
+    bandwidth = r.quantity("memory_bandwidth", parse_bandwidth)
+    if bandwidth <= 0:
+        raise r.fail("memory_bandwidth", "must be positive", "give the datasheet's figure, e.g. '1008 GB/s'")
+    return GpuSpec(memory_bandwidth_bytes_per_s=bandwidth,
                    fp16_flops=r.positive_float("fp16_tflops") * 1e12,
                    fp32_flops=r.positive_float("fp32_tflops") * 1e12 if r.has("fp32_tflops") else None,
                    **common)

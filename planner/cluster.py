@@ -237,6 +237,12 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFA
                       hosts=tuple(hosts), gpu_types={g: gpu_types[g] for h in hosts for g in h.gpus},
                       default_link=default_link, pair_links=pair_links, coordinator_links=coordinator_links,
                       workload=_parse_workload(path, ini), cost_params=replace(CostParams(), engine=engine))
+    request = cluster.workload.prompt_tokens + cluster.workload.output_tokens
+    if request > cluster.model.max_position_embeddings:
+        where = "[workload]" if "workload" in ini else "[cluster] model"
+        raise InputError(f"a request of {cluster.workload.prompt_tokens} + {cluster.workload.output_tokens} tokens is "
+                         f"longer than {model_id}'s context ({cluster.model.max_position_embeddings} tokens)",
+                         file=path, field=where, fix="shorten prompt_tokens / output_tokens in [workload]")
     _check_reachable(cluster)
     if check_fit:
         _check_fit(cluster)

@@ -76,7 +76,11 @@ class SectionReader:
             if default is None:
                 raise self.fail(key, "missing", f"add '{key} = ...' to [{self.section}]")
             return default
-        return self.values[key].strip()
+        value = self.values[key].strip()
+        if "\n" in value:   # configparser joins an indented line to the value above it
+            raise self.fail(key, "runs onto the next line, which is indented",
+                            "start every 'key = value' line at the beginning of the line")
+        return value
 
     def positive_int(self, key: str, default: int | None = None) -> int:
         raw = self.text(key, None if default is None else str(default))

@@ -64,6 +64,9 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
     for section in ("layout", "nodes"):
         if section not in ini:
             raise InputError(f"missing [{section}] section", file=path, fix="write layouts with `planner solve --out`")
+    for section in ini.sections():
+        if section not in ("layout", "nodes", "flows"):
+            raise InputError(f"unknown section [{section}]", file=path, fix="sections are [layout], [nodes], [flows]")
     head = SectionReader(path, "layout", ini["layout"])
     cluster_path = (path.parent / head.text("cluster")).resolve()
     if not cluster_path.exists():
@@ -73,6 +76,10 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
     if engine not in ENGINES:
         raise head.fail("engine", f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
     cluster = load_cluster(cluster_path, engine=engine)
+    for key, value in (("model", cluster.model.id), ("dtype", cluster.dtype)):
+        if head.has(key) and head.text(key) != value:
+            raise head.fail(key, f"'{head.text(key)}' is not the cluster's ({value} in {cluster_path.name})",
+                            "re-plan with `planner solve --out`, or point `cluster` at the file it was planned for")
     problem = PlacementProblem(cluster)
     nodes = SectionReader(path, "nodes", ini["nodes"])
     ranges = dict.fromkeys((n.name for n in cluster.nodes()), (0, 0))

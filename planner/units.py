@@ -6,6 +6,8 @@ Decimal prefixes (k, M, G, T) are powers of 1000, binary ones (Ki, Mi, Gi, Ti) p
 
 from __future__ import annotations
 
+import math
+
 import re
 
 _NUMBER = r"(?P<value>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -34,6 +36,12 @@ def _split(text: str, what: str, example: str) -> tuple[float, str]:
     return float(match.group("value")), match.group("unit")
 
 
+def _finite(value: float, text: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is too large to be a real quantity")
+    return value
+
+
 def parse_bandwidth(text: str) -> float:
     """'10 Gbit/s', '100 Mbit/s', '1.25 GB/s', '15.7 GB/s', '800 MiB/s' -> bytes per second."""
     value, unit = _split(text, "bandwidth", "10 Gbit/s")
@@ -44,7 +52,7 @@ def parse_bandwidth(text: str) -> float:
         raise ValueError(f"unknown bandwidth unit '{unit}' in '{text}' (use bit/s or B/s with k, M, G, T, Ki, Mi, Gi)")
     if value < 0:
         raise ValueError(f"bandwidth '{text}' is negative (a link carries a positive rate)")
-    return value * size[0]
+    return _finite(value * size[0], text)
 
 
 def parse_time(text: str) -> float:
@@ -54,7 +62,7 @@ def parse_time(text: str) -> float:
         raise ValueError(f"unknown time unit '{unit}' in '{text}' (use s, ms, us or ns)")
     if value < 0:
         raise ValueError(f"time '{text}' is negative")
-    return value * _TIME_S[unit]
+    return _finite(value * _TIME_S[unit], text)
 
 
 def parse_memory(text: str) -> float:
@@ -67,7 +75,7 @@ def parse_memory(text: str) -> float:
         raise ValueError(f"'{text}' is ambiguous: write 'GB'/'GiB' for bytes or 'Gbit' for bits")
     if value < 0:
         raise ValueError(f"memory size '{text}' is negative")
-    return value * size[0]
+    return _finite(value * size[0], text)
 
 
 def format_bandwidth(bytes_per_s: float) -> str:

@@ -94,3 +94,62 @@ def test_an_exported_script_takes_the_checkpoint_path_as_written(tmp_path):
                                env={"PATH": "/usr/bin:/bin"})
         assert shown.stdout == checkpoint, shown
     assert not marker.exists()
+
+
+HETERO = (ROOT / "profiles" / "hetero.ini").read_text()
+ROOFLINE_4090 = "[gpu fast]\nmemory = 24 GiB\nmemory_bandwidth = 1008 GB/s\nfp16_tflops = 165\n"
+MEASURED = "[gpu fast]\nmemory = 24 GiB\ndecode_ms = 1: 1.0\nprefill_ms = 16: 2.0\n"
+
+
+@pytest.mark.parametrize("extra, words", [
+    (ROOFLINE_4090.replace("1008 GB/s", "0 GB/s"), ["[gpu fast] memory_bandwidth", "positive"]),
+    (ROOFLINE_4090.replace("memory = 24 GiB", "memory = 0 GiB"), ["[gpu fast] memory", "positive"]),
+    (ROOFLINE_4090.replace("1008 GB/s", "1e308 TB/s"), ["[gpu fast] memory_bandwidth", "too large"]),
+    (MEASURED.replace("1: 1.0", "1: 1e300"), ["[gpu fast] decode_ms", "not a measurement"]),
+    (MEASURED + "hop_ms = 1e308\n", ["[gpu fast] hop_ms"]),
+    ("[workload]\nprompt_tokens = 1000000\n", ["[workload]", "context"]),
+])
+def test_a_value_no_gpu_or_model_has_is_one_line(tmp_path, extra, words):
+    text = HETERO + "\n" + extra
+    if "[gpu fast]" in extra:
+        text = text.replace("gpus = rtx4090 * 2", "gpus = fast * 2", 1)
+    if "[workload]" in extra and "[workload]" in HETERO:
+        text = HETERO.replace("[workload]", extra.strip(), 1)
+    path = tmp_path / "cluster.ini"
+    path.write_text(text)
+    for command in (["show", path], ["solve", path, "--time-limit", "2"]):
+        one_line_error(run_planner(*command), "cluster.ini", *words)
+
+
+def test_outputs_the_system_refuses_are_one_line(tmp_path):
+    cluster = ROOT / "profiles" / "hetero.ini"
+    before = cluster.read_text()
+    one_line_error(run_planner("solve", cluster, "--time-limit", "2", "--out", cluster), "--out", "cluster file itself")
+    assert cluster.read_text() == before
+    one_line_error(run_planner("solve", cluster, "--time-limit", "2", "--plot", tmp_path / "no" / "x.png"), "--plot")
+    one_line_error(run_planner("solve", cluster, "--time-limit", "2", "--plot", tmp_path / "x.txt"), "--plot", ".png")
+    one_line_error(run_planner("solve", cluster, "--time-limit", "2", "--out", "/dev/full"), "No space left")
+    one_line_error(run_planner("export", ROOT / "layouts" / "hetero.ini", "/dev/null"), "/dev/null")
+
+
+def test_an_indented_line_is_not_joined_to_the_value_above(tmp_path):
+    """configparser reads an indented line as the rest of the value above: host1 would lose its GPUs."""
+    path = tmp_path / "cluster.ini"
+    path.write_text(BASE_CLUSTER.replace("gpu_link = 15.7 GB/s, 0.01 ms\n", "gpu_link = 15.7 GB/s, 0.01 ms\n  region = lab\n"))
+    one_line_error(run_planner("show", path), "[host host1] gpu_link", "indented")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("[nodes]", "[extra]\nkey = 1\n\n[nodes]"), ["unknown section [extra]"]),
+    (("model = qwen3-14b", "model = qwen3-8b"), ["[layout] model", "qwen3-14b"]),
+    (("dtype = fp16", "dtype = bf16"), ["[layout] dtype", "fp16"]),
+])
+def test_a_layout_that_does_not_match_its_cluster_is_refused(tmp_path, edit, words):
+    path = tmp_path / "layout.ini"
+    path.write_text(HETERO_LAYOUT.replace(*edit, 1))
+    one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", *words)
+
+
+def test_a_profile_section_name_must_read_back(tmp_path):
+    done = run_planner("profile", "--model", "qwen3-8b", "--name", "my gpu", "--device", "cpu")
+    one_line_error(done, "--name", "one word")

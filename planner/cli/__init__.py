@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc.line()}", err=True)
         sys.exit(2)
+    except OSError as exc:   # the system refused: a full disk, a missing folder, a device as a folder
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        click.echo(f"error: {where}{exc.strerror or exc} (check the paths given and the disk)", err=True)
+        sys.exit(2)
     except SolveError as exc:
         if debug:
             raise

@@ -6,7 +6,7 @@ import json
 
 import click
 from planner.cli.console import make_console
-from planner.cli.options import FiniteRange, engine_option
+from planner.cli.options import FiniteRange, engine_option, plot_path
 from rich.table import Table
 
 from planner import sp_pp
@@ -101,7 +101,8 @@ def _sp_pp_row(cluster: Cluster) -> dict:
               help="Also run each plan in the simulator (offline load) for measured TTFT/TPOT.")
 @click.option("--match-tpot/--no-match-tpot", default=True, show_default=True,
               help=f"Re-solve with {DEFAULT_METHOD} held to each other method's TPOT (half the time limit each).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart of the methods to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, callback=plot_path,
+              help="Bar chart of the methods to this PNG.")
 @click.option("--engines/--no-engines", "with_engines", default=True, show_default=True,
               help=f"Also solve {DEFAULT_METHOD} for the other engine and predict both engines' best plans "
                    "with both cost models: what the vLLM-runnable constraint costs.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
@@ -28,3 +29,18 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--plot's check before any work: a PNG (or PDF, SVG) in a folder that exists."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise click.BadParameter(f"{value!r} is not a .png, .pdf or .svg file name", ctx, param)
+    if not path.resolve().parent.is_dir():
+        raise click.BadParameter(f"the folder of {value!r} does not exist", ctx, param)
+    return value

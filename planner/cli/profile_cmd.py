@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 import sys
 
@@ -24,6 +25,13 @@ def _sizes(text: str, option: str) -> tuple[int, ...]:
     return sizes
 
 
+def _section_name(value: str | None) -> str | None:
+    """--name: one word a cluster file's [gpu NAME] header reads back."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"{value!r} is not one word of letters, digits, '.', '_' and '-'")
+    return value
+
+
 @click.command(name="profile")
 @click.option("--checkpoint", type=click.Path(), default=None, help="Model directory whose layers are timed.")
 @click.option("--model", "model_name", default=None,
@@ -39,7 +47,8 @@ def _sizes(text: str, option: str) -> tuple[int, ...]:
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Longest prompt in a prefill batch (more tokens are more prompts).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
-@click.option("--name", default=None, help="Section name (default: cpu-measured or cuda-measured).")
+@click.option("--name", default=None, callback=lambda ctx, param, value: _section_name(value),
+              help="Section name (default: cpu-measured or cuda-measured).")
 @click.option("--memory", default=None, help="Memory to write (e.g. '2 GiB'; default: the device's).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Append the section to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object instead.")

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner.cli.console import make_console
-from planner.cli.options import FiniteRange, engine_option
+from planner.cli.options import FiniteRange, engine_option, plot_path
 from planner.layout import read_layout
 from planner.routing import ROUTERS
 from planner.lanes import MAX_LANES
@@ -41,7 +41,7 @@ MAX_SIMULATED_S = 1e6    # 11.6 days: longer runs are a typo, not a study
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
 @click.option("--seed", type=click.IntRange(min=0), default=SimConfig.seed, show_default=True,
               help="Seed for lengths, arrivals and routing.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, callback=plot_path,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
 @engine_option(default=None, help_extra=" Default: the engine the layout was planned for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from planner.cli.console import make_console
-from planner.cli.options import FiniteRange, engine_option
+from planner.cli.options import FiniteRange, engine_option, plot_path
 
 from planner.cluster import load_cluster
 from planner.layout import write_layout
 from planner.plan import solve as solve_plan
-from planner.errors import SolveError
+from planner.errors import InputError, SolveError
 from planner.report import chain_text, plan_json, plan_layout, print_plan, versus_text
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from planner.vllm_runnable import NotRunnable, vllm_chains
@@ -29,13 +30,17 @@ from planner.vllm_runnable import NotRunnable, vllm_chains
 @click.option("--max-ttft", type=FiniteRange(min=0, min_open=True), default=None,
               help="Latency limit: mean time to first token, in ms.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the layout to this INI file.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the layer map to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, callback=plot_path,
+              help="Draw the layer map to this PNG.")
 @engine_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def solve(cluster_file: str, method: str, time_limit: float, seed: int, max_tpot: float | None,
           max_ttft: float | None, out: str | None, plot: str | None, engine: str, as_json: bool) -> None:
     """Decide which layers each GPU holds and how requests flow, maximising served tokens/s."""
     cluster = load_cluster(cluster_file, engine=engine)
+    if out and Path(out).resolve() == Path(cluster_file).resolve():
+        raise InputError("--out names the cluster file itself: the layout would overwrite it", field="--out",
+                         fix="write the layout to another file, e.g. layout.ini")
     console = make_console(stderr=as_json)
     with console.status(f"solving with {method} ...") as status:
         plan = solve_plan(cluster, method, time_limit=time_limit, seed=seed,
