@@ -30,7 +30,7 @@ from simulator.engine import EventLoop
 from simulator.metrics import LinkReport, Recorder, SimResult, StageReport, summarise
 from simulator.network import Link
 from simulator.stage import LANES_PER_PATH, Cohort, Stage
-from simulator.workload import LENGTH_KINDS, Lengths, Offline, Request, Workload
+from simulator.workload import LENGTH_KINDS, Lengths, Offline, Poisson, Request, Trace, Workload
 
 TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
 PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
@@ -132,6 +132,7 @@ class Simulation:
         self.lengths = Lengths(config.lengths, workload.prompt_tokens, workload.output_tokens,
                                cluster.model.max_position_embeddings)
         self.closed = isinstance(config.workload, Offline)
+        _check_requests(config, cluster, config.duration_s + (AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s))
         self.in_flight = 0
         if self.closed:
             self.in_flight = config.workload.in_flight or self.saturating_in_flight(problem, units)
@@ -450,3 +451,22 @@ class Simulation:
             requests_rejected=rec.rejected, requests_waiting=len(self.queue),
             throughput_series=series, bin_seconds=rec.bin_s,
             samples={"ttft_s": tuple(rec.ttft), "tpot_s": tuple(rec.tpot), "e2e_s": tuple(rec.e2e)})
+
+
+MAX_ARRIVALS = 10_000_000   # requests an open-loop run may be asked to simulate (minutes of CPU at most)
+
+
+def _check_requests(config: SimConfig, cluster, end_s: float) -> None:
+    """Refuse a workload that cannot mean what it says: a trace request longer than the model's context
+    (it would never be admitted), or an arrival rate that asks for more requests than a run can hold."""
+    workload = config.workload
+    if isinstance(workload, Trace):
+        context = cluster.model.max_position_embeddings
+        for _, prompt, output in workload.rows:
+            if prompt + output > context:
+                raise InputError(f"a request of {prompt} + {output} tokens is longer than {cluster.model.id}'s "
+                                 f"context ({context} tokens)", file=workload.path, fix="drop or shorten it")
+    elif isinstance(workload, Poisson) and workload.rate * end_s > MAX_ARRIVALS:
+        raise InputError(f"poisson:{workload.rate:g} for {end_s:g} simulated s is {workload.rate * end_s:.3g} requests, "
+                         f"more than {MAX_ARRIVALS:,}", field="--workload",
+                         fix="give a rate near what the layout serves (planner solve predicts it) or a shorter --duration")

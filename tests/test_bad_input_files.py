@@ -153,3 +153,18 @@ def test_a_layout_that_does_not_match_its_cluster_is_refused(tmp_path, edit, wor
 def test_a_profile_section_name_must_read_back(tmp_path):
     done = run_planner("profile", "--model", "qwen3-8b", "--name", "my gpu", "--device", "cpu")
     one_line_error(done, "--name", "one word")
+
+
+def test_a_workload_that_cannot_mean_what_it_says_is_refused(tmp_path):
+    layout = ROOT / "layouts" / "hetero.ini"
+    one_line_error(run_planner("simulate", layout, "--workload", "poisson:1e9"), "--workload", "requests")
+    trace = tmp_path / "trace.csv"
+    trace.write_text("0,10000000,10\n1,100,10\n")
+    one_line_error(run_planner("simulate", layout, "--workload", f"trace:{trace}"), "trace.csv", "context")
+
+
+def test_compare_says_when_nothing_was_compared():
+    cluster = ROOT / "profiles" / "hetero.ini"
+    one_line_error(run_planner("compare", cluster, "--methods", ",,"), "--methods")
+    failed = run_planner("compare", cluster, "--methods", "even,chains", "--max-tpot", "1", "--time-limit", "2")
+    assert failed.returncode == 1 and "every method failed" in failed.stderr and "failed" in failed.stdout

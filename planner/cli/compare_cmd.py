@@ -120,6 +120,8 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
     rows = []
     plans: dict[str, Plan] = {}
     chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise click.BadParameter("names no method", param_hint="--methods")
     for name in chosen:
         if name not in METHODS and name != SP_PP:
             raise click.BadParameter(f"unknown method '{name}' (use {', '.join([*METHODS, SP_PP])})",
@@ -161,11 +163,13 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
         plot_comparison(rows, f"{cluster.model.id} on {cluster.name}", plot)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    _print_table(console, cluster, rows, latency and with_sim, latency and match_tpot)
-    for row in rows:
-        if "engine_plans" in row:
-            _print_engine_plans(console, row["engine_plans"])
+    else:
+        _print_table(console, cluster, rows, latency and with_sim, latency and match_tpot)
+        for row in rows:
+            if "engine_plans" in row:
+                _print_engine_plans(console, row["engine_plans"])
+    if all("error" in row for row in rows):   # the table says why; the exit status says nothing was compared
+        raise SolveError(f"every method failed ({', '.join(row['method'] for row in rows)})")
 
 
 def _print_engine_plans(console, entries: list[dict]) -> None:
