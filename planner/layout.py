@@ -109,6 +109,7 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
             raise head.fail("tp_groups", f"{unit} cannot hold [{start}, {end}): at most "
                             f"{problem.max_layers(unit, start, end)} layers fit", "shorten the range or re-plan")
     placement = Placement(ranges, groups)
+    _check_chain(nodes, placement, cluster.model.layers)
     flows = _read_flows(SectionReader(path, "flows", ini["flows"]), placement, cluster.model.layers) \
         if "flows" in ini else {}
     lanes = head.positive_int("lanes") if head.has("lanes") else None   # absent: one lane per stage
@@ -117,6 +118,26 @@ def read_layout(path: str | Path, engine: str | None = None) -> Layout:
     figures = {k: v for k, v in ini["layout"].items()
                if k not in ("cluster", "model", "dtype", "method", "engine", "tp_groups", "lanes")}
     return Layout(cluster, head.text("method", "unknown"), placement, flows, figures, lanes)
+
+
+def _check_chain(nodes: SectionReader, placement: Placement, layers: int) -> None:
+    """Some chain of ranges runs from layer 0 to the last, each starting where the one before ends."""
+    spans = list(placement.units().values())
+    if not spans:
+        raise InputError("the layout places no layers", file=nodes.file, field="[nodes]",
+                         fix="give GPUs ranges, or re-plan with `planner solve --out`")
+    reached, grew = {0}, True
+    while grew:
+        grew = False
+        for start, end in spans:
+            if start in reached and end not in reached:
+                reached.add(end)
+                grew = True
+    if layers not in reached:
+        furthest = max(reached)
+        raise InputError(f"no chain of ranges covers the model: from layer 0 they reach layer {furthest} of {layers}, "
+                         "and no range starts there", file=nodes.file, field="[nodes]",
+                         fix="close the gap, or re-plan with `planner solve --out`")
 
 
 def _read_flows(reader: SectionReader, placement: Placement, layers: int) -> dict[tuple[str, str], float]:

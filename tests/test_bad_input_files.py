@@ -168,3 +168,14 @@ def test_compare_says_when_nothing_was_compared():
     one_line_error(run_planner("compare", cluster, "--methods", ",,"), "--methods")
     failed = run_planner("compare", cluster, "--methods", "even,chains", "--max-tpot", "1", "--time-limit", "2")
     assert failed.returncode == 1 and "every method failed" in failed.stderr and "failed" in failed.stdout
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("host1:1 = 35, 40", "host1:1 = 36, 40"), ["[nodes]", "reach layer 35 of 40"]),
+    (("host2:0 = 5, 20", "host2:0 = 0, 0"), ["[nodes]", "reach layer 5 of 40"]),
+])
+def test_a_layout_whose_ranges_leave_a_gap_names_its_file(tmp_path, edit, words):
+    path = tmp_path / "layout.ini"
+    text = HETERO_LAYOUT.replace(*edit, 1)
+    path.write_text("\n".join(line for line in text.splitlines() if "->" not in line))   # no flows to trip first
+    one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", *words)
