@@ -79,20 +79,26 @@ def round_trips(units: _Units, paths: list[tuple[tuple[str, ...], float, float]]
     hops = {nodes: sum(units.hop_s(a, b, batch[nodes]) for a, b in zip((COORDINATOR,) + nodes, nodes + (COORDINATOR,)))
             for nodes, _, _ in paths}
     trip = {nodes: start for nodes, _, start in paths}
+    # a stage waits between its lanes' visits: a round over the lanes holding sequences, less its step
+    visits = {nodes: min(lanes or len(nodes), max(held, 1.0)) for nodes, held, _ in paths}
+    woken = dict(step)
     for _ in range(ROUNDS):
         rate = {nodes: held / trip[nodes] for nodes, held, _ in paths}   # sequences round per second
+        if units.wakes:
+            woken = {(nodes, n): s + stages[n].cost.wake_s(trip[nodes] / visits[nodes] - s)
+                     for (nodes, n), s in step.items()}
         prompts, work = dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0)
         for nodes, held, _ in paths:
             for n in nodes:
                 stage = stages[n]
                 prompts[n] += rate[nodes] / stage.output * stage.prompt_s
-                work[n] += rate[nodes] * (step[(nodes, n)] / batch[nodes] + stage.prompt_s / stage.output)
+                work[n] += rate[nodes] * (woken[(nodes, n)] / batch[nodes] + stage.prompt_s / stage.output)
         moved = 0.0
         for nodes, _, _ in paths:
             latency = hops[nodes]
             for n in nodes:
                 share = min(prompts[n], MAX_PROMPT_SHARE)
-                latency += step[(nodes, n)] + share * met[(nodes, n)]
+                latency += woken[(nodes, n)] + share * met[(nodes, n)]
             busy = trip[nodes] * max(work[n] for n in nodes)   # > trip: a stage cannot keep up at this trip
             updated = 0.5 * trip[nodes] + 0.5 * max(latency, busy)
             moved = max(moved, abs(updated - trip[nodes]) / trip[nodes])

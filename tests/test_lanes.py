@@ -18,6 +18,7 @@ from planner.problem import PlacementProblem
 from planner.serving import _Units, estimate
 from planner.solvers.base import SolveResult
 from simulator import SimConfig, parse_workload, simulate
+from simulator.workload import Offline
 
 LAYOUTS = ROOT / "layouts"
 OFFLINE = SimConfig(workload=parse_workload("offline"), duration_s=120, warmup_s=60)
@@ -126,3 +127,22 @@ def test_a_vllm_export_says_the_lanes_do_not_apply(tmp_path, run_cli):
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "lanes = 2" in warned[0] and "--to vllm" in warned[0]
     assert (tmp_path / "out" / "router.json").exists()
+
+
+def test_the_lane_model_charges_waking_as_the_simulator_does(tmp_path):
+    """With a measured wake_ms, a stage that waits between its lanes' visits pays for waking: at one request
+    in flight each of the two stages waits for the other's step, and both the model's round trip and the
+    simulator's TPOT rise by about two wakes (1.5 ms each)."""
+    from test_charges import WAKE, _layout
+
+    trips = {}
+    for keys in ("", WAKE):
+        layout = _layout(tmp_path, keys, "m * 2", (0, 18, 36))
+        problem = PlacementProblem(layout.cluster)
+        paths = [(p.nodes, 1.0, p.tpot_s) for p in estimate(problem, layout.placement, lanes=False).paths]
+        modelled = lane_model.round_trips(_Units(problem, layout.placement), paths, 1)[paths[0][0]]
+        one = dataclasses.replace(OFFLINE, workload=Offline(1))
+        trips[keys] = (modelled, simulate(dataclasses.replace(layout, lanes=1), one).tpot["mean"])
+    model_rise, sim_rise = (trips[WAKE][i] - trips[""][i] for i in (0, 1))
+    assert sim_rise == pytest.approx(3.0e-3, rel=1e-6)
+    assert model_rise == pytest.approx(sim_rise, rel=0.2)
