@@ -200,7 +200,7 @@ def _edit_layout(path, ranges, tp_groups=None):
 
 @pytest.mark.parametrize("ranges, groups, words", [
     ({"host1:0": (0, 10), "host1:1": (0, 10), "host2:0": (10, 40), "host2:1": (10, 10)}, None, "shared"),
-    ({"host1:0": (0, 11), "host1:1": (10, 20), "host2:0": (20, 40), "host2:1": (20, 20)}, None, "no GPU"),
+    ({"host1:0": (0, 10), "host1:1": (10, 20), "host2:0": (20, 40), "host2:1": (15, 20)}, None, "no GPU"),
     ({"host1:0": (0, 10), "host1:1": (10, 20), "host2:0": (20, 40), "host2:1": (20, 40)}, "host2:0+host2:1",
      "mixes tensor-parallel sizes"),
 ])
