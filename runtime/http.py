@@ -92,6 +92,17 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return f"{where}: {first['msg']}{more}", param
 
 
+def _encodable(text: str, param: str) -> str:
+    """`text` if it is valid Unicode; a 400 for a lone surrogate (JSON's "\\ud800" decodes to one, and the
+    tokenizer refuses it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"the text holds {exc.object[exc.start:exc.end]!a}, which is not a character "
+                            "(a lone UTF-16 surrogate)", param) from None
+    return text
+
+
 async def drain_body(raw: HttpRequest) -> bool:
     """Reads and drops a request's body (up to DRAIN_BYTES, within BODY_TIMEOUT_S); whether it all came.
     Closing a connection with body bytes unread, or still arriving, resets it and can erase the answer
@@ -137,6 +148,8 @@ async def read_body(raw: HttpRequest, model: type):
         await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", close=True) from None
+    except ClientDisconnect:   # nobody is left to answer; no 500 and no traceback in the log
+        raise ApiError(400, "the client closed the connection before its body arrived", close=True) from None
     if received > MAX_BODY_BYTES:
         raise ApiError(413, too_large)
     try:
@@ -256,7 +269,7 @@ class Api:
             return list(prompt)
         if self.tokenizer is None:
             raise ApiError(400, "this checkpoint has no tokenizer.json: send the prompt as token ids", "prompt")
-        return self.tokenizer.encode(prompt).ids
+        return self.tokenizer.encode(_encodable(prompt, "prompt")).ids
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
@@ -267,8 +280,12 @@ class Api:
         choices: list[Choice] = []
         try:
             for p, ids in enumerate(prompts):
-                limit = max_tokens or (default_max if default_max is not None
-                                       else self.host.config.limits.max_seq_len - len(ids))
+                room = self.host.config.limits.max_seq_len - len(ids)
+                if room < 1:
+                    raise ApiError(400, f"the prompt is {len(ids)} tokens: no room for an answer within "
+                                        f"max_model_len {self.host.config.limits.max_seq_len}",
+                                   "messages" if default_max is None else "prompt")
+                limit = max_tokens or (default_max if default_max is not None else room)
                 for i in range(body.n):
                     sampling = SamplingParams(body.temperature, body.top_p, base_seed + i)
                     request = self.host.submit(ids, limit, sampling, ignore_eos=body.ignore_eos,
@@ -276,9 +293,11 @@ class Api:
                     request.on_event = lambda: loop.call_soon_threadsafe(wake.set)
                     detok = Detokenizer(self.tokenizer, body.stop_strings(), request.stop_ids)
                     choices.append(Choice(p * body.n + i, p, request, detok, len(ids), self._decode(ids) if echo else ""))
-        except (ValueError, RequestFailed) as exc:
+        except (ValueError, RequestFailed, ApiError) as exc:
             for choice in choices:
                 self.host.cancel(choice.request)
+            if isinstance(exc, ApiError):
+                raise
             if isinstance(exc, RequestFailed):
                 raise ApiError(503 if exc.unavailable else 500, str(exc)) from None
             raise ApiError(400, str(exc), "prompt") from None
@@ -456,7 +475,7 @@ class Api:
         except ValueError as exc:
             raise ApiError(400, str(exc), "messages") from None
         # the template writes the special tokens itself (as transformers' apply_chat_template(tokenize=True))
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self.tokenizer.encode(_encodable(text, "messages"), add_special_tokens=False).ids
         return await self._run(raw, body, [ids], body.max_completion_tokens or body.max_tokens, None, chat=True,
                                logprobs=(body.top_logprobs or 0) if body.logprobs else None)
 

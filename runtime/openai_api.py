@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]   # accepts ints, never bools or NaN
 TokenId = Annotated[StrictInt, Field(ge=0)]
@@ -61,10 +61,23 @@ class CompletionRequest(_Sampling):
         return list(self.prompt)
 
 
+class TextPart(_Body):
+    """A part of a message's content; text is the one kind this server takes (no images or audio)."""
+    type: Literal["text"]
+    text: StrictStr
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: StrictStr | None = None
+    # a string, or a list of text parts (what the openai client sends for content=[{"type": "text", ...}]),
+    # joined with newlines as vLLM joins them
+    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: StrictStr | None = None
+
+    @field_validator("content", mode="after")
+    @classmethod
+    def _joined(cls, content):
+        return "\n".join(part.text for part in content) if isinstance(content, list) else content
 
 
 class ChatCompletionRequest(_Sampling):

@@ -20,6 +20,8 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 GOLDEN32 = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters over the 32-bit range
+GREEDY_BELOW = 1e-5    # a temperature under this samples greedily, as vLLM's does (dividing by one that
+#                        float32 rounds to 0 would make every probability nan)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < GREEDY_BELOW
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
@@ -58,7 +60,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 def _row_keys(params: list[SamplingParams], positions: list[int], device: torch.device) -> torch.Tensor:
     """One 32-bit key per row from (seed, position); a seed counts modulo 2^64 (the API's int64 range)."""
     seeds = [p.seed % (1 << 64) for p in params]
-    seeds = torch.tensor([(s & MASK32) ^ (s >> 32) for s in seeds], dtype=torch.int64, device=device)
+    # both halves through the mixer, the high one after the low one is mixed: folding them by xor made
+    # seeds 5 and 5 << 32 draw alike
+    low = torch.tensor([s & MASK32 for s in seeds], dtype=torch.int64, device=device)
+    high = torch.tensor([s >> 32 for s in seeds], dtype=torch.int64, device=device)
+    seeds = _mix32(_mix32(low ^ 0x2545F491) ^ high)
     counters = torch.tensor([c & MASK32 for c in positions], dtype=torch.int64, device=device)
     return _mix32(seeds ^ _mix32(_mul32(counters, GOLDEN32) ^ 0x632BE5AB))
 
@@ -84,7 +90,9 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], positions: 
         if bool((top_p < 1.0).any()):
             ranked, order = torch.sort(probs, dim=-1, descending=True)
             above = torch.cumsum(ranked, dim=-1) - ranked              # mass of the tokens ranked higher
-            ranked = ranked.masked_fill(above >= top_p[:, None], 0.0)  # the top token always stays
+            cut = above >= top_p[:, None]
+            cut[:, 0] = False                                          # the top token always stays (a
+            ranked = ranked.masked_fill(cut, 0.0)                      # top_p float32 rounds to 0 included)
             probs = torch.zeros_like(probs).scatter_(-1, order, ranked)
         race = -torch.log(uniforms(chosen, [positions[i] for i in random_rows], logits.shape[-1], logits.device))
         tokens[rows] = torch.argmax(probs / race.to(probs.dtype), dim=-1)

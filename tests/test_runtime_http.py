@@ -9,6 +9,7 @@ test_runtime_serving.py checks against transformers.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -521,3 +522,42 @@ def test_a_refused_route_reads_its_body_so_the_answer_is_not_reset(live):
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 %d" % status) and b"HTTP/1.1 200" in answer, (method, answer[:300])
+
+
+def test_text_the_tokenizer_cannot_take_tiny_sampling_values_and_content_parts(live):
+    """A lone surrogate is a 400 naming the field (it was a 500 that closed the connection); temperature
+    1e-40 and top_p 1e-46 answer the greedy tokens (they answered token 0); content as text parts, as the
+    openai client sends it, is the same prompt as a string; a chat prompt with no room left says so."""
+    with httpx.Client(base_url=live.base, timeout=TIMEOUT_S) as client:
+        for path, body, param in (("/v1/completions", b'{"prompt": "a\\ud800", "max_tokens": 2}', "prompt"),
+                                  ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+                                   "messages")):
+            reply = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+        greedy = live.greedy([1], 6)
+        for extra in ({"temperature": 1e-40}, {"temperature": 1.0, "top_p": 1e-46}):
+            reply = client.post("/v1/completions", json={"prompt": [1], "max_tokens": 6, "ignore_eos": True, **extra})
+            assert reply.status_code == 200 and reply.json()["choices"][0]["token_ids"] == greedy, extra
+        as_text = live.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi\nthere"}],
+                                                      max_tokens=3, temperature=0)
+        as_parts = live.client.chat.completions.create(
+            model=MODEL, max_tokens=3, temperature=0,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}])
+        assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+        long = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 400}]})
+        assert long.status_code == 400 and "max_model_len" in long.json()["error"]["message"], long.text
+        assert client.post("/v1/completions", json={"prompt": [3], "max_tokens": 2}).status_code == 200
+
+
+def test_a_client_leaving_while_it_sends_its_body_is_no_server_error(live, caplog):
+    """It was a 500 through the generic handler, with a traceback logged each time."""
+    with socket.create_connection(("127.0.0.1", live.server.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\": [1")
+        time.sleep(0.3)
+        sock.shutdown(socket.SHUT_WR)   # gone: nothing more will come
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    time.sleep(0.3)
+    assert b" 500 " not in answer[:20], answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert httpx.post(live.base + "/v1/completions", json={"prompt": [3], "max_tokens": 2}).status_code == 200

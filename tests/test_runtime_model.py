@@ -313,6 +313,26 @@ def test_a_seeded_draw_depends_on_seed_and_position_alone():
     assert 0 <= sample_batch(logits[:1], [huge], [0])[0] < 50
 
 
+
+def test_tiny_temperatures_and_top_ps_sample_the_top_token():
+    """float32 rounds 1e-40 to 0: as a temperature it made every probability nan, as a top_p it masked every
+    token, and both drew token 0. A temperature under 1e-5 is greedy (vLLM's rule); the top token always stays."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    top = logits.argmax(dim=-1).tolist()
+    assert SamplingParams(temperature=1e-40).greedy and not SamplingParams(temperature=1e-4).greedy
+    for params in (SamplingParams(temperature=1e-40, seed=2), SamplingParams(temperature=1.0, top_p=1e-46, seed=2)):
+        assert [sample_batch(logits, [params] * 3, [p, p + 1, p + 2]) for p in range(5)] == [top] * 5
+
+
+def test_seeds_that_share_a_half_draw_apart():
+    """Both 32-bit halves of a 64-bit seed count: 5 and 5 << 32 (and 0 and 2**32 + 1) drew alike when the
+    halves were folded by xor."""
+    logits = torch.zeros(1, 1000)   # uniform: every token as likely, so draws differ unless the streams match
+    def draws(seed: int) -> list[int]:
+        return [sample_batch(logits, [SamplingParams(temperature=1.0, seed=seed)], [p])[0] for p in range(20)]
+    for a, b in ((5, 5 << 32), (0, 2**32 + 1), (7, 7 + (7 << 32))):
+        assert draws(a) != draws(b), (a, b)
+
 def test_seeded_draws_follow_the_distribution():
     """The exponential race samples token i with probability softmax(logits / T)_i."""
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
