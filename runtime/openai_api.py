@@ -2,12 +2,14 @@
 
 Strict as a vLLM user expects a server to be: a bool is not an int (`"prompt": [true]` is refused), a
 string is not a number (`"max_tokens": "5"`), `stream` is a real bool, floats are finite (NaN and 1e400
-refused), seeds fit the int64 range the OpenAI API documents. Unknown fields are ignored, as vLLM does.
+refused), seeds fit the int64 range the OpenAI API documents. Unknown fields are ignored, as vLLM does;
+fields vLLM knows and this server does not implement (penalties, top_k, logit_bias, tools, guided
+decoding, ...) are a 400 naming the field unless they hold the value that turns them off (NEUTRAL).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
@@ -27,6 +29,18 @@ class StreamOptions(_Body):
     include_usage: StrictBool = False
 
 
+# Fields of the OpenAI API (and vLLM's extensions) this server does not implement, with the values that
+# mean "off": those are accepted, any other is a 400 naming the field rather than an answer that quietly
+# ignores it (a penalty the user asked for and did not get).
+NEUTRAL: dict[str, tuple] = {
+    "frequency_penalty": (0,), "presence_penalty": (0,), "repetition_penalty": (1,), "top_k": (-1, 0),
+    "min_p": (0,), "logit_bias": ({},), "best_of": (1,), "min_tokens": (0,), "suffix": ("",),
+    "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none", "auto"),
+    "parallel_tool_calls": (True, False), "guided_json": (), "guided_regex": (), "guided_choice": (),
+    "guided_grammar": (), "structured_outputs": (),
+}
+
+
 class _Sampling(_Body):
     model: StrictStr | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
@@ -39,6 +53,34 @@ class _Sampling(_Body):
     ignore_eos: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    repetition_penalty: Any = None
+    top_k: Any = None
+    min_p: Any = None
+    logit_bias: Any = None
+    best_of: Any = None
+    min_tokens: Any = None
+    suffix: Any = None
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
+
+    @field_validator(*NEUTRAL, mode="after")
+    @classmethod
+    def _unsupported(cls, value, info):
+        neutral = NEUTRAL[info.field_name]
+        if value is not None and not any(value is n or (value == n and not isinstance(value, bool)) for n in neutral):
+            offered = f" (only {' or '.join(repr(n) for n in neutral)})" if neutral else ""
+            raise ValueError(f"is not supported by this server{offered}")
+        return value
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())

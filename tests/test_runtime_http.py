@@ -561,3 +561,19 @@ def test_a_client_leaving_while_it_sends_its_body_is_no_server_error(live, caplo
     assert b" 500 " not in answer[:20], answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert httpx.post(live.base + "/v1/completions", json={"prompt": [3], "max_tokens": 2}).status_code == 200
+
+
+def test_a_sampling_field_this_server_does_not_implement_is_refused_unless_off(live):
+    """A penalty asked for and silently not applied is a wrong answer: a 400 naming the field, as vLLM
+    refuses what it cannot do; the value that turns it off is accepted."""
+    with httpx.Client(base_url=live.base, timeout=TIMEOUT_S) as client:
+        for field, on, off in (("frequency_penalty", 0.5, 0), ("top_k", 5, -1), ("logit_bias", {"5": 100}, {}),
+                               ("response_format", {"type": "json_object"}, {"type": "text"})):
+            refused = client.post("/v1/completions", json={"prompt": [1], "max_tokens": 2, field: on})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+            assert "not supported" in refused.json()["error"]["message"]
+            taken = client.post("/v1/completions", json={"prompt": [1], "max_tokens": 2, field: off})
+            assert taken.status_code == 200, (field, taken.text)
+        chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                                         "tools": [{"type": "function", "function": {"name": "f"}}]})
+        assert chat.status_code == 400 and chat.json()["error"]["param"] == "tools"
