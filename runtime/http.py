@@ -103,13 +103,13 @@ def _encodable(text: str, param: str) -> str:
     return text
 
 
-async def drain_body(raw: HttpRequest) -> bool:
-    """Reads and drops a request's body (up to DRAIN_BYTES, within BODY_TIMEOUT_S); whether it all came.
-    Closing a connection with body bytes unread, or still arriving, resets it and can erase the answer
-    before the client reads it (RFC 9112, section 9.6)."""
+async def _receive(raw: HttpRequest, kept: bytearray | None = None) -> int:
+    """Reads a request's body within BODY_TIMEOUT_S, keeping up to MAX_BODY_BYTES of it in `kept`: the bytes
+    received, or -1 past DRAIN_BYTES (the rest left unread). asyncio.TimeoutError and ClientDisconnect
+    propagate."""
     length = raw.headers.get("content-length")
-    if length is not None and int(length) > DRAIN_BYTES:
-        return False
+    if length is not None and int(length) > DRAIN_BYTES:  # uvicorn has refused a malformed Content-Length
+        return -1
     received = 0
 
     async def consume() -> bool:
@@ -118,10 +118,19 @@ async def drain_body(raw: HttpRequest) -> bool:
             received += len(chunk)
             if received > DRAIN_BYTES:
                 return False
+            if kept is not None and received <= MAX_BODY_BYTES:
+                kept.extend(chunk)
         return True
 
+    return received if await asyncio.wait_for(consume(), BODY_TIMEOUT_S) else -1
+
+
+async def drain_body(raw: HttpRequest) -> bool:
+    """Reads and drops a request's body (up to DRAIN_BYTES, within BODY_TIMEOUT_S); whether it all came.
+    Closing a connection with body bytes unread, or still arriving, resets it and can erase the answer
+    before the client reads it (RFC 9112, section 9.6)."""
     try:
-        return await asyncio.wait_for(consume(), BODY_TIMEOUT_S)
+        return await _receive(raw) >= 0
     except (asyncio.TimeoutError, ClientDisconnect, RuntimeError):  # RuntimeError: the body was already read
         return False
 
@@ -129,27 +138,15 @@ async def drain_body(raw: HttpRequest) -> bool:
 async def read_body(raw: HttpRequest, model: type):
     """The body as `model`: 413 past MAX_BODY_BYTES, 408 when it does not arrive in time, 400 otherwise bad."""
     too_large = f"the body is larger than {MAX_BODY_BYTES} bytes"
-    length = raw.headers.get("content-length")
-    if length is not None and int(length) > DRAIN_BYTES:  # uvicorn has refused a malformed Content-Length
-        raise ApiError(413, too_large, close=True)
     body = bytearray()
-    received = 0
-
-    async def collect() -> None:
-        nonlocal received
-        async for chunk in raw.stream():
-            received += len(chunk)
-            if received > DRAIN_BYTES:
-                raise ApiError(413, too_large, close=True)
-            if received <= MAX_BODY_BYTES:
-                body.extend(chunk)
-
     try:
-        await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
+        received = await _receive(raw, body)
     except asyncio.TimeoutError:
         raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s", close=True) from None
     except ClientDisconnect:   # nobody is left to answer; no 500 and no traceback in the log
         raise ApiError(400, "the client closed the connection before its body arrived", close=True) from None
+    if received < 0:   # past what is worth reading to answer: the rest unread, so the connection closes
+        raise ApiError(413, too_large, close=True)
     if received > MAX_BODY_BYTES:
         raise ApiError(413, too_large)
     try:
