@@ -89,6 +89,7 @@ CASES: dict[str, tuple[str | bytes | None, list[str]]] = {
     # [host NAME]
     "unknown gpu type": (r("gpus = rtx4090 * 2", "gpus = rtx5090 * 2"), ["[host host2] gpus", "rtx5090"]),
     "gpu count zero": (r("gpus = rtx4090 * 2", "gpus = rtx4090 * 0"), ["[host host2] gpus", "count"]),
+    "gpu list with an empty entry": (r("gpus = rtx4090 * 2", "gpus = rtx4090,,rtx4090"), ["[host host2] gpus", "empty entry"]),
     "gpu count not a number": (r("gpus = rtx4090 * 2", "gpus = rtx4090 * two"), ["[host host2] gpus", "two"]),
     "no gpus at all": (r("gpus = rtx4090 * 2", "gpus =").replace("gpus = rtx2080ti * 2", "gpus ="),
                        ["gpus", "zero GPUs"]),
