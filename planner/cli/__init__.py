@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc.line()}", err=True)
         sys.exit(2)
-    except OSError as exc:   # the system refused: a full disk, a missing folder, a device as a folder
+    except OSError as exc:   # the system refused: a full disk, a missing folder, a port in use
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        click.echo(f"error: {where}{exc.strerror or exc} (check the paths given and the disk)", err=True)
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
     except SolveError as exc:
         if debug:
