@@ -559,7 +559,8 @@ def test_a_client_leaving_while_it_sends_its_body_is_no_server_error(live, caplo
         answer = sock.recv(65536)
     time.sleep(0.3)
     assert b" 500 " not in answer[:20], answer
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    served = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("uvicorn")]
+    assert not served, [r.getMessage() for r in served]   # uvicorn's "Exception in ASGI application"
     assert httpx.post(live.base + "/v1/completions", json={"prompt": [3], "max_tokens": 2}).status_code == 200
 
 
