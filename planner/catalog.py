@@ -254,6 +254,10 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))
+            empty = [layers for layers, tokens in kv if tokens == 0]
+            if empty:   # no room for one token's KV: the GPU holds those layers for nothing
+                raise r.fail("kv_tokens", f"holding {empty[0]} layers leaves room for 0 tokens",
+                             "drop the entries with no KV room (max_layers is then the last one kept)")
             _warn_if_rising(r, "kv_tokens", kv, "KV room per layer")
             if max_layers is not None and kv[-1][0] > max_layers:
                 raise r.fail("kv_tokens", f"has an entry for {kv[-1][0]} layers but max_layers = {max_layers}",

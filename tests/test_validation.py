@@ -129,6 +129,7 @@ CASES: dict[str, tuple[str | bytes | None, list[str]]] = {
     "kv_tokens above max_layers": (measured(max_layers="2", kv_tokens="1: 5000, 4: 900"),
                                    ["[gpu m] kv_tokens", "max_layers"]),
     "kv_tokens not whole": (measured(kv_tokens="1: 5000.5"), ["[gpu m] kv_tokens", "whole"]),
+    "kv_tokens with no room": (measured(kv_tokens="1: 5000, 24: 0"), ["[gpu m] kv_tokens", "room for 0 tokens"]),
     "gpu memory in Gb": (measured(memory="24 Gb"), ["[gpu m] memory", "ambiguous"]),
     "unknown key in gpu": (measured(tflops="100"), ["[gpu m] tflops", "unknown key"]),
     "max_layers zero": (measured(max_layers="0"), ["[gpu m] max_layers"]),
