@@ -200,11 +200,11 @@ def _number_or_table(reader: SectionReader, key: str) -> float | LatencyTable | 
     return _table(reader, key) if ":" in reader.text(key) else _milliseconds(reader, key)
 
 
-def _table(reader: SectionReader, key: str) -> LatencyTable | None:
-    """An optional 'N: MS, ...' table in milliseconds, as seconds."""
+def _table(reader: SectionReader, key: str, keys_in_ms: bool = False) -> LatencyTable | None:
+    """An optional 'N: MS, ...' table in milliseconds, as seconds (N too, where it is milliseconds)."""
     if not reader.has(key):
         return None
-    return LatencyTable(tuple((x, y / 1e3) for x, y in _pairs(reader, key, False)))
+    return LatencyTable(tuple((x / 1e3 if keys_in_ms else x, y / 1e3) for x, y in _pairs(reader, key, False)))
 
 
 MEASURED_KEYS = ("decode_ms", "prefill_ms", "kv_tokens", "head_ms", "embed_ms", "hop_ms", "step_overhead_ms",
@@ -249,8 +249,7 @@ def parse_gpu(file: str | Path, section: str, gpu_id: str, values: configparser.
                        hop_s=_milliseconds(r, "hop_ms") if r.has("hop_ms") else None,
                        step_overhead_s=_number_or_table(r, "step_overhead_ms"),
                        host_step_s=_number_or_table(r, "host_step_ms"),
-                       wake_s=LatencyTable(tuple((x / 1e3, y / 1e3) for x, y in _pairs(r, "wake_ms", False)))
-                       if r.has("wake_ms") else None)
+                       wake_s=_table(r, "wake_ms", keys_in_ms=True))
         kv = None
         if r.has("kv_tokens"):
             kv = tuple((int(x), int(y)) for x, y in _pairs(r, "kv_tokens", True))

@@ -15,12 +15,10 @@ from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, load_gpu_catalog,
 from planner.costmodel import CostParams, GpuCost, Workload
 from planner.engines import DEFAULT_ENGINE, ENGINES
 from planner.errors import InputError
-from planner.ini import SectionReader, read_ini
+from planner.ini import NAME, SectionReader, read_ini
 from planner.units import format_bytes, parse_bandwidth, parse_time
 
 COORDINATOR = "coordinator"
-# a host's name makes node names (HOST:I), TP group units (A+B) and shell words in exported scripts
-HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 ADDRESS = re.compile(r"[A-Za-z0-9._:-]+")   # a host name, an IPv4 or an IPv6 address
 DEFAULT_GPU_LINK = "16 GB/s, 0.01 ms"  # PCIe 4.0 x16 in practice, when a host does not say
 BF16_FREE_DTYPE = "fp16"
@@ -183,7 +181,7 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFA
             continue
         r = SectionReader(path, section, ini[section])
         r.unknown_keys({"gpus", "gpu_link", "address", "region"})
-        if not HOST_NAME.fullmatch(name) or name == COORDINATOR:
+        if not NAME.fullmatch(name) or name == COORDINATOR:
             raise InputError(f"host name {name!r} " + ("is reserved for the coordinator's end of links"
                                                        if name == COORDINATOR else "has characters other than "
                                                        "letters, digits, '.', '_' and '-'"),

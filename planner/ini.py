@@ -9,6 +9,10 @@ from pathlib import Path
 
 from planner.errors import InputError
 
+# a name of the user's (a host, a measured GPU section) that reads back from a `[KIND NAME]` header and
+# makes node names (HOST:I), tensor-parallel units (A+B) and one word of an exported shell script
+NAME = re.compile(r"[A-Za-z0-9._-]+")
+
 
 def read_ini(path: str | Path, what: str) -> configparser.ConfigParser:
     """Parse an INI file strictly: no duplicate sections or keys, case kept, '#' and ';' comments."""

@@ -7,7 +7,6 @@ Decimal prefixes (k, M, G, T) are powers of 1000, binary ones (Ki, Mi, Gi, Ti) p
 from __future__ import annotations
 
 import math
-
 import re
 
 _NUMBER = r"(?P<value>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"

@@ -6,12 +6,11 @@ import warnings
 
 import click
 
-from planner.cli.options import FiniteRange
-from planner.lanes import MAX_LANES
-
 from planner.cli.console import make_console
+from planner.cli.options import FiniteRange
 from planner.errors import InputWarning
 from planner.export import EXPORTERS
+from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
 from runtime.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, MAX_KV_SLOTS, Limits

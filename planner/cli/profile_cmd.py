@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shlex
 import sys
 
@@ -12,6 +11,7 @@ import click
 
 from planner.catalog import DTYPE_BYTES, load_model_catalog
 from planner.errors import InputError
+from planner.ini import NAME
 from planner.units import format_bytes, parse_memory
 
 
@@ -27,7 +27,7 @@ def _sizes(text: str, option: str) -> tuple[int, ...]:
 
 def _section_name(value: str | None) -> str | None:
     """--name: one word a cluster file's [gpu NAME] header reads back."""
-    if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+    if value is not None and not NAME.fullmatch(value):
         raise click.BadParameter(f"{value!r} is not one word of letters, digits, '.', '_' and '-'")
     return value
 

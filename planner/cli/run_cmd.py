@@ -9,12 +9,11 @@ from pathlib import Path
 
 import click
 
-from planner.cli.options import FiniteRange
-from planner.lanes import MAX_LANES
-
 from planner.cli.console import make_console
+from planner.cli.options import FiniteRange
 from planner.errors import InputError
 from planner.export.runtime import runtime_config
+from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
 from planner.units import format_time

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from planner.cli.console import make_console
 from planner.cli.options import FiniteRange, engine_option, plot_path
+from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import ROUTERS
-from planner.lanes import MAX_LANES
 from planner.units import format_time
 from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
 from simulator.simulation import AUTO_WARMUP_MIN_S
