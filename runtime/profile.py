@@ -24,7 +24,9 @@ import platform
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 from pathlib import Path
 
 import torch
@@ -147,6 +149,24 @@ def _time(fn, device: str, min_runs: int = 5, min_seconds: float = 0.2, before=N
         sync()
         runs.append(time.perf_counter() - t0)
     return statistics.median(runs)
+
+
+P = TypeVar("P")
+CPU_ROUNDS = 3   # sweeps of a table on a CPU, each point once per sweep
+
+
+def interleaved(points: Iterable[P], measure: Callable[[P], tuple[float, ...]],
+                rounds: int) -> dict[P, tuple[float, ...]]:
+    """measure(point) -> a tuple of seconds, for every point once per round, the rounds in turn; the median
+    of each figure per point. On a CPU the speed drifts while a table is timed (the clock ramps up, a
+    neighbour's burst): timed point after point, a drift lands on one point and can make a step of two
+    sequences read faster than one of one (seen: 0.99 against 1.19 ms, which put the simulator 11% fast at
+    8 in flight); spread over the sweeps, the median drops it."""
+    samples: dict[P, list[tuple[float, ...]]] = {point: [] for point in points}
+    for _ in range(rounds):
+        for point in points:
+            samples[point].append(measure(point))
+    return {point: tuple(statistics.median(figures) for figures in zip(*runs)) for point, runs in samples.items()}
 
 
 def filled_pool(stage: Stage, lengths: list[int]) -> tuple[KVPool, list[str]]:
@@ -429,15 +449,19 @@ def profile(stage: Stage, *, device: str, dtype: str, context: int = 256, prompt
     name, memory = device_memory(device)
     stage.accelerate()   # time what the worker runs
     model = stage.model
-    rest = None if device.startswith("cuda") else RestOfModel(model, dtype)   # a CPU's caches, shared
+    cpu = not device.startswith("cuda")
+    rest = RestOfModel(model, dtype) if cpu else None   # a CPU's caches, shared
+    rounds = CPU_ROUNDS if cpu else 1
     layers = rest and rest.reader(len(stage.layers) * model.layer_params())
-    timed = {b: time_decode(stage, b, context, device, between=layers) for b in decode_batches}
+    timed = interleaved(decode_batches, lambda b: time_decode(stage, b, context, device, between=layers), rounds)
     decode = tuple((b, 1e3 * layer_s) for b, (layer_s, _) in timed.items())
     host = tuple((b, 1e3 * host_s) for b, (_, host_s) in timed.items())
-    prefill = tuple((n, 1e3 * time_prefill(stage, n, prompt_tokens, device, between=layers)) for n in prefill_tokens)
+    prefill = tuple((n, 1e3 * s) for n, (s,) in interleaved(
+        prefill_tokens, lambda n: (time_prefill(stage, n, prompt_tokens, device, between=layers),), rounds).items())
     head_between = rest and rest.reader(model.head_params())
-    head = tuple((b, 1e3 * time_head(model, b, dtype=dtype, device=device, between=head_between))
-                 for b in decode_batches)
+    head = tuple((b, 1e3 * s) for b, (s,) in interleaved(
+        decode_batches, lambda b: (time_head(model, b, dtype=dtype, device=device, between=head_between),),
+        rounds).items())
     coordinator = tuple((b, 1e3 * time_host_round(model, b)) for b in decode_batches)
     embed = tuple((n, 1e3 * time_embed(model, n, dtype=dtype, device=device)) for n in (1, *prefill_tokens))
     hop = 1e3 * time_hop(model.hidden_size, dtype=dtype, device=device)
@@ -459,14 +483,14 @@ def gpu_section(result: Profile, name: str, memory: str, command: str) -> str:
         f"<= {result.prompt_tokens} tokens; {time.strftime('%Y-%m-%d')}",
         f"name = {result.device_name}", f"memory = {memory}", f"bf16 = {'yes' if result.bf16 else 'no'}",
         f"decode_ms = {table(result.decode_ms)}", f"prefill_ms = {table(result.prefill_ms)}",
-        *([f"# outside the layers: final norm + LM head + greedy sampling per decode step, embedding per "
-           f"batch of tokens, one hop's message (ZeroMQ on loopback)",
+        *(["# outside the layers: final norm + LM head + greedy sampling per decode step, embedding per "
+           "batch of tokens, one hop's message (ZeroMQ on loopback)",
            f"head_ms = {table(result.head_ms)}", f"embed_ms = {table(result.embed_ms)}",
            f"hop_ms = {result.hop_ms:.4g}"] if result.head_ms else []),
-        *([f"# the host's part of a step (batch formation, layout, copy to the device) by sequences in it",
+        *(["# the host's part of a step (batch formation, layout, copy to the device) by sequences in it",
            f"step_overhead_ms = {table(result.host_ms)}"] if result.host_ms else []),
-        *([f"# the coordinator's loop (the runtime's host, on this machine) for a round of N sequences' tokens",
+        *(["# the coordinator's loop (the runtime's host, on this machine) for a round of N sequences' tokens",
            f"host_step_ms = {table(result.coordinator_ms)}"] if result.coordinator_ms else []),
-        *([f"# a step of a stage that waited N ms for it, beyond the figures above: its message wakes a",
-           f"# sleeping worker, its step runs cold",
+        *(["# a step of a stage that waited N ms for it, beyond the figures above: its message wakes a",
+           "# sleeping worker, its step runs cold",
            f"wake_ms = {table(result.wake_ms)}"] if result.wake_ms else []), ""])

@@ -497,6 +497,24 @@ def test_a_cpu_profile_reads_the_rest_of_the_model_between_timed_runs(monkeypatc
     small = prof.RestOfModel(model, "fp32")   # past 2x the cache all is cold: no more is read
     assert small.rest_bytes(model.layer_params()) == 2000 and small.buffer.numel() == 2000 // 4
 
+
+def test_a_profile_sweep_is_interleaved_so_a_drift_lands_on_no_single_point():
+    # timed point after point, a slow spell (a clock ramping up) made batch 2 read faster than batch 1;
+    # each point once per round, the median per point: the spell is one sample of three
+    from runtime.profile import interleaved
+
+    calls = []
+
+    def measure(batch):
+        calls.append(batch)
+        slow = 5.0 if len(calls) <= 2 else 1.0   # the first two measurements run slow
+        return (batch * slow, -batch)
+
+    figures = interleaved([1, 2, 4], measure, rounds=3)
+    assert calls == [1, 2, 4] * 3
+    assert figures == {1: (1.0, -1), 2: (2.0, -2), 4: (4.0, -4)}
+    assert interleaved([8], lambda b: (float(b),), rounds=1) == {8: (8.0,)}
+
 def test_read_layout_of_demo(tmp_path):
     from runtime.demo import write_demo
 
