@@ -123,7 +123,7 @@ def _parse_link(reader: SectionReader, key: str, default: str | None = None) -> 
 
 
 def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[str, ...]:
-    raw = reader.text("gpus", "")
+    raw = reader.text("gpus", "", empty=True)
     gpus: list[str] = []
     items = [x.strip() for x in raw.split(",")] if raw else []
     if "" in items:   # 'a,,b' or a trailing comma: a GPU left out by a typo, not an empty slot

@@ -19,7 +19,13 @@ class InputError(Exception):
     def line(self) -> str:
         where = ": ".join(part for part in (self.file, self.field) if part)
         text = f"{where}: {self.problem}" if where else self.problem
-        return f"{text} ({self.fix})" if self.fix else text
+        return visible(f"{text} ({self.fix})" if self.fix else text)
+
+
+def visible(text: str) -> str:
+    """`text` with control characters escaped (a NUL or a newline in a name from a file would
+    break the one-line message or vanish in a terminal)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class InputWarning(UserWarning):

@@ -72,9 +72,12 @@ class SectionReader:
         return InputError(problem, file=self.file, field=f"[{self.section}] {key}", fix=fix)
 
     def has(self, key: str) -> bool:
-        return key in self.values and self.values[key].strip() != ""
+        return key in self.values
 
-    def text(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None, *, empty: bool = False) -> str:
+        """The key's value; `default` where the line is absent. A line with no value is refused unless
+        `empty` (it means something, as `gpus =` for a host without GPUs): read as the default, `dtype =`
+        left over from an edit would silently plan another dtype."""
         self.used.add(key)
         if not self.has(key):
             if default is None:
@@ -84,6 +87,9 @@ class SectionReader:
         if "\n" in value:   # configparser joins an indented line to the value above it
             raise self.fail(key, "runs onto the next line, which is indented",
                             "start every 'key = value' line at the beginning of the line")
+        if not value and not empty:
+            raise self.fail(key, "has no value", "give it a value" + (
+                ", or remove the line to use the default" if default is not None else ""))
         return value
 
     def positive_int(self, key: str, default: int | None = None) -> int:

@@ -88,6 +88,11 @@ def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int 
         raise InputError(f"unknown method '{method}'", field="--method", fix=f"use one of {', '.join(METHODS)}")
     began = time.perf_counter()
     problem = PlacementProblem(cluster, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
-    result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
-    # methods keep a share of the limit for this re-scoring; it stops by the limit itself
-    return score(problem, result, max_tpot_s, max_ttft_s, deadline=began + time_limit)
+    try:
+        result = METHODS[method](problem, time_limit=time_limit, seed=seed, progress=progress)
+        # methods keep a share of the limit for this re-scoring; it stops by the limit itself
+        return score(problem, result, max_tpot_s, max_ttft_s, deadline=began + time_limit)
+    except SolveError as exc:   # say which cluster file could not be placed
+        if cluster.path is None or str(exc).startswith(f"{cluster.path}: "):
+            raise
+        raise SolveError(f"{cluster.path}: {exc}") from None

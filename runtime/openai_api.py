@@ -82,6 +82,13 @@ class _Sampling(_Body):
             raise ValueError(f"is not supported by this server{offered}")
         return value
 
+    @field_validator("stream_options", mode="after")
+    @classmethod
+    def _only_when_streaming(cls, value, info):
+        if value is not None and not info.data.get("stream"):   # vLLM's rule: a sign the client meant to stream
+            raise ValueError("can only be given with \"stream\": true")
+        return value
+
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         return [s for s in stops if s]
@@ -95,6 +102,15 @@ class CompletionRequest(_Sampling):
                   Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_PROMPTS)]]
     echo: StrictBool = False
     logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    @field_validator("logprobs", mode="after")
+    @classmethod
+    def _no_prompt_logprobs(cls, value, info):
+        # vLLM answers echo + logprobs with the prompt's log-probabilities too; the pipeline's last stage
+        # computes logits for the last prompt position only, so a reply would silently lack them
+        if value is not None and info.data.get("echo"):
+            raise ValueError("with \"echo\": true is not supported by this server (no prompt log-probabilities)")
+        return value
 
     def prompts(self) -> list[str | list[int]]:
         """The batch: one entry per prompt (text or ids)."""

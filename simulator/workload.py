@@ -178,9 +178,11 @@ def read_trace(path: Path) -> Trace:
                     continue
                 if number == 1 and not _is_number(row[0]):
                     continue  # header
-                if len(row) < 3:
-                    raise InputError(f"line {number}: {len(row)} columns", file=path,
-                                     fix="write 'arrival_s,input_tokens,output_tokens' on every line")
+                while row and not row[-1].strip():   # a trailing comma
+                    row.pop()
+                if len(row) != 3:   # a fourth column may mean the columns are not these (an id first)
+                    raise InputError(f"line {number}: {len(row)} columns, not 3", file=path,
+                                     fix="write exactly 'arrival_s,input_tokens,output_tokens' on every line")
                 try:
                     arrival, prompt, output = float(row[0]), int(row[1]), int(row[2])
                 except ValueError:

@@ -161,6 +161,10 @@ def test_a_workload_that_cannot_mean_what_it_says_is_refused(tmp_path):
     trace = tmp_path / "trace.csv"
     trace.write_text("0,10000000,10\n1,100,10\n")
     one_line_error(run_planner("simulate", layout, "--workload", f"trace:{trace}"), "trace.csv", "context")
+    trace.write_text("id,arrival_s,input_tokens,output_tokens\n7,0.5,100,10\n")   # an id first: not our columns
+    one_line_error(run_planner("simulate", layout, "--workload", f"trace:{trace}"), "trace.csv", "line 2: 4 columns")
+    trace.write_text("0.5,100,10,\n1.0,120,12\n")   # a trailing comma is no column
+    assert run_planner("simulate", layout, "--workload", f"trace:{trace}", "--duration", "5").returncode == 0
 
 
 def test_compare_says_when_nothing_was_compared():
@@ -179,3 +183,43 @@ def test_a_layout_whose_ranges_leave_a_gap_names_its_file(tmp_path, edit, words)
     text = HETERO_LAYOUT.replace(*edit, 1)
     path.write_text("\n".join(line for line in text.splitlines() if "->" not in line))   # no flows to trip first
     one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", *words)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("coordinator = host1", "coordinator ="), ["[cluster] coordinator", "no value", "remove the line"]),
+    (("dtype = fp16", "dtype =   # to be decided"), ["[cluster] dtype", "no value"]),
+    (("gpu_link = 15.7 GB/s, 0.01 ms", "gpu_link ="), ["[host host1] gpu_link", "no value"]),
+])
+def test_a_key_with_no_value_is_refused_not_read_as_its_default(tmp_path, edit, words):
+    # `dtype =` read as the default planned bf16 on GPUs the user meant for fp16
+    path = tmp_path / "cluster.ini"
+    path.write_text(BASE_CLUSTER.replace(*edit, 1))
+    one_line_error(run_planner("show", path), "cluster.ini", *words)
+
+
+def test_a_layout_key_with_no_value_is_refused(tmp_path):
+    path = tmp_path / "layout.ini"
+    path.write_text(HETERO_LAYOUT.replace("[layout]\n", "[layout]\ntp_groups =\n", 1))
+    one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", "[layout] tp_groups", "no value")
+
+
+def test_a_host_without_gpus_may_say_so_with_an_empty_gpus_line(tmp_path):
+    path = tmp_path / "cluster.ini"
+    path.write_text(BASE_CLUSTER.replace("[network]", "[host gateway]\ngpus =\n\n[network]"))
+    result = run_planner("show", path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_solve_that_finds_nothing_names_the_cluster_file():
+    cluster = ROOT / "profiles" / "hetero.ini"
+    result = run_planner("solve", cluster, "--max-tpot", "1", "--time-limit", "5")
+    line = result.stderr.strip()
+    assert result.returncode == 1 and "\n" not in line, result.stderr
+    assert line.startswith(f"error: {cluster}: no placement found") and "raise the limit" in line, line
+
+
+def test_a_control_character_in_a_name_is_shown_escaped(tmp_path):
+    path = tmp_path / "cluster.ini"
+    path.write_text(BASE_CLUSTER.replace("[host host2]", "[host ho\x00st\x1b2]").replace("-- host2", "-- ho\x00st\x1b2"))
+    line = one_line_error(run_planner("show", path), "cluster.ini")
+    assert "ho\\x00st\\x1b2" in line and "\x00" not in line and "\x1b" not in line, line

@@ -578,3 +578,16 @@ def test_a_sampling_field_this_server_does_not_implement_is_refused_unless_off(l
         chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
                                                          "tools": [{"type": "function", "function": {"name": "f"}}]})
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "tools"
+
+
+def test_options_that_would_be_silently_dropped_are_refused(live):
+    """stream_options without stream (vLLM refuses it) and echo with logprobs (the prompt's log-probabilities
+    are not computed: the reply would lack what was asked) are 400s naming the field; each alone is served."""
+    with httpx.Client(base_url=live.base, timeout=TIMEOUT_S) as client:
+        base = {"prompt": [1, 2], "max_tokens": 2}
+        for extra, param in (({"stream_options": {"include_usage": True}}, "stream_options"),
+                             ({"echo": True, "logprobs": 1}, "logprobs")):
+            refused = client.post("/v1/completions", json={**base, **extra})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+        for extra in ({"echo": True}, {"logprobs": 1}, {"stream": False}):
+            assert client.post("/v1/completions", json={**base, **extra}).status_code == 200, extra

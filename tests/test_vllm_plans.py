@@ -148,7 +148,7 @@ def test_no_vllm_runnable_plan_is_a_one_line_error(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: no vLLM-runnable plan:") and "of the 80 layers" in lines[0]
+    assert lines[0].startswith(f"error: {path}: no vLLM-runnable plan:") and "of the 80 layers" in lines[0]
     assert "at most two hosts" in lines[0] and "--engine runtime" in lines[0]
     assert "Traceback" not in result.stderr
     # the same cluster plans for the runtime, which runs any chain

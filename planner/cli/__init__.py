@@ -13,7 +13,7 @@ import warnings
 import click
 
 from planner import __version__
-from planner.errors import InputError, InputWarning, SolveError
+from planner.errors import InputError, InputWarning, SolveError, visible
 
 # name -> (module, attribute, summary for `planner --help`: a test holds each to its command's docstring)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.UsageError as exc:   # one line, as every other error: what is wrong and where to look
         where = exc.ctx.command_path if exc.ctx is not None else "planner"
-        click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        click.echo(visible(f"error: {exc.format_message()} (see `{where} --help`)"), err=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()
@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        click.echo(visible(f"error: {where}{exc.strerror or exc}"), err=True)
         sys.exit(2)
     except SolveError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(visible(f"error: {exc}"), err=True)
         sys.exit(1)
     except Exception as exc:  # a bug: say so briefly, trace with --debug
         if debug:
