@@ -261,12 +261,23 @@ class Api:
         if name is not None and name != self.model_name:
             raise ApiError(404, f"The model `{name}` does not exist.", "model")
 
-    def _ids(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, list):
-            return list(prompt)
+    async def _tokenize(self, texts: list[str], param: str, special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, encoded off the event loop: `encode_batch` lets go of the GIL while it
+        works (`encode` does not), so a megabyte prompt (seconds to tokenize) does not stall every other
+        request's stream meanwhile (a 4.4 MB prompt, a trained byte-level BPE, in a thread: the event
+        loop's longest gap 2.5 s with `encode`, 0.15 s with `encode_batch`, tokenizers 0.23)."""
         if self.tokenizer is None:
-            raise ApiError(400, "this checkpoint has no tokenizer.json: send the prompt as token ids", "prompt")
-        return self.tokenizer.encode(_encodable(prompt, "prompt")).ids
+            raise ApiError(400, "this checkpoint has no tokenizer.json: send the prompt as token ids", param)
+        texts = [_encodable(text, param) for text in texts]
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.tokenizer.encode_batch(texts, add_special_tokens=special_tokens))
+        return [e.ids for e in encoded]
+
+    async def _ids(self, prompts: list[str | list[int]]) -> list[list[int]]:
+        """The batch's prompts as token ids (texts tokenized, id lists as given)."""
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = iter(await self._tokenize(texts, "prompt") if texts else [])
+        return [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
@@ -456,7 +467,7 @@ class Api:
     async def completions(self, raw: HttpRequest):
         body: CompletionRequest = await read_body(raw, CompletionRequest)
         self._check_model(body.model)
-        prompts = [self._ids(p) for p in body.prompts()]
+        prompts = await self._ids(body.prompts())
         return await self._run(raw, body, prompts, body.max_tokens, 16, chat=False, echo=body.echo,
                                logprobs=body.logprobs)
 
@@ -472,7 +483,7 @@ class Api:
         except ValueError as exc:
             raise ApiError(400, str(exc), "messages") from None
         # the template writes the special tokens itself (as transformers' apply_chat_template(tokenize=True))
-        ids = self.tokenizer.encode(_encodable(text, "messages"), add_special_tokens=False).ids
+        ids = (await self._tokenize([text], "messages", special_tokens=False))[0]
         return await self._run(raw, body, [ids], body.max_completion_tokens or body.max_tokens, None, chat=True,
                                logprobs=(body.top_logprobs or 0) if body.logprobs else None)
 
