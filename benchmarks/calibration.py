@@ -25,7 +25,7 @@ def main(show_all: bool) -> None:
     by_source: dict[str, list] = defaultdict(list)
     for p in points:
         by_source[p.source].append(p)
-    click.echo(f"| source | held rows | worst held error | all rows | error range of all rows |\n|---|---|---|---|---|")
+    click.echo("| source | held rows | worst held error | all rows | error range of all rows |\n|---|---|---|---|---|")
     for source, rows in by_source.items():
         held = [p for p in rows if p.held]
         worst = max((p.error for p in held), key=abs, default=None)
