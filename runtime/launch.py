@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from runtime.config import RuntimeConfig, write_runtime_config
 from runtime.forkserver import die_with_parent
 from runtime.hfconfig import read_checkpoint_config, stop_token_ids
-from runtime.host import Host
+from runtime.host import Host, Request
 from runtime.sampling import SamplingParams
 
 
@@ -196,16 +197,30 @@ def measure(host: Host, prompts: list[list[int]], max_new_tokens: int, sampling:
     requests, waiting = [], list(zip(prompts, sampling))
     in_flight: list = []
     deadline = time.monotonic() + timeout_s
-    while waiting or in_flight:
-        while waiting and len(in_flight) < limit:
-            prompt, params = waiting.pop(0)
-            request = host.submit(prompt, max_new_tokens, params, ignore_eos=ignore_eos)
-            requests.append(request)
-            in_flight.append(request)
-        in_flight[0].done.wait(max(0.0, deadline - time.monotonic()))
-        if time.monotonic() > deadline:
-            break
-        in_flight = [r for r in in_flight if not r.done.is_set()]
+    ended = threading.Event()   # some request ended: replace it now, whichever it is (not only the oldest)
+    chained = host.on_end
+
+    def on_end(request: Request) -> None:
+        ended.set()
+        if chained is not None:
+            chained(request)
+
+    host.on_end = on_end
+    try:
+        while waiting or in_flight:
+            while waiting and len(in_flight) < limit:
+                prompt, params = waiting.pop(0)
+                request = host.submit(prompt, max_new_tokens, params, ignore_eos=ignore_eos)
+                requests.append(request)
+                in_flight.append(request)
+            if not any(r.done.is_set() for r in in_flight):   # (one may have ended at submit)
+                ended.wait(max(0.0, deadline - time.monotonic()))
+            ended.clear()   # cleared before looking: an end from now on wakes the next wait
+            if time.monotonic() > deadline:
+                break
+            in_flight = [r for r in in_flight if not r.done.is_set()]
+    finally:
+        host.on_end = chained
     wall = time.perf_counter() - start
     outputs = [list(r.tokens) for r in requests]
     errors = [r.error or f"request {r.rid} unfinished after {timeout_s:g} s" for r in requests

@@ -323,3 +323,37 @@ def test_planner_run_local_serves_a_tensor_parallel_layout(model_dir, run_cli):
     result = json.loads(out)
     assert result["errors"] == [] and result["outputs"] == [reference[0]]
     assert [(w["node"], w["tp"]) for w in result["workers"]] == [("local:0+local:1", 2), ("local:2+local:3", 2)]
+
+
+def test_a_closed_loop_replaces_whichever_request_ends_first():
+    """`planner run --concurrency N` is the simulator's offline:N: a new request as each one ends. It used
+    to wait for the oldest in flight, so a younger one that ended first left a slot empty meanwhile (here
+    for ever: the oldest ends only once the third request is in)."""
+    import threading
+
+    from runtime.host import Request
+    from runtime.launch import measure
+
+    class Host:
+        on_end = None
+
+        def __init__(self) -> None:
+            self.submitted: list[Request] = []
+
+        def end(self, request: Request) -> None:
+            request.tokens[:] = [7, 8]
+            request.first_token_s = request.finished_s = time.perf_counter()
+            request.done.set()
+            self.on_end(request)
+
+        def submit(self, prompt, max_new_tokens, sampling, ignore_eos=True) -> Request:
+            request = Request(str(len(self.submitted)), prompt, max_new_tokens, sampling, frozenset())
+            self.submitted.append(request)
+            ending = {2: [1], 3: [0, 2]}.get(len(self.submitted), [])
+            threading.Timer(0.05, lambda: [self.end(self.submitted[i]) for i in ending]).start()
+            return request
+
+    host = Host()
+    stats = measure(host, [[1, 2]] * 3, 2, [SamplingParams()] * 3, concurrency=2, timeout_s=5)
+    assert stats["completed"] == 3 and not stats["errors"], stats["errors"]
+    assert stats["wall_s"] < 2 and host.on_end is None   # the host's own hook is given back
