@@ -334,6 +334,17 @@ class Worker:
             self.group.step(items, inputs)
         return self.stage(inputs, plan, self.kv)
 
+    def _settle(self, out: torch.Tensor) -> None:
+        """Wait for a step whose result nobody reads here (the middle chunks of a long prompt on the last
+        stage: no token to sample, nothing to send). Its kernels are only queued when the stage returns;
+        without the wait the worker would form and queue the next batch at once, before the decode rows
+        that come back from the host during this step have arrived, and they would run a step later:
+        2,048-token prompts at 64 in flight on an H100 decoded at about three steps per token, not two
+        (docs/runtime.md, the fifth run). Every other step waits for its output anyway (sampling, or
+        the copy to the next hop)."""
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+
     def _step(self, batch: list[Item]) -> None:
         batch = self._admit(batch)
         if not batch:
@@ -352,6 +363,7 @@ class Worker:
         if self.stage.last:
             rows = [row for row, item in enumerate(batch) if not item.more]   # a prompt's last chunk yields a token
             if not rows:
+                self._settle(out)
                 return
             if len(rows) < len(batch):
                 out, batch = out[rows], [batch[row] for row in rows]

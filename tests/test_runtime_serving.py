@@ -131,6 +131,27 @@ def test_a_worker_splits_the_first_prompt_that_does_not_fit_and_keeps_its_rest_f
     assert take([item("p", 0, 3)], 2) == ([("p", 0, 3, False)], [])
 
 
+def test_a_last_stage_step_with_nothing_to_sample_waits_for_its_device_work(monkeypatch):
+    """A long prompt's middle chunk on the last stage yields no token, so nothing read its result: the
+    worker formed the next batch while the GPU still ran this one, before the decode rows coming back
+    from the host had arrived, and they waited a step more (about three steps per token, not two, on an
+    H100). Such a step now waits for the device; on a CPU there is nothing to wait for."""
+    from types import SimpleNamespace
+
+    from runtime.worker import Item, Worker
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    chunk, _ = Item("p", 0, 8, ["a:0"], 0, torch.arange(8), None).split(4)
+    for out, expected in ((SimpleNamespace(is_cuda=True, device="cuda:0"), ["cuda:0"]), (torch.zeros(4, 2), [])):
+        synced.clear()
+        worker = SimpleNamespace(_admit=lambda batch: batch, _run_stage=lambda batch, out=out: out,
+                                 stage=SimpleNamespace(last=True), steps=0, group=None)
+        worker._settle = lambda result, worker=worker: Worker._settle(worker, result)
+        Worker._step(worker, [chunk])
+        assert worker.steps == 1 and synced == expected
+
+
 def test_parallel_middle_stage_splits_requests_and_matches_transformers(model_dir, forkserver):
     model, directory, reference = model_dir
     with start(model, directory, PARALLEL, forkserver, "parallel") as run:
