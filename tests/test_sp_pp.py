@@ -246,6 +246,8 @@ def test_cli_gpus_choose_rank_order(run_cli):
     (["--gpus", "dev0:0,dev7:0"], "unknown GPU 'dev7:0'"),
     (["--gpus", "dev0:0"], "needs at least 2 GPUs, got 1"),
     (["--gpus", "dev0:0,dev0:0"], "listed twice"),
+    (["--gpus", ","], "',' has an empty entry"),                  # was every GPU, silently
+    (["--gpus", "dev0:0,,dev1:0"], "has an empty entry"),
     (["--prompt", "lots"], "'lots' is not a token count"),
     (["--output", "0"], "--output: 0 tokens is not a length"),
     (["--prompt", "40960"], "exceed qwen3-4b's context of 40,960 tokens"),

@@ -51,7 +51,11 @@ def sp_pp_cmd(cluster_file: str, sync: str, prompt: str | None, output: int, chu
     (pairwise or ring) over the cluster's links, then decode on every device; beside the same request on
     a plain pipeline of the same GPUs, for a sweep of prompt lengths (docs/seeds/002-sp-pp.md)."""
     cluster = load_cluster(cluster_file, check_fit=False)  # SP+PP's own check: the whole model per device
-    nodes = select_devices(cluster, [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None)
+    names = [g.strip() for g in gpus.split(",")] if gpus is not None else None
+    if names is not None and "" in names:   # 'a,,b', ',' or '': a GPU left out by a typo, not "every GPU"
+        raise InputError(f"'{gpus}' has an empty entry", field="--gpus",
+                         fix="name GPUs as HOST:INDEX, comma-separated, or leave --gpus out for every GPU")
+    nodes = select_devices(cluster, names)
     if len(nodes) < 2:
         raise InputError(f"SP+PP needs at least 2 GPUs, got {len(nodes)}", file=cluster.path, field="--gpus",
                          fix="name two or more GPUs, or use a cluster with more")
