@@ -223,3 +223,13 @@ def test_a_control_character_in_a_name_is_shown_escaped(tmp_path):
     path.write_text(BASE_CLUSTER.replace("[host host2]", "[host ho\x00st\x1b2]").replace("-- host2", "-- ho\x00st\x1b2"))
     line = one_line_error(run_planner("show", path), "cluster.ini")
     assert "ho\\x00st\\x1b2" in line and "\x00" not in line and "\x1b" not in line, line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--local", "--prompt-ids", "1,,2"], ["--prompt-ids", "empty entry"]),        # ran 1,2
+    (["run", "--local", "--prompt-ids", "-1"], ["--prompt-ids", "[0, 256)"]),            # an internal error
+    (["run", "--local", "--max-new-tokens", "100000"], ["--max-new-tokens", "context of 4,096"]),  # ran for minutes
+    (["profile", "--model", "qwen3-0.6b", "--prefill-tokens", "16,,64"], ["--prefill-tokens", "empty entry"]),
+])
+def test_run_and_profile_options_are_checked_before_any_work(args, words):
+    one_line_error(run_planner(*args, timeout=120), *words)

@@ -16,8 +16,11 @@ from planner.units import format_bytes, parse_memory
 
 
 def _sizes(text: str, option: str) -> tuple[int, ...]:
+    items = [x.strip() for x in text.split(",")]
+    if "" in items and text.strip():   # 'a,,b' or a trailing comma: a size left out by a typo
+        raise InputError(f"'{text}' has an empty entry", field=option, fix="write e.g. 1,8,32")
     try:
-        sizes = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+        sizes = tuple(sorted({int(x) for x in items if x}))
     except ValueError:
         raise InputError(f"'{text}' is not a list of whole numbers", field=option, fix="write e.g. 1,8,32") from None
     if not sizes or sizes[0] < 1:
@@ -63,7 +66,7 @@ def profile_cmd(checkpoint: str | None, model_name: str | None, device: str, dty
         try:
             parse_memory(memory)
         except ValueError as exc:
-            raise InputError(str(exc), field="--memory", fix="write e.g. '24 GiB'") from None
+            raise InputError(str(exc), field="--memory", fix="see docs/formats.md#units") from None
     batches, tokens = _sizes(decode_batches, "--decode-batches"), _sizes(prefill_tokens, "--prefill-tokens")
     dtype = dtype or ("fp32" if device == "cpu" else "bf16")
     import torch  # only the commands that run models import torch

@@ -21,8 +21,11 @@ from runtime.config import MAX_KV_SLOTS, Limits
 
 
 def _ids(text: str) -> list[int]:
+    items = [x.strip() for x in text.split(",")]
+    if "" in items and text.strip():   # '1,,2' or a trailing comma: an id left out by a typo
+        raise InputError(f"'{text}' has an empty entry", field="--prompt-ids", fix="write e.g. 1,2,3")
     try:
-        ids = [int(x) for x in text.split(",") if x.strip()]
+        ids = [int(x) for x in items if x]
     except ValueError:
         raise InputError(f"'{text}' is not a list of token ids", field="--prompt-ids", fix="write e.g. 1,2,3") from None
     if not ids:
@@ -77,7 +80,15 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
             make_checkpoint(checkpoint_dir, read_layout(layout_file).cluster.model, seed=0)
             checkpoint = str(checkpoint_dir)
         layout = read_layout(layout_file)
-        check_same_model(read_checkpoint_model(checkpoint), layout.cluster.model, file=checkpoint)
+        model = layout.cluster.model
+        check_same_model(read_checkpoint_model(checkpoint), model, file=checkpoint)
+        if not all(0 <= t < model.vocab_size for t in prompt):
+            raise InputError(f"token ids must be in [0, {model.vocab_size}), {model.id}'s vocabulary",
+                             field="--prompt-ids", fix=f"give ids below {model.vocab_size}")
+        if len(prompt) + max_new_tokens > model.max_position_embeddings:
+            raise InputError(f"{len(prompt):,} prompt + {max_new_tokens:,} new tokens exceed {model.id}'s context of "
+                             f"{model.max_position_embeddings:,} tokens", field="--max-new-tokens",
+                             fix=f"keep prompt + new tokens <= {model.max_position_embeddings:,}")
         units = layout.placement.units()
         workers = len(units)
         processes = sum(len(layout.placement.members(u)) for u in units)   # a rank of a TP group: one each
