@@ -182,7 +182,8 @@ class Host:
         except zmq.ZMQError as exc:
             self.inbox.close()
             self.context.term()
-            raise RuntimeError(f"the host cannot listen on {self.config.host.endpoint}: {exc}") from None
+            raise OSError(exc.errno, f"the host cannot listen on {self.config.host.endpoint}: {exc.strerror} (run it "
+                          "on the machine with that address and a free port, or re-export with the right ones)") from None
         self.outboxes: dict[str, zmq.Socket] = {}
         for w in self.config.workers:
             sock = self.context.socket(zmq.PUSH)

@@ -555,7 +555,12 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((address, port))
+        try:
+            self.socket.bind((address, port))
+        except OSError as exc:   # the message names what could not be bound (the bare error does not)
+            self.socket.close()
+            raise OSError(exc.errno, f"the HTTP API cannot listen on {address}:{port}: {exc.strerror} (use "
+                                     "--bind and --http-port)") from None
         self.port = self.socket.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE_S,
                                                     http="h11", lifespan="off", log_level="warning",

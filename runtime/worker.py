@@ -163,7 +163,17 @@ class Worker:
         """Serve until a "stop" message or stop(); binds the inbox first, then starts the heartbeat."""
         inbox = self.context.socket(zmq.PULL)
         inbox.setsockopt(zmq.LINGER, 0)
-        inbox.bind(self.spec.endpoint)
+        try:
+            inbox.bind(self.spec.endpoint)
+        except zmq.ZMQError as exc:   # another machine's address, or the port taken: say which, not a traceback
+            inbox.close()
+            raise OSError(exc.errno, f"worker {self.spec.node} cannot listen on {self.spec.endpoint}: {exc.strerror} "
+                          "(run it on the machine with that address and a free port, or re-export with the right "
+                          "ones)") from None
+        print(f"worker {self.spec.node}: layers [{self.spec.start}, {self.spec.end}) on {self.spec.device}, "
+              f"KV for {self.kv.capacity_tokens} tokens and {self.spec.kv_slots} requests"
+              f"{', decode as CUDA graphs' if self.graphs else ''}, listening on {self.spec.endpoint}",
+              file=sys.stderr, flush=True)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         try:
@@ -404,9 +414,6 @@ def run_worker(config: RuntimeConfig, node: str, checkpoint: str) -> None:
     worker = Worker(config, node, checkpoint)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    print(f"worker {node}: layers [{worker.spec.start}, {worker.spec.end}) on {worker.spec.device}, "
-          f"KV for {worker.kv.capacity_tokens} tokens and {worker.spec.kv_slots} requests"
-          f"{', decode as CUDA graphs' if worker.graphs else ''}, listening on {worker.spec.endpoint}", file=sys.stderr, flush=True)
     worker.serve()
     if worker.group_failure is not None:
         sys.exit(1)

@@ -233,3 +233,47 @@ def test_a_control_character_in_a_name_is_shown_escaped(tmp_path):
 ])
 def test_run_and_profile_options_are_checked_before_any_work(args, words):
     one_line_error(run_planner(*args, timeout=120), *words)
+
+
+def test_an_address_the_runtime_cannot_listen_on_is_one_line(tmp_path):
+    """The host's and a worker's ZeroMQ inbox and the HTTP API, on a port that is taken (or an address of
+    another machine): one line naming what could not listen, not an internal error."""
+    import socket
+
+    import zmq
+
+    from planner.export.runtime import runtime_config
+    from planner.layout import read_layout
+    from runtime.config import write_runtime_config
+    from runtime.demo import write_demo
+
+    from runtime.checkpoint import make_checkpoint
+
+    layout, checkpoint = write_demo(tmp_path / "demo")
+    make_checkpoint(checkpoint, read_layout(layout).cluster.model, seed=0)
+    with socket.socket() as probe:   # free ports, taken below
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1]
+    config = runtime_config(read_layout(layout), layout_path=str(layout), local=True, device="cpu", base_port=base)
+    path = write_runtime_config(config, tmp_path / "runtime.json")
+    context = zmq.Context()
+    taken = context.socket(zmq.PULL)
+    try:
+        taken.bind(config.host.endpoint)
+        one_line_error(run_planner("host", "--config", path, "--http-port", "0", timeout=60),
+                       "the host cannot listen on", config.host.endpoint)
+        taken.unbind(config.host.endpoint)
+        worker = config.workers[0]
+        taken.bind(worker.endpoint)
+        one_line_error(run_planner("worker", "--config", path, "--node", worker.node, "--checkpoint", checkpoint,
+                                   timeout=60),
+                       f"worker {worker.node} cannot listen on", worker.endpoint)
+    finally:
+        taken.close(linger=0)
+        context.term()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line_error(run_planner("host", "--config", path, "--http-port", str(port), timeout=60),
+                       f"the HTTP API cannot listen on 127.0.0.1:{port}")
