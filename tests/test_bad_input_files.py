@@ -94,6 +94,9 @@ def test_an_exported_script_takes_the_checkpoint_path_as_written(tmp_path):
                                env={"PATH": "/usr/bin:/bin"})
         assert shown.stdout == checkpoint, shown
     assert not marker.exists()
+    empty = run_planner("export", layout, "--to", "runtime", tmp_path / "out2", "--checkpoint", " ")
+    one_line_error(empty, "--checkpoint", "is empty")   # it was written as the path every worker loads
+    assert not (tmp_path / "out2").exists()
 
 
 HETERO = (ROOT / "profiles" / "hetero.ini").read_text()

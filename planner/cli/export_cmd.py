@@ -8,7 +8,7 @@ import click
 
 from planner.cli.console import make_console
 from planner.cli.options import FiniteRange
-from planner.errors import InputWarning
+from planner.errors import InputError, InputWarning
 from planner.export import EXPORTERS
 from planner.lanes import MAX_LANES
 from planner.layout import read_layout
@@ -53,6 +53,9 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
     """Write the files that run a layout: the bundled runtime (runtime.json and a launch script per host),
     vLLM replicas (vllm-replicas), vLLM pipelines over Ray (vllm) or Helix's files (helix).
     docs/exports.md walks through each."""
+    if checkpoint is not None and not checkpoint.strip():   # '' would be written as the path workers load
+        raise InputError("is empty", field="--checkpoint",
+                         fix="give the model directory, or leave --checkpoint out and set CHECKPOINT when launching")
     layout = read_layout(layout_file)
     written = EXPORTERS[target](layout, out_dir, layout_path=layout_file, checkpoint=checkpoint, device=device,
                                base_port=port, http_port=http_port, routing=routing,
