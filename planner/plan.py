@@ -93,6 +93,4 @@ def solve(cluster: Cluster, method: str, *, time_limit: float = 60.0, seed: int 
         # methods keep a share of the limit for this re-scoring; it stops by the limit itself
         return score(problem, result, max_tpot_s, max_ttft_s, deadline=began + time_limit)
     except SolveError as exc:   # say which cluster file could not be placed
-        if cluster.path is None or str(exc).startswith(f"{cluster.path}: "):
-            raise
         raise SolveError(f"{cluster.path}: {exc}") from None

@@ -10,20 +10,19 @@ import sys
 import click
 
 from planner.catalog import DTYPE_BYTES, load_model_catalog
+from planner.cli.options import comma_items
 from planner.errors import InputError
 from planner.ini import NAME
 from planner.units import format_bytes, parse_memory
 
 
 def _sizes(text: str, option: str) -> tuple[int, ...]:
-    items = [x.strip() for x in text.split(",")]
-    if "" in items and text.strip():   # 'a,,b' or a trailing comma: a size left out by a typo
-        raise InputError(f"'{text}' has an empty entry", field=option, fix="write e.g. 1,8,32")
+    items = comma_items(text, option, fix="write e.g. 1,8,32")
     try:
-        sizes = tuple(sorted({int(x) for x in items if x}))
+        sizes = tuple(sorted({int(x) for x in items}))
     except ValueError:
         raise InputError(f"'{text}' is not a list of whole numbers", field=option, fix="write e.g. 1,8,32") from None
-    if not sizes or sizes[0] < 1:
+    if sizes[0] < 1:
         raise InputError(f"'{text}' needs sizes >= 1", field=option, fix="write e.g. 1,8,32")
     return sizes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from planner.cli.console import make_console
-from planner.cli.options import FiniteRange
+from planner.cli.options import FiniteRange, comma_items
 from planner.errors import InputError
 from planner.export.runtime import runtime_config
 from planner.lanes import MAX_LANES
@@ -21,16 +21,11 @@ from runtime.config import MAX_KV_SLOTS, Limits
 
 
 def _ids(text: str) -> list[int]:
-    items = [x.strip() for x in text.split(",")]
-    if "" in items and text.strip():   # '1,,2' or a trailing comma: an id left out by a typo
-        raise InputError(f"'{text}' has an empty entry", field="--prompt-ids", fix="write e.g. 1,2,3")
+    items = comma_items(text, "--prompt-ids", fix="write e.g. 1,2,3")
     try:
-        ids = [int(x) for x in items if x]
+        return [int(x) for x in items]
     except ValueError:
         raise InputError(f"'{text}' is not a list of token ids", field="--prompt-ids", fix="write e.g. 1,2,3") from None
-    if not ids:
-        raise InputError("no token ids", field="--prompt-ids", fix="write e.g. 1,2,3")
-    return ids
 
 
 @click.command(name="run")

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from planner.cli.console import make_console
+from planner.cli.options import comma_items
 from planner.cluster import Cluster, load_cluster
 from planner.errors import InputError, SolveError
 from planner.sp_pp import (DEFAULT_CHUNK_TOKENS, DEFAULT_OUTPUT_TOKENS, SWEEP_PROMPT_TOKENS, SYNC_STRATEGIES, Device,
@@ -51,10 +52,8 @@ def sp_pp_cmd(cluster_file: str, sync: str, prompt: str | None, output: int, chu
     (pairwise or ring) over the cluster's links, then decode on every device; beside the same request on
     a plain pipeline of the same GPUs, for a sweep of prompt lengths (docs/seeds/002-sp-pp.md)."""
     cluster = load_cluster(cluster_file, check_fit=False)  # SP+PP's own check: the whole model per device
-    names = [g.strip() for g in gpus.split(",")] if gpus is not None else None
-    if names is not None and "" in names:   # 'a,,b', ',' or '': a GPU left out by a typo, not "every GPU"
-        raise InputError(f"'{gpus}' has an empty entry", field="--gpus",
-                         fix="name GPUs as HOST:INDEX, comma-separated, or leave --gpus out for every GPU")
+    names = comma_items(gpus, "--gpus", fix="name GPUs as HOST:INDEX, comma-separated, or leave --gpus out "
+                        "for every GPU") if gpus is not None else None
     nodes = select_devices(cluster, names)
     if len(nodes) < 2:
         raise InputError(f"SP+PP needs at least 2 GPUs, got {len(nodes)}", file=cluster.path, field="--gpus",
