@@ -175,15 +175,11 @@ class Host:
     def start(self) -> "Host":
         """Bind the inbox (raising here if the port is taken), connect to the workers, run the engine."""
         self.context = zmq.Context()
-        self.inbox = self.context.socket(zmq.PULL)
-        self.inbox.setsockopt(zmq.LINGER, 0)
         try:
-            self.inbox.bind(self.config.host.endpoint)
-        except zmq.ZMQError as exc:
-            self.inbox.close()
+            self.inbox = wire.bind_inbox(self.context, self.config.host.endpoint, "the host")
+        except OSError:
             self.context.term()
-            raise OSError(exc.errno, f"the host cannot listen on {self.config.host.endpoint}: {exc.strerror} (run it "
-                          "on the machine with that address and a free port, or re-export with the right ones)") from None
+            raise
         self.outboxes: dict[str, zmq.Socket] = {}
         for w in self.config.workers:
             sock = self.context.socket(zmq.PUSH)

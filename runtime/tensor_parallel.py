@@ -146,9 +146,8 @@ class Rank:
         self.stage.accelerate()
         self.kv = new_pool(self.stage, config, spec)
         self.context = zmq.Context()
-        self.inbox = self.context.socket(zmq.PULL)   # bound before joining: the face's first step finds it
-        self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.bind(spec.rank_endpoint(rank))
+        # bound before joining: the face's first step finds it
+        self.inbox = wire.bind_inbox(self.context, spec.rank_endpoint(rank), f"worker {spec.node} rank {rank}")
         self.pids = join_group(spec, rank)
         self.stopping = False
         self.dtype = TORCH_DTYPES[config.dtype]

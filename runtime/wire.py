@@ -1,4 +1,5 @@
-"""Messages on the wire: ZeroMQ multipart frames, a msgpack header then raw tensor bytes (no pickle).
+"""Messages on the wire: ZeroMQ multipart frames, a msgpack header then raw tensor bytes (no pickle), and
+the inbox (a PULL socket) the host, each worker and each tensor-parallel rank receives them on.
 
     frame 0   msgpack map: {"kind": str, ..., "tensors": [{"dtype": "float32", "shape": [T, 64]}, ...]}
     frame 1.. one frame per tensor: its bytes, C order, native little-endian
@@ -14,10 +15,25 @@ import warnings
 
 import msgpack
 import torch
+import zmq
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "int64": torch.int64, "int32": torch.int32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def bind_inbox(context: zmq.Context, endpoint: str, who: str) -> zmq.Socket:
+    """A PULL socket bound at `endpoint` (linger 0: what is unsent dies with it). Where it cannot bind (another
+    machine's address, a port taken), an OSError naming `who` and the endpoint, one line from the CLI."""
+    inbox = context.socket(zmq.PULL)
+    inbox.setsockopt(zmq.LINGER, 0)
+    try:
+        inbox.bind(endpoint)
+    except zmq.ZMQError as exc:
+        inbox.close()
+        raise OSError(exc.errno, f"{who} cannot listen on {endpoint}: {exc.strerror} (run it on the machine "
+                                 "with that address and a free port, or re-export with the right ones)") from None
+    return inbox
 
 
 def encode(header: dict, tensors: tuple[torch.Tensor, ...] = ()) -> list:

@@ -161,15 +161,7 @@ class Worker:
 
     def serve(self) -> None:
         """Serve until a "stop" message or stop(); binds the inbox first, then starts the heartbeat."""
-        inbox = self.context.socket(zmq.PULL)
-        inbox.setsockopt(zmq.LINGER, 0)
-        try:
-            inbox.bind(self.spec.endpoint)
-        except zmq.ZMQError as exc:   # another machine's address, or the port taken: say which, not a traceback
-            inbox.close()
-            raise OSError(exc.errno, f"worker {self.spec.node} cannot listen on {self.spec.endpoint}: {exc.strerror} "
-                          "(run it on the machine with that address and a free port, or re-export with the right "
-                          "ones)") from None
+        inbox = wire.bind_inbox(self.context, self.spec.endpoint, f"worker {self.spec.node}")
         print(f"worker {self.spec.node}: layers [{self.spec.start}, {self.spec.end}) on {self.spec.device}, "
               f"KV for {self.kv.capacity_tokens} tokens and {self.spec.kv_slots} requests"
               f"{', decode as CUDA graphs' if self.graphs else ''}, listening on {self.spec.endpoint}",
