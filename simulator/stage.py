@@ -123,9 +123,6 @@ class Stage:
         self.idle_since = 0.0   # when it last went idle
         self.wakes = cost.wakes   # a step after a wait costs more (a measured wake_ms): wake_time(waited)
         self.wake_time = cost.wake_s
-        self._batch: list[Cohort] = []            # the running iteration's decode cohorts,
-        self._chunks: list[list] = []             # its prompt chunks,
-        self._sequences = self._tokens = 0        # and their sizes
         # metrics, over the window [low, high]
         self.low, self.high = window
         self.busy_s = 0.0
@@ -298,7 +295,6 @@ class Stage:
             seconds += self.head_time[sequences] + self.head_time[finished]
 
         self.wake_at = BUSY
-        self._batch, self._chunks, self._sequences, self._tokens = batch, chunks, sequences, tokens
         end = now + seconds
         high = self.high
         if now < high:   # the share of [now, end] inside the window [low, high]
@@ -309,11 +305,12 @@ class Stage:
                 self.busy_s += (end if end < high else high) - now
             elif end > low:
                 self.busy_s += (end if end < high else high) - low
-        heappush(self._heap, (end, next(self._seq), self._on_finish, None))
+        # the iteration travels as the event's payload: its decode cohorts, prompt chunks and their sizes
+        heappush(self._heap, (end, next(self._seq), self._on_finish, (batch, chunks, sequences, tokens)))
 
-    def finish(self, now: float, _payload: None) -> None:
+    def finish(self, now: float, iteration: tuple[list, list, int, int]) -> None:
         """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
-        batch, chunks = self._batch, self._chunks
+        batch, chunks, sequences, tokens = iteration
         self.wake_at = INF
         nxt = self.only_next
         if nxt is MIXED:   # paths part here, but this iteration's outputs may still all take one hop
@@ -323,9 +320,9 @@ class Stage:
         elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
             firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
             if batch or firsts:
-                self._send(now, None, batch, [], firsts, self._sequences + len(firsts))
+                self._send(now, None, batch, [], firsts, sequences + len(firsts))
         elif batch or chunks:   # every output goes on to one next stage, as they are
-            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * (self._sequences + self._tokens))
+            nxt.receive(self.link_to[nxt].send(now, self.activation_bytes * (sequences + tokens))
                         + self.hop_s, batch, chunks)
         inbox = self.inbox
         if self.ready or self.prefill or (inbox and inbox[0][0] <= now):
