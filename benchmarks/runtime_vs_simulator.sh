@@ -74,5 +74,23 @@ for n, label, name in ((1, "simulator", "sim-1"), (2, "simulator", "sim-2"), (8,
     print(f"| {n} | error | {sim['decode_throughput_tokens_per_s'] / run['output_tokens_per_s'] - 1:+.0%} | "
           f"{sim['ttft_s']['mean'] / run['ttft_s']['mean'] - 1:+.0%} | {sim['tpot_s']['mean'] / run['tpot_s']['mean'] - 1:+.0%} |")
 EOF
+python3 - <<'EOF'
+import json
+# where the time goes: each worker's mean step (its heartbeats' busy seconds / steps) and busy share against
+# the simulator's mean iteration and utilisation of the same stage; what a token takes beyond its steps is
+# the hops', the host's and the waits' share
+print("| in flight | stage | runtime step ms / busy | simulator | steps per output token: runtime / simulator |")
+print("|---|---|---:|---:|---:|")
+for n in (1, 2, 8):
+    run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"sim-{n}.json"))
+    nodes = {node["name"]: node for node in sim["nodes"]}
+    sim_tokens = sim["decode_throughput_tokens_per_s"] * sim["measured_seconds"]
+    for worker in run["workers"]:
+        node = nodes[worker["node"]]
+        sim_step = node["utilisation"] * sim["measured_seconds"] / node["iterations"] if node["iterations"] else 0.0
+        print(f"| {n} | {worker['node']} | {(worker['step_s'] or 0) * 1e3:.2f} / {worker['busy_share']:.0%} | "
+              f"{sim_step * 1e3:.2f} / {node['utilisation']:.0%} | "
+              f"{worker['steps'] / run['output_tokens']:.2f} / {node['iterations'] / sim_tokens:.2f} |")
+EOF
 grep _ms profile.ini
 sed -n '/\[nodes\]/,/^$/p' layout.ini

@@ -24,6 +24,7 @@ itself die, `health()` says "down" and every request fails at once instead of ha
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import sys
@@ -165,8 +166,10 @@ class Host:
         self.readmitted = 0
         self.cancels: queue.Queue = queue.Queue()
         self.engine_error: str | None = None       # set when the engine loop died
+        # each worker's last heartbeat: KV and queue, and its steps and seconds inside them since it started
         self.worker_stats = {w.node: {"free_slots": w.kv_slots, "queued": 0, "kv_tokens": w.kv_tokens or 0,
-                                      "kv_used": 0} for w in config.workers}
+                                      "kv_used": 0, "steps": 0, "busy_s": 0.0, "beat_s": -math.inf}
+                             for w in config.workers}
         self.on_token = None     # optional callback(request, token) on the engine thread (metrics)
         self.on_end = None       # optional callback(request) when a request ends, however it ends
 
@@ -320,7 +323,10 @@ class Host:
             self.worker_stats[node] = {"free_slots": int(header.get("free_slots", 0)),
                                        "queued": int(header.get("queued", 0)),
                                        "kv_tokens": int(header.get("kv_tokens", 0)),
-                                       "kv_used": int(header.get("kv_used", 0))}
+                                       "kv_used": int(header.get("kv_used", 0)),
+                                       "steps": int(header.get("steps", 0)),
+                                       "busy_s": float(header.get("busy_s", 0.0)),
+                                       "beat_s": time.monotonic()}
             self.kv_tokens[node] = int(header.get("kv_tokens", self.kv_tokens[node]))
         if kind == "tokens":
             for item in header["items"]:

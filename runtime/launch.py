@@ -193,6 +193,7 @@ def measure(host: Host, prompts: list[list[int]], max_new_tokens: int, sampling:
     """Serve every prompt, at most `concurrency` in flight (a closed loop, as the simulator's
     offline:N; default: all at once), and report the ids, output tokens/s over the run, TTFT and TPOT."""
     limit = concurrency or len(prompts)
+    before = _step_counters(host)
     start = time.perf_counter()
     requests, waiting = [], list(zip(prompts, sampling))
     in_flight: list = []
@@ -222,6 +223,7 @@ def measure(host: Host, prompts: list[list[int]], max_new_tokens: int, sampling:
     finally:
         host.on_end = chained
     wall = time.perf_counter() - start
+    after = _step_counters(host)
     outputs = [list(r.tokens) for r in requests]
     errors = [r.error or f"request {r.rid} unfinished after {timeout_s:g} s" for r in requests
               if r.error or not r.done.is_set()]
@@ -236,7 +238,19 @@ def measure(host: Host, prompts: list[list[int]], max_new_tokens: int, sampling:
     return {"requests": len(prompts), "completed": len(done), "concurrency": limit, "output_tokens": produced,
             "wall_s": wall, "output_tokens_per_s": produced / wall if wall > 0 else 0.0, "ttft_s": _stats(ttft),
             "ttft_after_first_wave_s": _stats(steady), "tpot_s": _stats(tpot), "outputs": outputs, "errors": errors,
-            "paths": [list(r.path or ()) for r in requests]}
+            "paths": [list(r.path or ()) for r in requests],
+            "steps": {node: {"steps": after[node][0] - before[node][0], "busy_s": after[node][1] - before[node][1]}
+                      for node in after}}
+
+
+def _step_counters(host: Host) -> dict[str, tuple[int, float]]:
+    """Each worker's steps and seconds inside them so far, from a heartbeat sent after this call (a few
+    beats' wait at most; a worker that stays silent keeps its last figures)."""
+    asked = time.monotonic()
+    deadline = asked + 4 * host.config.limits.heartbeat_s
+    while any(s["beat_s"] <= asked for s in host.worker_stats.values()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return {node: (s["steps"], s["busy_s"]) for node, s in host.worker_stats.items()}
 
 
 def _stats(values: list[float]) -> dict:

@@ -4,7 +4,7 @@ is the same (dashboards written for vLLM read them), and the pipeline's own per-
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from runtime.host import Host, Request
 
@@ -36,6 +36,10 @@ class _HostGauges:
                                         "at the worker for the requests on it (prompt + max_tokens each).",
                                         labels=["worker"])
         kv_tokens = GaugeMetricFamily("planner:worker_kv_tokens", "Tokens the worker's KV pool holds.", labels=["worker"])
+        steps = CounterMetricFamily("planner:worker_steps", "Steps the worker has run (last heartbeat).",
+                                    labels=["worker"])
+        busy = CounterMetricFamily("planner:worker_busy_seconds", "Seconds the worker has spent inside its steps "
+                                   "(last heartbeat): its rate is the worker's busy share.", labels=["worker"])
         for node, slots in host.slots.items():
             stats = host.worker_stats[node]
             alive.add_metric([node], 1.0 if host.state[node] == "alive" else 0.0)
@@ -45,9 +49,11 @@ class _HostGauges:
             kv_usage.add_metric([node], stats["kv_used"] / stats["kv_tokens"] if stats["kv_tokens"] else 0.0)
             kv_reserved.add_metric([node], host.kv_reserved[node])
             kv_tokens.add_metric([node], host.kv_tokens[node])
+            steps.add_metric([node], stats["steps"])
+            busy.add_metric([node], stats["busy_s"])
         engine = GaugeMetricFamily("planner:engine_alive", "1 while the host's engine thread runs.")
         engine.add_metric([], 1.0 if host.engine_alive() else 0.0)
-        return [running, waiting, alive, queued, kv_used, kv_total, kv_usage, kv_reserved, kv_tokens, engine]
+        return [running, waiting, alive, queued, kv_used, kv_total, kv_usage, kv_reserved, kv_tokens, steps, busy, engine]
 
 
 class Metrics:

@@ -109,6 +109,7 @@ class Worker:
         self.outboxes: dict[str, zmq.Socket] = {}
         self.stopping = threading.Event()
         self.steps = 0
+        self.busy_s = 0.0   # seconds inside steps (compute, sampling, sending on), reported in heartbeats
         self.group = Face(self.spec, self.context) if self.spec.ranks else None
         self.group_failure: str | None = None    # set when a rank died: the group fails as one worker
         self.stop_ranks = True
@@ -148,6 +149,7 @@ class Worker:
                     return   # no more beats: the host declares the unit dead
                 header = {"kind": "beat", "node": self.spec.node, "pid": os.getpid(),
                           "free_slots": self.kv.free_slots, "queued": len(self.queue), "steps": self.steps,
+                          "busy_s": self.busy_s,
                           "kv_tokens": self.kv.capacity_tokens, "kv_used": self.kv.used_tokens}
                 try:
                     sock.send_multipart(wire.encode(header), flags=zmq.NOBLOCK)
@@ -351,6 +353,15 @@ class Worker:
         batch = self._admit(batch)
         if not batch:
             return
+        began = time.perf_counter()
+        try:
+            self._compute(batch)
+        finally:
+            self.busy_s += time.perf_counter() - began
+
+    def _compute(self, batch: list[Item]) -> None:
+        """Run one step of admitted items and pass its outputs on: tokens to the host from the last stage,
+        hidden states to each next hop otherwise."""
         try:
             out = self._run_stage(batch)
         except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the worker

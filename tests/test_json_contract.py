@@ -90,6 +90,12 @@ def test_run_local_json_is_one_document(tmp_path):
     data = strict_json(run_planner("run", "--local", "--json", "--max-new-tokens", "3", "--requests", "2",
                                    cwd=tmp_path))
     assert data["completed"] == 2 and data["errors"] == []
+    # each worker's steps over the measured run (its heartbeats): a prompt pass and two decode steps per
+    # request, batched or not, and never busier than the run (the warm-up request's steps are not counted)
+    for worker in data["workers"]:
+        assert 3 <= worker["steps"] <= 6, worker
+        assert 0 < worker["busy_s"] <= data["wall_s"] and worker["step_s"] == worker["busy_s"] / worker["steps"]
+        assert worker["busy_share"] == worker["busy_s"] / data["wall_s"]
 
 
 def test_a_program_that_imports_the_planner_gets_a_clean_stdout():

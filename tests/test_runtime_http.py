@@ -416,6 +416,10 @@ def test_a_client_leaving_mid_stream_frees_its_kv(live):
     metrics = httpx.get(live.base + "/metrics").text
     assert 'vllm:request_success_total{finished_reason="abort",model_name="tiny-qwen3"}' in metrics
     assert "vllm:time_to_first_token_seconds_bucket" in metrics and "planner:worker_queue_length{" in metrics
+    # every worker has run steps for that traffic, and spent time inside them (its heartbeat's counters)
+    for name in ("planner:worker_steps_total", "planner:worker_busy_seconds_total"):
+        values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{")]
+        assert len(values) == len(live.host.slots) and min(values) > 0, (name, values)
 
 
 def test_health_says_down_when_the_engine_thread_died(checkpoint, forkserver):

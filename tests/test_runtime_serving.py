@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,7 +103,6 @@ def test_prompts_longer_than_the_token_budget_run_in_chunks_and_match_transforme
 
 def test_a_worker_splits_the_first_prompt_that_does_not_fit_and_keeps_its_rest_first():
     from collections import deque
-    from types import SimpleNamespace
 
     from runtime.worker import Item, Worker
 
@@ -136,7 +136,6 @@ def test_a_last_stage_step_with_nothing_to_sample_waits_for_its_device_work(monk
     worker formed the next batch while the GPU still ran this one, before the decode rows coming back
     from the host had arrived, and they waited a step more (about three steps per token, not two, on an
     H100). Such a step now waits for the device; on a CPU there is nothing to wait for."""
-    from types import SimpleNamespace
 
     from runtime.worker import Item, Worker
 
@@ -146,10 +145,11 @@ def test_a_last_stage_step_with_nothing_to_sample_waits_for_its_device_work(monk
     for out, expected in ((SimpleNamespace(is_cuda=True, device="cuda:0"), ["cuda:0"]), (torch.zeros(4, 2), [])):
         synced.clear()
         worker = SimpleNamespace(_admit=lambda batch: batch, _run_stage=lambda batch, out=out: out,
-                                 stage=SimpleNamespace(last=True), steps=0, group=None)
+                                 stage=SimpleNamespace(last=True), steps=0, busy_s=0.0, group=None)
         worker._settle = lambda result, worker=worker: Worker._settle(worker, result)
+        worker._compute = lambda batch, worker=worker: Worker._compute(worker, batch)
         Worker._step(worker, [chunk])
-        assert worker.steps == 1 and synced == expected
+        assert worker.steps == 1 and synced == expected and worker.busy_s > 0
 
 
 def test_parallel_middle_stage_splits_requests_and_matches_transformers(model_dir, forkserver):
@@ -357,6 +357,8 @@ def test_a_closed_loop_replaces_whichever_request_ends_first():
 
     class Host:
         on_end = None
+        worker_stats: dict = {}   # no workers: no step counters to read
+        config = SimpleNamespace(limits=SimpleNamespace(heartbeat_s=0.25))
 
         def __init__(self) -> None:
             self.submitted: list[Request] = []

@@ -103,9 +103,10 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
             stats = measure(run.host, [prompt] * requests, max_new_tokens,
                             [SamplingParams(temperature, top_p, seed + i) for i in range(requests)],
                             concurrency=concurrency)
+    steps = stats.pop("steps")
     stats.update(layout=str(layout_file), threads_per_worker=threads,
-                 workers=[{"node": w.node, "layers": [w.start, w.end], "device": w.device, "tp": w.tp}
-                          for w in config.workers])
+                 workers=[{"node": w.node, "layers": [w.start, w.end], "device": w.device, "tp": w.tp,
+                           **_busy(steps[w.node], stats["wall_s"])} for w in config.workers])
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -116,8 +117,20 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
         console.print(f"request {i}: {' -> '.join(path)}: {','.join(map(str, ids))}")
     for error in stats["errors"]:
         console.print(f"[red]error[/]: {error}")
+    for w in stats["workers"]:
+        if w["steps"]:
+            console.print(f"worker {w['node']}: {w['steps']:,} steps of {format_time(w['step_s'])} mean, "
+                          f"busy {w['busy_share']:.0%} of the run")
     ttft = stats["ttft_s"]["mean"]
     console.print(f"{stats['output_tokens']} tokens in {stats['wall_s']:.3f} s: "
                   f"[bold]{stats['output_tokens_per_s']:,.1f}[/] output tokens/s, "
                   f"TTFT {format_time(ttft) if ttft is not None else '-'} mean")
 
+
+
+def _busy(steps: dict, wall_s: float) -> dict:
+    """A worker's steps over the measured run (from its heartbeats), their mean time and its busy share, the
+    figures the simulator reports per stage (iterations, utilisation)."""
+    count, busy = steps["steps"], steps["busy_s"]
+    return {"steps": count, "busy_s": busy, "step_s": busy / count if count else None,
+            "busy_share": busy / wall_s if wall_s > 0 else 0.0}
