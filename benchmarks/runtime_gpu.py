@@ -316,16 +316,23 @@ def profile_part(args, results: dict, work: Path) -> None:
         sim = json.loads(out)
         sims.append({"concurrency": c, "tokens_per_s": sim["decode_throughput_tokens_per_s"],
                      "tpot_s": sim["tpot_s"]["mean"], "ttft_s": sim["ttft_s"]["mean"],
-                     "mean_batch": sim["nodes"][0]["mean_batch"]})
+                     "mean_batch": sim["nodes"][0]["mean_batch"],
+                     "step_s": sim["nodes"][0]["utilisation"] * sim["measured_seconds"] / max(1, sim["nodes"][0]["iterations"]),
+                     "steps_per_token": sim["nodes"][0]["iterations"] / max(1e-9, sim["decode_throughput_tokens_per_s"]
+                                                                             * sim["measured_seconds"])})
     results["profile"] = {"section": section, "simulated": sims}
     print("| concurrency | simulated tok/s | served tok/s | error | simulated TPOT ms | served TPOT ms | error | "
-          "simulated TTFT ms | served, after the first wave | error |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "simulated TTFT ms | served, after the first wave | error | step ms simulated / served | "
+          "steps per token simulated / served |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sim, run in zip(sims, results.get("serve", [])):
         tps, tpot, ttft = run["output_tokens_per_s"], run["tpot_s"]["mean"], run["ttft_after_first_wave_s"]["mean"]
+        worker, = run["steps"].values()   # the one worker's steps over the run (its heartbeats)
         print(f"| {sim['concurrency']} | {sim['tokens_per_s']:.0f} | {tps:.0f} | {sim['tokens_per_s'] / tps - 1:+.0%} | "
               f"{sim['tpot_s'] * 1e3:.2f} | {tpot * 1e3:.2f} | {sim['tpot_s'] / tpot - 1:+.0%} | "
-              f"{sim['ttft_s'] * 1e3:.1f} | {ttft * 1e3:.1f} | {sim['ttft_s'] / ttft - 1:+.0%} |")
+              f"{sim['ttft_s'] * 1e3:.1f} | {ttft * 1e3:.1f} | {sim['ttft_s'] / ttft - 1:+.0%} | "
+              f"{sim['step_s'] * 1e3:.2f} / {1e3 * worker['busy_s'] / max(1, worker['steps']):.2f} | "
+              f"{sim['steps_per_token']:.3f} / {worker['steps'] / max(1, run['output_tokens']):.3f} |")
 
 
 def main() -> None:
