@@ -80,6 +80,7 @@ class StageReport:
     kv_tokens: int              # KV capacity, tokens
     mean_batch: float           # decode sequences per iteration
     iterations: int
+    mean_iteration_s: float     # busy time per iteration (planner run reports a worker's mean step alike)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ class SimResult:
             "requests_waiting": self.requests_waiting,
             "nodes": [{"name": s.name, "gpu": s.gpu, "start_layer": s.layers[0], "end_layer": s.layers[1],
                        "utilisation": s.utilisation, "peak_kv": s.peak_kv, "kv_tokens": s.kv_tokens,
-                       "mean_batch": s.mean_batch, "iterations": s.iterations} for s in self.stages],
+                       "mean_batch": s.mean_batch, "iterations": s.iterations,
+                       "mean_iteration_s": s.mean_iteration_s} for s in self.stages],
             "busiest_link": None if busiest is None else
             {"name": busiest.name, "utilisation": busiest.utilisation, "bytes": busiest.bytes},
             "settings": self.settings,

@@ -416,7 +416,8 @@ class Simulation:
             stages.append(StageReport(
                 name, gpu, stage.span, stage.busy_s / measured,
                 stage.kv_peak / stage.kv_capacity if stage.kv_capacity else 0.0, stage.kv_capacity,
-                stage.decoded / stage.iterations if stage.iterations else 0.0, stage.iterations))
+                stage.decoded / stage.iterations if stage.iterations else 0.0, stage.iterations,
+                stage.busy_s / stage.iterations if stage.iterations else 0.0))
         links = tuple(LinkReport(link.name, link.busy_s / measured, link.bytes) for link in self.links.values())
         figures = layout.figures
 

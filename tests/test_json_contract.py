@@ -38,6 +38,10 @@ def test_compare_json_is_one_document():
 def test_simulate_json_is_one_document():
     data = strict_json(run_planner("simulate", LAYOUTS / "hetero.ini", "--json", "--duration", "30"))
     assert data["requests_completed"] > 0
+    # a stage's mean iteration is its busy time over its iterations, the figure planner run gives per worker
+    for node in data["nodes"]:
+        assert node["iterations"] > 0 and node["mean_iteration_s"] == pytest.approx(
+            node["utilisation"] * data["measured_seconds"] / node["iterations"])
 
 
 def test_sp_pp_json_is_one_document():

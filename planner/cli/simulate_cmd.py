@@ -119,11 +119,12 @@ def print_result(console, result, layout_file: str) -> None:
     console.print(latency)
 
     nodes = Table(title="Nodes")
-    for col in ("node", "GPU", "layers", "busy", "peak KV", "KV tokens", "mean batch", "iterations"):
+    for col in ("node", "GPU", "layers", "busy", "peak KV", "KV tokens", "mean batch", "iterations", "mean step"):
         nodes.add_column(col, justify="left" if col in ("node", "GPU") else "right")
     for st in result.stages:
         nodes.add_row(st.name, st.gpu, f"[{st.layers[0]}, {st.layers[1]})", f"{st.utilisation:.0%}",
-                      f"{st.peak_kv:.0%}", f"{st.kv_tokens:,}", f"{st.mean_batch:.1f}", f"{st.iterations:,}")
+                      f"{st.peak_kv:.0%}", f"{st.kv_tokens:,}", f"{st.mean_batch:.1f}", f"{st.iterations:,}",
+                      format_time(st.mean_iteration_s) if st.iterations else "-")
     console.print(nodes)
     busiest = result.busiest_link
     if busiest is not None:
