@@ -1,7 +1,7 @@
 """The runtime on a GPU: per-layer decode against the HBM roofline, and serving end to end (docs/runtime.md).
 
     python benchmarks/runtime_gpu.py [--model qwen3-8b] [--dtype bf16] [--checkpoint DIR] [--out DIR]
-                                     [--parts layers,serve,pipeline,profile]
+                                     [--parts check,layers,mixed,serve,pipeline,profile]
 
 layers:   a middle stage of --layers layers with random weights shaped like --model, as the worker runs it
           (q/k/v and gate/up fused, Triton RMSNorm and paged decode, the step replayed as a CUDA graph),
@@ -13,6 +13,8 @@ layers:   a middle stage of --layers layers with random weights shaped like --mo
 serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
           checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
           1/16/64/256, closed loop, --waves (4) x concurrency requests (at least 8): output tokens/s, TTFT, TPOT.
+mixed:    what a mixed step costs as the worker serves it (decode rows 1-256 plus a prompt chunk, one mixed
+          graph of the serving buckets) against the two passes the simulator charges from the profile.
 pipeline: the same model as two stages on the one GPU (each worker 0.45 of its memory), greedy: does it
           serve, and are its tokens the one-worker tokens (functional check, not a speed figure).
 profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on, and of the
@@ -196,6 +198,58 @@ def layers_part(args, results: dict, work: Path) -> None:
         f"{v['config']} ctx {v['context']} b {v['batch']}: {v['graph_ms']:.4f}" for v in variants))
 
 
+def mixed_part(args, results: dict, work: Path) -> None:
+    """What a mixed step costs as the worker serves it: `b` decode rows (at the profile's context) and a
+    prompt chunk of `c` tokens in one mixed graph of the serving buckets (MIXED_TOKENS up to the token
+    budget, so a step is padded to its bucket), against the two passes the simulator charges from the
+    profile (a decode graph of `b` rows, a mixed graph of the chunk alone: decode_ms + prefill_ms). Replays
+    alone (the GPU's share; the host's layout is `step_overhead_ms`, the same either way), ms per layer."""
+    from runtime.config import Limits
+
+    model = load_model_catalog()[args.model]
+    stage = random_stage(model, args.layers, dtype=args.dtype, device="cuda")
+    stage.accelerate()
+    budget = Limits().max_batch_tokens
+    context = args.prompt + args.new_tokens // 2     # as the profile part times decode
+    rows = []
+    for batch in (1, 16, 64, 256):
+        for chunk in (16, 128, budget - batch):
+            if chunk < 1 or batch + chunk > budget:
+                continue
+            kv, requests = filled_pool(stage, [context + 1] * batch + [chunk])
+            dtype = kv.keys[0].dtype
+            decode_in = torch.randn(batch, model.hidden_size, device="cuda").to(dtype)
+            chunk_in = torch.randn(chunk, model.hidden_size, device="cuda").to(dtype)
+            decode_items = [(r, context, 1) for r in requests[:batch]]
+            prompt_item = (requests[batch], 0, chunk)
+            decoded = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+            alone = MixedGraphs(stage, kv, chunk, 1, sizes=(chunk,))
+            served = MixedGraphs(stage, kv, budget, batch + 1)          # the serving buckets
+            size = served.fits(decode_items + [prompt_item])
+            if size is None:   # more than a mixed graph holds: the worker runs it as two passes
+                print(f"{batch} decode rows + {chunk} tokens: no mixed graph holds it", flush=True)
+                continue
+            decoded.run(requests[:batch], [context] * batch, decode_in)   # stage the inputs the replays read
+            alone.run([prompt_item], chunk_in)
+            served.run(decode_items + [prompt_item], torch.cat([decode_in, chunk_in]), size)
+            decode_s = median_s(decoded.graphs[batch][0].replay) / args.layers
+            prefill_s = median_s(alone.graphs[chunk][0].replay) / args.layers
+            one_s = median_s(served.graphs[size][0].replay) / args.layers
+            rows.append({"batch": batch, "chunk": chunk, "bucket": size, "decode_ms": decode_s * 1e3,
+                         "prefill_ms": prefill_s * 1e3, "mixed_ms": one_s * 1e3})
+            del decoded, alone, served, kv
+            torch.cuda.empty_cache()
+    results["mixed_steps"] = rows
+    print(f"\nmixed steps, {torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} in {args.dtype}, "
+          f"decode rows at context {context}, ms per layer (graph replays):")
+    print("| decode rows | chunk tokens | bucket | decode | prefill | two passes | one mixed graph | mixed / two |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        two = r["decode_ms"] + r["prefill_ms"]
+        print(f"| {r['batch']} | {r['chunk']} | {r['bucket']} | {r['decode_ms']:.4f} | {r['prefill_ms']:.4f} | "
+              f"{two:.4f} | {r['mixed_ms']:.4f} | {r['mixed_ms'] / two:.2f} |")
+
+
 def write_checkpoint(args) -> str:
     if args.checkpoint and Path(args.checkpoint, "config.json").exists():
         return args.checkpoint
@@ -343,7 +397,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a checkpoint of --model (written there if missing)")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--parts", default="check,layers,serve,pipeline,profile")
+    parser.add_argument("--parts", default="check,layers,mixed,serve,pipeline,profile")
     parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
     parser.add_argument("--sweep", action="store_true", help="layers: also time other decode kernel configurations")
     parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
@@ -360,8 +414,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         try:
-            for part, fn in (("check", check_part), ("layers", layers_part), ("serve", serve_part), ("profile", profile_part),
-                             ("pipeline", pipeline_part)):
+            for part, fn in (("check", check_part), ("layers", layers_part), ("mixed", mixed_part), ("serve", serve_part),
+                             ("profile", profile_part), ("pipeline", pipeline_part)):
                 if part in parts:
                     started = time.perf_counter()
                     fn(args, results, work)
