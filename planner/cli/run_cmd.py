@@ -127,7 +127,6 @@ def run_cmd(layout_file: str | None, local: bool, checkpoint: str | None, device
                   f"TTFT {format_time(ttft) if ttft is not None else '-'} mean")
 
 
-
 def _busy(steps: dict, wall_s: float) -> dict:
     """A worker's steps over the measured run (from its heartbeats), their mean time and its busy share, the
     figures the simulator reports per stage (iterations, utilisation)."""
