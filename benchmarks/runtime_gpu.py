@@ -200,10 +200,11 @@ def layers_part(args, results: dict, work: Path) -> None:
 
 def mixed_part(args, results: dict, work: Path) -> None:
     """What a mixed step costs as the worker serves it: `b` decode rows (at the profile's context) and a
-    prompt chunk of `c` tokens in one mixed graph of the serving buckets (MIXED_TOKENS up to the token
-    budget, so a step is padded to its bucket), against the two passes the simulator charges from the
-    profile (a decode graph of `b` rows, a mixed graph of the chunk alone: decode_ms + prefill_ms). Replays
-    alone (the GPU's share; the host's layout is `step_overhead_ms`, the same either way), ms per layer."""
+    prompt chunk of `c` tokens (from the prompt's start, and as a long prompt's last chunk) in one mixed
+    graph of the serving buckets (MIXED_TOKENS up to the token budget, so a step is padded to its bucket),
+    against the two passes the simulator charges from the profile (a decode graph of `b` rows, a mixed
+    graph of the chunk alone: decode_ms + prefill_ms). Replays alone (the GPU's share; the host's layout
+    is `step_overhead_ms`, the same either way), ms per layer."""
     from runtime.config import Limits
 
     model = load_model_catalog()[args.model]
@@ -212,41 +213,44 @@ def mixed_part(args, results: dict, work: Path) -> None:
     budget = Limits().max_batch_tokens
     context = args.prompt + args.new_tokens // 2     # as the profile part times decode
     rows = []
-    for batch in (1, 16, 64, 256):
-        for chunk in (16, 128, budget - batch):
-            if chunk < 1 or batch + chunk > budget:
-                continue
-            kv, requests = filled_pool(stage, [context + 1] * batch + [chunk])
-            dtype = kv.keys[0].dtype
-            decode_in = torch.randn(batch, model.hidden_size, device="cuda").to(dtype)
-            chunk_in = torch.randn(chunk, model.hidden_size, device="cuda").to(dtype)
-            decode_items = [(r, context, 1) for r in requests[:batch]]
-            prompt_item = (requests[batch], 0, chunk)
-            decoded = DecodeGraphs(stage, kv, batch, sizes=(batch,))
-            alone = MixedGraphs(stage, kv, chunk, 1, sizes=(chunk,))
-            served = MixedGraphs(stage, kv, budget, batch + 1)          # the serving buckets
-            size = served.fits(decode_items + [prompt_item])
-            if size is None:   # more than a mixed graph holds: the worker runs it as two passes
-                print(f"{batch} decode rows + {chunk} tokens: no mixed graph holds it", flush=True)
-                continue
-            decoded.run(requests[:batch], [context] * batch, decode_in)   # stage the inputs the replays read
-            alone.run([prompt_item], chunk_in)
-            served.run(decode_items + [prompt_item], torch.cat([decode_in, chunk_in]), size)
-            decode_s = median_s(decoded.graphs[batch][0].replay) / args.layers
-            prefill_s = median_s(alone.graphs[chunk][0].replay) / args.layers
-            one_s = median_s(served.graphs[size][0].replay) / args.layers
-            rows.append({"batch": batch, "chunk": chunk, "bucket": size, "decode_ms": decode_s * 1e3,
-                         "prefill_ms": prefill_s * 1e3, "mixed_ms": one_s * 1e3})
-            del decoded, alone, served, kv
-            torch.cuda.empty_cache()
+    # each chunk from a prompt's start and, for a --prompt longer than it, as the prompt's last chunk (its
+    # attention over the rest of the prompt, already cached)
+    cases = [(b, c, p) for b in (1, 16, 64, 256) for c in (16, 128, budget - b)
+             for p in sorted({0, max(0, args.prompt - c)})]
+    for batch, chunk, start in cases:
+        if chunk < 1 or batch + chunk > budget:
+            continue
+        kv, requests = filled_pool(stage, [context + 1] * batch + [start + chunk])
+        dtype = kv.keys[0].dtype
+        decode_in = torch.randn(batch, model.hidden_size, device="cuda").to(dtype)
+        chunk_in = torch.randn(chunk, model.hidden_size, device="cuda").to(dtype)
+        decode_items = [(r, context, 1) for r in requests[:batch]]
+        prompt_item = (requests[batch], start, chunk)
+        decoded = DecodeGraphs(stage, kv, batch, sizes=(batch,))
+        alone = MixedGraphs(stage, kv, chunk, 1, sizes=(chunk,))
+        served = MixedGraphs(stage, kv, budget, batch + 1)          # the serving buckets
+        size = served.fits(decode_items + [prompt_item])
+        if size is None:   # more than a mixed graph holds: the worker runs it as two passes
+            print(f"{batch} decode rows + {chunk} tokens after {start}: no mixed graph holds it", flush=True)
+            continue
+        decoded.run(requests[:batch], [context] * batch, decode_in)   # stage the inputs the replays read
+        alone.run([prompt_item], chunk_in)
+        served.run(decode_items + [prompt_item], torch.cat([decode_in, chunk_in]), size)
+        decode_s = median_s(decoded.graphs[batch][0].replay) / args.layers
+        prefill_s = median_s(alone.graphs[chunk][0].replay) / args.layers
+        one_s = median_s(served.graphs[size][0].replay) / args.layers
+        rows.append({"batch": batch, "chunk": chunk, "start": start, "bucket": size, "decode_ms": decode_s * 1e3,
+                     "prefill_ms": prefill_s * 1e3, "mixed_ms": one_s * 1e3})
+        del decoded, alone, served, kv
+        torch.cuda.empty_cache()
     results["mixed_steps"] = rows
     print(f"\nmixed steps, {torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} in {args.dtype}, "
           f"decode rows at context {context}, ms per layer (graph replays):")
-    print("| decode rows | chunk tokens | bucket | decode | prefill | two passes | one mixed graph | mixed / two |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| decode rows | chunk tokens | after | bucket | decode | prefill | two passes | one mixed graph | mixed / two |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         two = r["decode_ms"] + r["prefill_ms"]
-        print(f"| {r['batch']} | {r['chunk']} | {r['bucket']} | {r['decode_ms']:.4f} | {r['prefill_ms']:.4f} | "
+        print(f"| {r['batch']} | {r['chunk']} | {r['start']} | {r['bucket']} | {r['decode_ms']:.4f} | {r['prefill_ms']:.4f} | "
               f"{two:.4f} | {r['mixed_ms']:.4f} | {r['mixed_ms'] / two:.2f} |")
 
 
