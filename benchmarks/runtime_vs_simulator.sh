@@ -91,6 +91,14 @@ for n in (1, 2, 8):
         print(f"| {n} | {worker['node']} | {(worker['step_s'] or 0) * 1e3:.2f} / {worker['busy_share']:.0%} | "
               f"{sim_step * 1e3:.2f} / {node['utilisation']:.0%} | "
               f"{worker['steps'] / run['output_tokens']:.2f} / {node['iterations'] / sim_tokens:.2f} |")
+# a token's TPOT split into one step at every stage and the rest (hops, the host, waits behind other lanes)
+for n in (1, 2, 8):
+    run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"sim-{n}.json"))
+    served = sum(w["step_s"] or 0.0 for w in run["workers"])
+    simulated = sum(node["mean_iteration_s"] for node in sim["nodes"])
+    print(f"{n} in flight, TPOT = the stages' mean steps + the rest: runtime {served * 1e3:.2f} + "
+          f"{(run['tpot_s']['mean'] - served) * 1e3:.2f} ms, simulator {simulated * 1e3:.2f} + "
+          f"{(sim['tpot_s']['mean'] - simulated) * 1e3:.2f} ms")
 EOF
 grep _ms profile.ini
 sed -n '/\[nodes\]/,/^$/p' layout.ini
