@@ -4,7 +4,8 @@
 #   2. `planner profile` times its layers here (one torch thread, as each worker runs) into [gpu cpu-1t];
 #   3. a cluster of three such "GPUs" and a 3-stage chain over them (2 layers each; written here, not
 #      solved: the solver may pick parallel paths, which on one CPU share its cores, unlike real GPUs);
-#   4. `planner run --local` serves 8 x N requests with N in flight, `planner simulate --workload offline:N`
+#   4. `planner run --local` serves max(24, 8 x N) requests with N in flight (at least 24: at one in flight
+#      8 requests were 3 s, too short a run to hold still), `planner simulate --workload offline:N`
 #      predicts the same, for N = 1, 2 and 8 (prompts of 32 tokens, 32 output tokens). A path of three
 #      stages runs three lanes: up to 2 in flight at most two workers compute at once, at 8 all three do,
 #      and three single-threaded workers on a machine of fewer cores run slower than the profile (timed
@@ -55,7 +56,7 @@ print(f"shared cores: layer, head and embedding times x {share:.2f} in cluster-s
 EOF
 for n in 1 2 8; do
   planner run --local layout.ini --checkpoint ck --threads 1 --prompt-ids "$prompt" --max-new-tokens 32 \
-    --requests $((8 * n)) --concurrency $n --json > "run-$n.json"
+    --requests $((8 * n > 24 ? 8 * n : 24)) --concurrency $n --json > "run-$n.json"
   planner simulate layout.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n.json"
 done
 planner simulate layout-shared.ini --workload "offline:8" --duration 60 --warmup 10 --json > "sim-8-shared.json"
