@@ -375,7 +375,7 @@ def profile_part(args, results: dict, work: Path) -> None:
         sims.append({"concurrency": c, "tokens_per_s": sim["decode_throughput_tokens_per_s"],
                      "tpot_s": sim["tpot_s"]["mean"], "ttft_s": sim["ttft_s"]["mean"],
                      "mean_batch": sim["nodes"][0]["mean_batch"],
-                     "step_s": sim["nodes"][0]["utilisation"] * sim["measured_seconds"] / max(1, sim["nodes"][0]["iterations"]),
+                     "step_s": sim["nodes"][0]["mean_iteration_s"],
                      "steps_per_token": sim["nodes"][0]["iterations"] / max(1e-9, sim["decode_throughput_tokens_per_s"]
                                                                              * sim["measured_seconds"])})
     results["profile"] = {"section": section, "simulated": sims}

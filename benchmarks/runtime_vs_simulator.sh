@@ -88,9 +88,8 @@ for n in (1, 2, 8):
     sim_tokens = sim["decode_throughput_tokens_per_s"] * sim["measured_seconds"]
     for worker in run["workers"]:
         node = nodes[worker["node"]]
-        sim_step = node["utilisation"] * sim["measured_seconds"] / node["iterations"] if node["iterations"] else 0.0
         print(f"| {n} | {worker['node']} | {(worker['step_s'] or 0) * 1e3:.2f} / {worker['busy_share']:.0%} | "
-              f"{sim_step * 1e3:.2f} / {node['utilisation']:.0%} | "
+              f"{node['mean_iteration_s'] * 1e3:.2f} / {node['utilisation']:.0%} | "
               f"{worker['steps'] / run['output_tokens']:.2f} / {node['iterations'] / sim_tokens:.2f} |")
 # a token's TPOT split into one step at every stage and the rest (hops, the host, waits behind other lanes)
 for n in (1, 2, 8):
