@@ -13,8 +13,10 @@ layers:   a middle stage of --layers layers with random weights shaped like --mo
 serve:    `planner run --local`'s machinery (one host, one worker holding every layer of a random --model
           checkpoint on cuda:0, KV sized from memory): 128-token prompts, 128 new tokens, concurrency
           1/16/64/256, closed loop, --waves (4) x concurrency requests (at least 8): output tokens/s, TTFT, TPOT.
-mixed:    what a mixed step costs as the worker serves it (decode rows 1-256 plus a prompt chunk, one mixed
-          graph of the serving buckets) against the two passes the simulator charges from the profile.
+mixed:    what a mixed step costs as the worker serves it (decode rows 1-256 plus a prompt chunk from a
+          prompt's start and, for a long --prompt, continuing it; one mixed graph of the serving buckets)
+          against the two passes the simulator charges from the profile; with --sweep, chunks after up to
+          7,680 cached tokens under other configurations of the paged prefill kernel.
 pipeline: the same model as two stages on the one GPU (each worker 0.45 of its memory), greedy: does it
           serve, and are its tokens the one-worker tokens (functional check, not a speed figure).
 profile:  `planner profile --device cuda` (the runtime's own timing of its layers, graphs on, and of the
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planner.catalog import load_gpu_catalog, load_model_catalog  # noqa: E402
-from runtime.graphs import DecodeGraphs, MixedGraphs  # noqa: E402
+from runtime.graphs import MIXED_TOKENS, DecodeGraphs, MixedGraphs  # noqa: E402
 from runtime.kvcache import KVPool  # noqa: E402
 from runtime.model import BatchPlan  # noqa: E402
 from runtime.profile import filled_pool, random_stage  # noqa: E402
@@ -83,11 +85,13 @@ def datasheet_bandwidth() -> tuple[str, float]:
 def check_part(args, results: dict, work: Path) -> None:
     """The accelerated stage (fused products, Triton kernels, graph replay with padded rows) against the
     plain torch path on the same weights and the same cached keys and values: relative error."""
+    from runtime import kernels
+
     model = load_model_catalog()[args.model]
     plain = random_stage(model, 2, dtype=args.dtype, device="cuda", seed=3)
     fast = random_stage(model, 2, dtype=args.dtype, device="cuda", seed=3)
     fast.accelerate()
-    lengths = [300, 17, 1000, 64, 1]
+    lengths = [300, 17, 1000, 64, 1, 1300]
     pools = []
     for stage in (plain, fast):
         kv, requests = filled_pool(stage, lengths)
@@ -107,15 +111,22 @@ def check_part(args, results: dict, work: Path) -> None:
     prompt_error = ((fast(prompt, prefill, kv_fast).float() - plain(prompt, prefill, kv_plain).float()).norm()
                     / plain(prompt, prefill, kv_plain).float().norm())
     # a mixed step in one graph: two decode rows, a fresh prompt of 17 tokens, a continued chunk (40..63)
-    items = [(requests[0], 299, 1), (requests[2], 999, 1), (requests[1], 0, 17), (requests[3], 40, 24)]
-    mixed_in = torch.randn(43, model.hidden_size, device="cuda").to(hidden.dtype)
+    # and one continuing a long prompt (1,200..1,236), under each prefill kernel configuration swept
+    items = [(requests[0], 299, 1), (requests[2], 999, 1), (requests[1], 0, 17), (requests[3], 40, 24),
+             (requests[5], 1200, 37)]
+    mixed_in = torch.randn(80, model.hidden_size, device="cuda").to(hidden.dtype)
     mixed_plan = BatchPlan.build([(pools[0].pages_of[r], p, n) for r, p, n in items], 16, "cuda")
     mixed_reference = plain(mixed_in, mixed_plan, pools[0]).float()
-    mixed = MixedGraphs(fast, pools[1], 64, 8, sizes=(64,)).run(items, mixed_in).float()
     errors = {"decode_graph": float((decoded - reference).norm() / reference.norm()),
-              "mixed_graph": float((mixed - mixed_reference).norm() / mixed_reference.norm()),
               "decode_eager": float((eager - reference).norm() / reference.norm()),
               "prefill": float(prompt_error)}
+    chosen = kernels.PREFILL_CONFIG
+    for config in dict.fromkeys([chosen, *PREFILL_VARIANTS]):
+        kernels.PREFILL_CONFIG = config
+        mixed = MixedGraphs(fast, pools[1], 128, 8, sizes=(128,)).run(items, mixed_in).float()
+        errors["mixed_graph" + ("" if config == chosen else "_prefill_%d-%d-%d" % config)] = float(
+            (mixed - mixed_reference).norm() / mixed_reference.norm())
+    kernels.PREFILL_CONFIG = chosen
     results["check"] = errors
     print("accelerated vs plain torch, relative error:", {k: f"{v:.2e}" for k, v in errors.items()}, flush=True)
 
@@ -214,9 +225,11 @@ def mixed_part(args, results: dict, work: Path) -> None:
     context = args.prompt + args.new_tokens // 2     # as the profile part times decode
     rows = []
     # each chunk from a prompt's start and, for a --prompt longer than it, as the prompt's last chunk (its
-    # attention over the rest of the prompt, already cached)
+    # attention over the rest of the prompt, already cached); a full-budget chunk beside one decode row
+    # also at every budget's step into the prompt (how a continuing chunk's cost grows with its context)
     cases = [(b, c, p) for b in (1, 16, 64, 256) for c in (16, 128, budget - b)
-             for p in sorted({0, max(0, args.prompt - c)})]
+             for p in sorted({0, max(0, args.prompt - c)}
+                             | (set(range(budget, args.prompt - c - budget // 2, budget)) if b == 1 and c == budget - 1 else set()))]
     for batch, chunk, start in cases:
         if chunk < 1 or batch + chunk > budget:
             continue
@@ -244,6 +257,8 @@ def mixed_part(args, results: dict, work: Path) -> None:
         del decoded, alone, served, kv
         torch.cuda.empty_cache()
     results["mixed_steps"] = rows
+    if args.sweep:
+        mixed_sweep(args, results, stage, model, context)
     print(f"\nmixed steps, {torch.cuda.get_device_name()}, torch {torch.__version__}, {model.id} in {args.dtype}, "
           f"decode rows at context {context}, ms per layer (graph replays):")
     print("| decode rows | chunk tokens | after | bucket | decode | prefill | two passes | one mixed graph | mixed / two |")
@@ -252,6 +267,49 @@ def mixed_part(args, results: dict, work: Path) -> None:
         two = r["decode_ms"] + r["prefill_ms"]
         print(f"| {r['batch']} | {r['chunk']} | {r['start']} | {r['bucket']} | {r['decode_ms']:.4f} | {r['prefill_ms']:.4f} | "
               f"{two:.4f} | {r['mixed_ms']:.4f} | {r['mixed_ms'] / two:.2f} |")
+
+
+# prefill kernel configurations the mixed sweep and the check try beside kernels.PREFILL_CONFIG
+PREFILL_VARIANTS = ((32, 4, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 2))
+
+
+def mixed_sweep(args, results: dict, stage, model, context: int) -> None:
+    """One mixed graph per case (decode rows at `context`, a chunk of `c` tokens after `start` cached ones)
+    under each configuration of the paged prefill kernel (keys per tile, warps, stages); ms per layer."""
+    from runtime import kernels
+
+    cases = [(1, 16, 0), (1, 16, 2032), (1, 16, 7680), (1, 128, 0), (1, 511, 0), (1, 511, 1537), (1, 511, 7680),
+             (16, 128, 0), (16, 496, 1552), (16, 496, 7680), (64, 16, 2032), (64, 448, 1600), (256, 16, 0),
+             (256, 256, 1792)]
+    variants = list(dict.fromkeys([kernels.PREFILL_CONFIG, *PREFILL_VARIANTS]))
+    saved = kernels.PREFILL_CONFIG
+    table = []
+    for batch, chunk, start in cases:
+        kv, requests = filled_pool(stage, [context + 1] * batch + [start + chunk])
+        dtype = kv.keys[0].dtype
+        items = [(r, context, 1) for r in requests[:batch]] + [(requests[batch], start, chunk)]
+        inputs = torch.randn(batch + chunk, model.hidden_size, device="cuda").to(dtype)
+        size = next(t for t in MIXED_TOKENS if t >= batch + chunk)
+        for config in variants:
+            kernels.PREFILL_CONFIG = config
+            graphs = MixedGraphs(stage, kv, size, batch + 1, sizes=(size,))
+            graphs.run(items, inputs, size)
+            ms = median_s(graphs.graphs[size][0].replay) / args.layers * 1e3
+            table.append({"batch": batch, "chunk": chunk, "start": start, "prefill_config": list(config),
+                          "mixed_ms": ms})
+            del graphs
+        del kv
+        torch.cuda.empty_cache()
+    kernels.PREFILL_CONFIG = saved
+    results["mixed_sweep"] = table
+    names = ["%d-%d-%d" % c for c in variants]
+    print(f"\nmixed step by prefill kernel configuration (keys per tile-warps-stages; the first in use), ms per "
+          f"layer, decode rows at context {context}:")
+    print("| rows | chunk | after | " + " | ".join(names) + " |")
+    print("|---:|---:|---:|" + "---:|" * len(names))
+    for i, (batch, chunk, start) in enumerate(cases):
+        cells = table[i * len(variants):(i + 1) * len(variants)]
+        print(f"| {batch} | {chunk} | {start} | " + " | ".join(f"{c['mixed_ms']:.4f}" for c in cells) + " |")
 
 
 def write_checkpoint(args) -> str:
@@ -403,7 +461,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--parts", default="check,layers,mixed,serve,pipeline,profile")
     parser.add_argument("--eager", action="store_true", help="serve with CUDA graphs off")
-    parser.add_argument("--sweep", action="store_true", help="layers: also time other decode kernel configurations")
+    parser.add_argument("--sweep", action="store_true",
+                        help="layers and mixed: also time other decode and prefill kernel configurations")
     parser.add_argument("--quick", action="store_true", help="fewer requests per concurrency")
     parser.add_argument("--waves", type=int, default=4,
                         help="serve: requests per concurrency = waves x concurrency (at least 8), closed loop")

@@ -26,6 +26,10 @@ import triton.language as tl
 
 # tokens per tile, warps and pipeline stages of the paged decode kernel (benchmarks/runtime_gpu.py tries others)
 DECODE_CONFIG = (64, 4, 2)
+# keys per tile, warps and pipeline stages of the paged prefill kernel: 64-key tiles read a long context
+# in half the serial steps of 32 (a chunk after 1.5k-7.7k cached tokens 5-15% faster on an H100, a fresh
+# prompt within 3%; benchmarks/runtime_gpu.py --parts mixed --sweep, docs/runtime.md)
+PREFILL_CONFIG = (64, 4, 2)
 
 
 @triton.jit
@@ -205,8 +209,8 @@ def paged_prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tab
         q, keys, values, table, tiles, out, head_dim ** -0.5,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), table.stride(0),
         out.stride(0), out.stride(1),
-        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block, PAGE=page, TILE=32, HEAD_DIM=head_dim,
-        num_warps=4, num_stages=2)
+        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block, PAGE=page, TILE=PREFILL_CONFIG[0], HEAD_DIM=head_dim,
+        num_warps=PREFILL_CONFIG[1], num_stages=PREFILL_CONFIG[2])
     return out
 
 
