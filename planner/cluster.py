@@ -123,12 +123,8 @@ def _parse_link(reader: SectionReader, key: str, default: str | None = None) -> 
 
 
 def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[str, ...]:
-    raw = reader.text("gpus", "", empty=True)
     gpus: list[str] = []
-    items = [x.strip() for x in raw.split(",")] if raw else []
-    if "" in items:   # 'a,,b' or a trailing comma: a GPU left out by a typo, not an empty slot
-        raise reader.fail("gpus", f"'{raw}' has an empty entry", "write 'TYPE * N' or 'TYPE, TYPE' with no empty item")
-    for item in items:
+    for item in reader.items("gpus", "write 'TYPE * N' or 'TYPE, TYPE' with no empty item"):
         match = _GPU_COUNT.match(item)
         name, count = (match.group(1), match.group(2)) if match else (item, "1")
         if not count.isdigit() or int(count) == 0:

@@ -61,6 +61,15 @@ def read_ini(path: str | Path, what: str) -> configparser.ConfigParser:
     return parser
 
 
+def comma_items(text: str, field: str, fix: str, *, file: str | Path | None = None) -> list[str]:
+    """The items of a comma-separated value, stripped. An empty item ('a,,b', a trailing comma, or nothing
+    at all) is refused: it is an item left out by a typo, and dropping it would run something else."""
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise InputError(f"'{text}' has an empty entry", file=file, field=field, fix=fix)
+    return items
+
+
 class SectionReader:
     """Typed access to one INI section; every error names file, section and key."""
 
@@ -70,6 +79,11 @@ class SectionReader:
 
     def fail(self, key: str, problem: str, fix: str) -> InputError:
         return InputError(problem, file=self.file, field=f"[{self.section}] {key}", fix=fix)
+
+    def items(self, key: str, fix: str) -> list[str]:
+        """The key's comma-separated items (none for an absent or empty line); an empty item is refused."""
+        raw = self.text(key, "", empty=True)
+        return comma_items(raw, f"[{self.section}] {key}", fix, file=self.file) if raw else []
 
     def has(self, key: str) -> bool:
         return key in self.values

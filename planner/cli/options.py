@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from planner.engines import DEFAULT_ENGINE, ENGINES
-from planner.errors import InputError
 
 ENGINE_HELP = ("Serving engine whose speed the cost model predicts: vllm (CUDA graphs, paged attention; "
                "constants fitted to published vLLM profiles) or runtime (the bundled runtime; a GPU's "
@@ -45,12 +44,3 @@ def plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if not path.resolve().parent.is_dir():
         raise click.BadParameter(f"the folder of {value!r} does not exist", ctx, param)
     return value
-
-
-def comma_items(text: str, option: str, fix: str) -> list[str]:
-    """The items of a comma-separated option value, stripped. An empty item ('a,,b', a trailing comma, or
-    nothing at all) is refused: it is an item left out by a typo, and dropping it would run something else."""
-    items = [item.strip() for item in text.split(",")]
-    if "" in items:
-        raise InputError(f"'{text}' has an empty entry", field=option, fix=fix)
-    return items

@@ -10,14 +10,13 @@ import sys
 import click
 
 from planner.catalog import DTYPE_BYTES, load_model_catalog
-from planner.cli.options import comma_items
 from planner.errors import InputError
-from planner.ini import NAME
+from planner.ini import NAME, comma_items
 from planner.units import format_bytes, parse_memory
 
 
 def _sizes(text: str, option: str) -> tuple[int, ...]:
-    items = comma_items(text, option, fix="write e.g. 1,8,32")
+    items = comma_items(text, option, "write e.g. 1,8,32")
     try:
         sizes = tuple(sorted({int(x) for x in items}))
     except ValueError:

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from planner.cli.console import make_console
-from planner.cli.options import FiniteRange, comma_items
+from planner.cli.options import FiniteRange
 from planner.errors import InputError
 from planner.export.runtime import runtime_config
+from planner.ini import comma_items
 from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
@@ -21,7 +22,7 @@ from runtime.config import MAX_KV_SLOTS, Limits
 
 
 def _ids(text: str) -> list[int]:
-    items = comma_items(text, "--prompt-ids", fix="write e.g. 1,2,3")
+    items = comma_items(text, "--prompt-ids", "write e.g. 1,2,3")
     try:
         return [int(x) for x in items]
     except ValueError:

@@ -9,9 +9,9 @@ import click
 from rich.table import Table
 
 from planner.cli.console import make_console
-from planner.cli.options import comma_items
 from planner.cluster import Cluster, load_cluster
 from planner.errors import InputError, SolveError
+from planner.ini import comma_items
 from planner.sp_pp import (DEFAULT_CHUNK_TOKENS, DEFAULT_OUTPUT_TOKENS, SWEEP_PROMPT_TOKENS, SYNC_STRATEGIES, Device,
                            PipelineEstimate, SpPpEstimate, estimate, select_devices, split_layers, whole_model_fits)
 from planner.units import format_bandwidth, format_bytes, format_time
@@ -52,7 +52,7 @@ def sp_pp_cmd(cluster_file: str, sync: str, prompt: str | None, output: int, chu
     (pairwise or ring) over the cluster's links, then decode on every device; beside the same request on
     a plain pipeline of the same GPUs, for a sweep of prompt lengths (docs/seeds/002-sp-pp.md)."""
     cluster = load_cluster(cluster_file, check_fit=False)  # SP+PP's own check: the whole model per device
-    names = comma_items(gpus, "--gpus", fix="name GPUs as HOST:INDEX, comma-separated, or leave --gpus out "
+    names = comma_items(gpus, "--gpus", "name GPUs as HOST:INDEX, comma-separated, or leave --gpus out "
                         "for every GPU") if gpus is not None else None
     nodes = select_devices(cluster, names)
     if len(nodes) < 2:
