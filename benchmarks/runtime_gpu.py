@@ -227,9 +227,9 @@ def mixed_part(args, results: dict, work: Path) -> None:
     # each chunk from a prompt's start and, for a --prompt longer than it, as the prompt's last chunk (its
     # attention over the rest of the prompt, already cached); a full-budget chunk beside one decode row
     # also at every budget's step into the prompt (how a continuing chunk's cost grows with its context)
+    steps = range(budget, args.prompt - budget - budget // 2, budget)
     cases = [(b, c, p) for b in (1, 16, 64, 256) for c in (16, 128, budget - b)
-             for p in sorted({0, max(0, args.prompt - c)}
-                             | (set(range(budget, args.prompt - c - budget // 2, budget)) if b == 1 and c == budget - 1 else set()))]
+             for p in sorted({0, max(0, args.prompt - c), *(steps if (b, c) == (1, budget - 1) else ())})]
     for batch, chunk, start in cases:
         if chunk < 1 or batch + chunk > budget:
             continue
