@@ -124,7 +124,7 @@ def _parse_link(reader: SectionReader, key: str, default: str | None = None) -> 
 
 def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[str, ...]:
     gpus: list[str] = []
-    for item in reader.items("gpus", "write 'TYPE * N' or 'TYPE, TYPE' with no empty item"):
+    for item in reader.items("gpus", "write 'TYPE * N' or 'TYPE, TYPE' with no empty item", empty=True):
         match = _GPU_COUNT.match(item)
         name, count = (match.group(1), match.group(2)) if match else (item, "1")
         if not count.isdigit() or int(count) == 0:

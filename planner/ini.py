@@ -80,9 +80,10 @@ class SectionReader:
     def fail(self, key: str, problem: str, fix: str) -> InputError:
         return InputError(problem, file=self.file, field=f"[{self.section}] {key}", fix=fix)
 
-    def items(self, key: str, fix: str) -> list[str]:
-        """The key's comma-separated items (none for an absent or empty line); an empty item is refused."""
-        raw = self.text(key, "", empty=True)
+    def items(self, key: str, fix: str, *, empty: bool = False) -> list[str]:
+        """The key's comma-separated items; an empty item is refused, and so is a line with no value unless
+        `empty` (then it, or an absent line, has none)."""
+        raw = self.text(key, "" if empty else None, empty=empty)
         return comma_items(raw, f"[{self.section}] {key}", fix, file=self.file) if raw else []
 
     def has(self, key: str) -> bool:

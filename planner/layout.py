@@ -176,7 +176,7 @@ def _read_groups(head: SectionReader, problem: PlacementProblem) -> tuple[tuple[
     if not head.has("tp_groups"):
         return ()
     groups, seen = [], set()
-    for unit in filter(None, (x.strip() for x in head.text("tp_groups").split(","))):
+    for unit in head.items("tp_groups", "list groups as 'HOST:I+HOST:J, ...' with no empty item"):
         try:
             members = problem.group_members(unit)
             if len(members) < 2:

@@ -173,6 +173,8 @@ def test_a_workload_that_cannot_mean_what_it_says_is_refused(tmp_path):
 def test_compare_says_when_nothing_was_compared():
     cluster = ROOT / "profiles" / "hetero.ini"
     one_line_error(run_planner("compare", cluster, "--methods", ",,"), "--methods")
+    # a method left out by a typo was dropped, and the others compared as if asked for
+    one_line_error(run_planner("compare", cluster, "--methods", "even,,milp"), "--methods", "empty entry")
     failed = run_planner("compare", cluster, "--methods", "even,chains", "--max-tpot", "1", "--time-limit", "2")
     assert failed.returncode == 1 and "every method failed" in failed.stderr and "failed" in failed.stdout
 
@@ -204,6 +206,14 @@ def test_a_layout_key_with_no_value_is_refused(tmp_path):
     path = tmp_path / "layout.ini"
     path.write_text(HETERO_LAYOUT.replace("[layout]\n", "[layout]\ntp_groups =\n", 1))
     one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", "[layout] tp_groups", "no value")
+
+
+def test_a_layout_group_list_with_an_empty_entry_is_refused(tmp_path):
+    # 'a,,b' or a trailing comma: a group left out by a typo, which was dropped and the layout run without it
+    text = (ROOT / "layouts" / "l20x4.ini").read_text().replace("cluster = ../", f"cluster = {ROOT}/", 1)
+    path = tmp_path / "layout.ini"
+    path.write_text(text.replace("head:0+head:1, worker:0+worker:1", "head:0+head:1,, worker:0+worker:1", 1))
+    one_line_error(run_planner("simulate", path, "--duration", "5"), "layout.ini", "[layout] tp_groups", "empty entry")
 
 
 def test_a_host_without_gpus_may_say_so_with_an_empty_gpus_line(tmp_path):

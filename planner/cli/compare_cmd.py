@@ -13,6 +13,7 @@ from planner import sp_pp
 from planner.cluster import Cluster, load_cluster
 from planner.engines import ENGINES
 from planner.errors import InputError, SolveError
+from planner.ini import comma_items
 from planner.plan import Plan, score, served_at_tpot, solve as solve_plan
 from planner.problem import PlacementProblem
 from planner.vllm_runnable import NotRunnable, vllm_chains
@@ -119,9 +120,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
     latency = cluster.has_latency
     rows = []
     plans: dict[str, Plan] = {}
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    if not chosen:
-        raise click.BadParameter("names no method", param_hint="--methods")
+    chosen = comma_items(names, "--methods", f"name methods comma-separated, of {', '.join([*METHODS, SP_PP])}")
     for name in chosen:
         if name not in METHODS and name != SP_PP:
             raise click.BadParameter(f"unknown method '{name}' (use {', '.join([*METHODS, SP_PP])})",
