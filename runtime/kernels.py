@@ -28,7 +28,7 @@ import triton.language as tl
 DECODE_CONFIG = (64, 4, 2)
 # keys per tile, warps and pipeline stages of the paged prefill kernel: 64-key tiles read a long context
 # in half the serial steps of 32 (a chunk after 1.5k-7.7k cached tokens 3-18% faster on an H100, a fresh
-# prompt within 3%; benchmarks/runtime_gpu.py --parts mixed --sweep, docs/runtime.md)
+# prompt within 1.2%; benchmarks/runtime_gpu.py --parts mixed --sweep, docs/runtime.md)
 PREFILL_CONFIG = (64, 4, 2)
 
 
