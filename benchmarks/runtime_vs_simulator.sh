@@ -10,7 +10,9 @@
 #      stages runs three lanes: up to 2 in flight at most two workers compute at once, at 8 all three do,
 #      and three single-threaded workers on a machine of fewer cores run slower than the profile (timed
 #      alone) says; the simulator knows nothing of shared cores (a GPU has its own), so at 8 a second
-#      prediction takes the profile's times x workers / cores (cluster-shared.ini).
+#      prediction takes the profile's times x workers / cores (cluster-shared.ini);
+#   5. the profile is taken again after the runs, and the simulator's 1- and 2-in-flight predictions from it
+#      say how far the machine's own speed moved while the runtime served.
 # Usage: bash benchmarks/runtime_vs_simulator.sh [WORKDIR]   (needs `pip install -e .[runtime]`)
 set -euo pipefail
 work="${1:-$(mktemp -d)}"
@@ -60,12 +62,22 @@ for n in 1 2 8; do
   planner simulate layout.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n.json"
 done
 planner simulate layout-shared.ini --workload "offline:8" --duration 60 --warmup 10 --json > "sim-8-shared.json"
+# the same profile taken again after the runs: how far this machine's own speed moved meanwhile (on a
+# shared VM the two can differ by a fifth, which no model of the runtime accounts for)
+planner profile --checkpoint ck --device cpu --threads 1 --layers 2 --decode-batches 1,2,4,8,16 \
+  --prefill-tokens 16,32,64,128,256 --context 48 --prompt-tokens 32 --name cpu-1t --memory "4 GiB" > profile-after.ini
+cluster "$(cat profile-after.ini)" > cluster-after.ini
+sed 's/cluster.ini/cluster-after.ini/' layout.ini > layout-after.ini
+for n in 1 2; do
+  planner simulate layout-after.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-after.json"
+done
 python3 - <<'EOF'
 import json
 print("| in flight | | output tokens/s | TTFT mean | TPOT mean |")
 print("|---|---|---:|---:|---:|")
-for n, label, name in ((1, "simulator", "sim-1"), (2, "simulator", "sim-2"), (8, "simulator", "sim-8"),
-                       (8, "simulator, times x workers / cores", "sim-8-shared")):
+for n, label, name in ((1, "simulator", "sim-1"), (1, "simulator, profile taken after the runs", "sim-1-after"),
+                       (2, "simulator", "sim-2"), (2, "simulator, profile taken after the runs", "sim-2-after"),
+                       (8, "simulator", "sim-8"), (8, "simulator, times x workers / cores", "sim-8-shared")):
     run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"{name}.json"))
     if name == f"sim-{n}":
         print(f"| {n} | runtime | {run['output_tokens_per_s']:.1f} | {run['ttft_s']['mean'] * 1e3:.1f} ms | "
