@@ -37,8 +37,11 @@ cluster() {  # $1: the [gpu cpu-1t] section
 }
 cluster "$(printf '[gpu cpu-1t]\nmemory = 4 GiB\ndecode_ms = 1: 1\nprefill_ms = 1: 1')" > cluster.ini
 planner make-checkpoint ck --model small-qwen3 --cluster cluster.ini --seed 0
-planner profile --checkpoint ck --device cpu --threads 1 --layers 2 --decode-batches 1,2,4,8,16 \
-  --prefill-tokens 16,32,64,128,256 --context 48 --prompt-tokens 32 --name cpu-1t --memory "4 GiB" > profile.ini
+profile_here() {  # this machine's [gpu cpu-1t] section, as one single-threaded worker runs the model
+  planner profile --checkpoint ck --device cpu --threads 1 --layers 2 --decode-batches 1,2,4,8,16 \
+    --prefill-tokens 16,32,64,128,256 --context 48 --prompt-tokens 32 --name cpu-1t --memory "4 GiB"
+}
+profile_here > profile.ini
 cluster "$(cat profile.ini)" > cluster.ini
 printf '[layout]\ncluster = cluster.ini\nmodel = small-qwen3\ndtype = fp32\nmethod = hand\n\n[nodes]\n' > layout.ini
 printf 'local:0 = 0, 2\nlocal:1 = 2, 4\nlocal:2 = 4, 6\n\n[flows]\ncoordinator -> local:0 = 100\n' >> layout.ini
@@ -64,8 +67,7 @@ done
 planner simulate layout-shared.ini --workload "offline:8" --duration 60 --warmup 10 --json > "sim-8-shared.json"
 # the same profile taken again after the runs: how far this machine's own speed moved meanwhile (on a
 # shared VM the two can differ by a fifth, which no model of the runtime accounts for)
-planner profile --checkpoint ck --device cpu --threads 1 --layers 2 --decode-batches 1,2,4,8,16 \
-  --prefill-tokens 16,32,64,128,256 --context 48 --prompt-tokens 32 --name cpu-1t --memory "4 GiB" > profile-after.ini
+profile_here > profile-after.ini
 cluster "$(cat profile-after.ini)" > cluster-after.ini
 sed 's/cluster.ini/cluster-after.ini/' layout.ini > layout-after.ini
 for n in 1 2; do
