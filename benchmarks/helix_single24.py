@@ -1,7 +1,9 @@
 """The Helix paper's 24-GPU cluster (profiles/helix-single24.ini, LLaMA-2-70B on 4 A100 + 8 L4 + 12 T4 with
 Helix's own per-layer tables and KV room): what our planner predicts and our simulator serves for
 
-- `default`: the default method's plan (`planner solve`, --time-limit, default 60 s),
+- `default`: the default method's plan (`planner solve`, --time-limit, default 60 s) for the cluster
+  file's engine, helix (each path's sequences move as one group),
+- `runtime`: the default method's plan for the bundled runtime (`--engine runtime`), scored for helix,
 - `helix-ilp`: Helix's published ILP layout of this cluster (artifact_evaluation/single_cluster/
   layout_llama70b/ilp/ilp_sol.ini of Thesys-lab/Helix-ASPLOS25), read as our layout: exact chaining,
   so its overlapping ranges (Helix runs part of a node's layers) carry only where boundaries meet,
@@ -80,7 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     cluster = load_cluster(CLUSTER)
     problem = PlacementProblem(cluster)
+    runtime = solve(load_cluster(CLUSTER, engine="runtime"), "milp", time_limit=args.time_limit)
     plans = {"default": solve(cluster, "milp", time_limit=args.time_limit),
+             "runtime": given(problem, "runtime", runtime.placement),
              "helix-ilp": given(problem, "helix-ilp", helix_ilp(problem)),
              "chain20": given(problem, "chain20", chain20(problem))}
     print("| layout | static max flow | predicted tok/s | TPOT s | TTFT s | in flight (scarcest stage) "

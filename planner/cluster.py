@@ -13,7 +13,7 @@ from pathlib import Path
 from planner.catalog import (DTYPE_BYTES, GpuSpec, ModelSpec, load_gpu_catalog,
                              load_model_catalog, parse_gpu, parse_model)
 from planner.costmodel import CostParams, GpuCost, Workload
-from planner.engines import DEFAULT_ENGINE, ENGINES
+from planner.engines import DEFAULT_ENGINE, ENGINES, limits
 from planner.errors import InputError
 from planner.ini import NAME, SectionReader, read_ini
 from planner.units import format_bytes, parse_bandwidth, parse_time
@@ -136,10 +136,18 @@ def _parse_gpu_list(reader: SectionReader, known: dict[str, GpuSpec]) -> tuple[s
     return tuple(gpus)
 
 
-def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFAULT_ENGINE) -> Cluster:
-    """Read and validate a cluster file, to be costed for `engine`. Raises InputError naming file, field and fix."""
+def _engine_params(engine: str) -> CostParams:
+    """The cost model's assumptions for `engine`: its constants and how much one iteration takes in."""
+    iteration = limits(engine)
+    return replace(CostParams(), engine=engine, max_batch=iteration.max_batch,
+                   prefill_chunk_tokens=iteration.prefill_chunk_tokens)
+
+
+def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str | None = None) -> Cluster:
+    """Read and validate a cluster file, to be costed for `engine` (None: the file's `engine`, else the
+    default). Raises InputError naming file, field and fix."""
     path = Path(path)
-    if engine not in ENGINES:
+    if engine is not None and engine not in ENGINES:
         raise InputError(f"unknown engine '{engine}'", field="--engine", fix=f"use one of {', '.join(ENGINES)}")
     ini = read_ini(path, "cluster file")
     if "cluster" not in ini:
@@ -161,7 +169,11 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFA
             models[name] = parse_model(path, section, name, ini[section])
 
     top = SectionReader(path, "cluster", ini["cluster"])
-    top.unknown_keys({"model", "dtype", "coordinator"})
+    top.unknown_keys({"model", "dtype", "coordinator", "engine"})
+    # the engine the cluster serves with: the commands' default for --engine
+    engine = engine or top.text("engine", DEFAULT_ENGINE)
+    if engine not in ENGINES:
+        raise top.fail("engine", f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
     model_id = top.text("model")
     if model_id not in models:
         raise top.fail("model", f"unknown model '{model_id}'",
@@ -233,7 +245,7 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str = DEFA
     cluster = Cluster(path=path, model=models[model_id], dtype=dtype, coordinator_host=coordinator,
                       hosts=tuple(hosts), gpu_types={g: gpu_types[g] for h in hosts for g in h.gpus},
                       default_link=default_link, pair_links=pair_links, coordinator_links=coordinator_links,
-                      workload=_parse_workload(path, ini), cost_params=replace(CostParams(), engine=engine))
+                      workload=_parse_workload(path, ini), cost_params=_engine_params(engine))
     request = cluster.workload.prompt_tokens + cluster.workload.output_tokens
     if request > cluster.model.max_position_embeddings:
         where = "[workload]" if "workload" in ini else "[cluster] model"

@@ -8,6 +8,11 @@ A plan runs on an engine, and the same layer runs at a different speed on each:
 * `vllm`: vLLM, a CUDA-graph engine with fused QKV / gate-up GEMMs and paged attention. Its constants
   are fitted to the per-layer vLLM profiles published with Helix (ASPLOS'25), profiles/calibration/;
   the fit and every point's error: docs/cost-model.md#engines-and-calibration, benchmarks/calibration.py.
+* `helix`: Helix (Mei et al., ASPLOS'25), whose compute nodes run vLLM's layers (its simulator times them
+  by the same per-layer vLLM profiles, so the layer constants are vLLM's) but schedule differently: a node
+  runs one layer per iteration over whatever waits at it, so a path's decoding sequences move as **one
+  group** that walks the path stage after stage, with no micro-batches in flight at once; prompts run
+  whole; admission is by KV alone (docs/simulator.md#helixs-simulator-as-a-judge, read from its code).
 
 Where the physics differs by GPU class, a class has its own row: the L4 and T4 are 70-72 W cards
 whose clocks drop under sustained tensor load, so their prefill reaches under half the tensor peak
@@ -18,9 +23,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINES = ("runtime", "vllm")
+ENGINES = ("runtime", "vllm", "helix")
 DEFAULT_ENGINE = "runtime"  # the constants the cost model has always had describe the runtime
 LANE_ENGINES = ("runtime",)  # engines a plan can tell how many lanes a path runs (vLLM: one per pipeline stage)
+GROUP_ENGINES = ("helix",)   # engines that run each path's decoding sequences as one group (one lane per path)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one iteration of a stage takes in."""
+
+    max_batch: int             # most sequences a stage holds and decodes in one step
+    prefill_chunk_tokens: int  # most prompt tokens one iteration takes (a longer prompt is split)
+
+
+# vLLM's max_num_seqs and chunked-prefill budget, which the runtime takes as its defaults too.
+_CHUNKED = Limits(max_batch=256, prefill_chunk_tokens=256)
+# Helix: no cap on sequences but the KV (its largest per-iteration decode cap in its LLaMA-2-70B model
+# files is 480 tokens, `decode_max_tokens_dict`; 280-380 on L4 and T4), and prompts whole up to its
+# MAX_INPUT_LEN of 2,048 tokens (simulator/event_simulator/utils.py).
+_HELIX_LIMITS = Limits(max_batch=480, prefill_chunk_tokens=2048)
+
+
+def limits(engine: str) -> Limits:
+    """How much one iteration takes in on `engine`."""
+    if engine in ("runtime", "vllm"):
+        return _CHUNKED
+    if engine == "helix":
+        return _HELIX_LIMITS
+    raise ValueError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +122,7 @@ def overheads(engine: str) -> Overheads:
     """The fixed costs outside the layers that `engine` runs with."""
     if engine == "runtime":
         return _RUNTIME_OVERHEADS
-    if engine == "vllm":
+    if engine in ("vllm", "helix"):   # Helix's overheads are not measured either: vLLM's assumption
         return _VLLM_OVERHEADS
     raise ValueError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
 
@@ -100,6 +131,6 @@ def efficiency(engine: str, gpu_id: str) -> Efficiency:
     """The constants `engine` runs with on GPU type `gpu_id`."""
     if engine == "runtime":
         return _RUNTIME
-    if engine == "vllm":
+    if engine in ("vllm", "helix"):   # Helix runs vLLM's layers
         return _VLLM_BY_CLASS.get(GPU_CLASS.get(gpu_id, ""), _VLLM_DEFAULT)
     raise ValueError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")

@@ -82,6 +82,7 @@ def round_trips(units: _Units, paths: list[tuple[tuple[str, ...], float, float]]
     # a stage waits between its lanes' visits: a round over the lanes holding sequences, less its step
     visits = {nodes: min(lanes or len(nodes), max(held, 1.0)) for nodes, held, _ in paths}
     woken = dict(step)
+    sharing = {n: [nodes for nodes, _, _ in paths if n in nodes] for n in stages}
     for _ in range(ROUNDS):
         rate = {nodes: held / trip[nodes] for nodes, held, _ in paths}   # sequences round per second
         if units.wakes:
@@ -99,6 +100,12 @@ def round_trips(units: _Units, paths: list[tuple[tuple[str, ...], float, float]]
             for n in nodes:
                 share = min(prompts[n], MAX_PROMPT_SHARE)
                 latency += woken[(nodes, n)] + share * met[(nodes, n)]
+                # a stage that other paths pass through may be on one of their lanes' steps when this
+                # lane arrives: busy with it that share of the time, for half its step on average
+                for other in sharing[n]:
+                    if other is not nodes:
+                        other_step = woken[(other, n)]
+                        latency += min(visits[other] * other_step / trip[other], 1.0) * other_step / 2
             busy = trip[nodes] * max(work[n] for n in nodes)   # > trip: a stage cannot keep up at this trip
             updated = 0.5 * trip[nodes] + 0.5 * max(latency, busy)
             moved = max(moved, abs(updated - trip[nodes]) / trip[nodes])
@@ -135,7 +142,8 @@ def rate(units: _Units, served: list[PathEstimate], lanes: int) -> LaneChoice | 
 
 def _modelled(served: list[PathEstimate]) -> list[tuple[tuple[str, ...], float, float]] | None:
     """(nodes, sequences in flight, round trip) of the paths that carry tokens; None if none do, or where
-    paths share a stage: there lanes of several paths merge into one step, which the model does not describe."""
+    paths share a stage: there lanes of several paths merge into one step, which the model does not
+    describe for a chosen count (`grouped` below takes shared stages for one group per path)."""
     paths = [(p.nodes, p.tokens_per_s * p.tpot_s, p.tpot_s) for p in served if p.tokens_per_s > 0]
     seen: set[str] = set()
     for nodes, _, _ in paths:
@@ -153,6 +161,25 @@ def _rated(units: _Units, served: list[PathEstimate], paths, default: dict[tuple
     # each path keeps its sequences in flight: its tokens/s scale inversely with its round trip
     gain = sum(rates[nodes] / ratio[nodes] for nodes in ratio) / sum(rates[nodes] for nodes in ratio)
     return LaneChoice(lanes, gain, ratio)
+
+
+def grouped(units: _Units, served: list[PathEstimate], share: float = 1.0) -> list[PathEstimate]:
+    """The paths of `served` on an engine that moves each path's decoding sequences as one group (helix):
+    it admits while KV lasts, so the paths together hold as many sequences as their scarcest stage's KV
+    (or batch cap) allows, split between them as `served` splits its tokens/s, times `share` (a load
+    below the full one); each path's round trip is its group's (round_trips with one lane per path) and
+    it serves its sequences in flight over that. TTFT is kept."""
+    carrying = [p for p in served if p.tokens_per_s > 0]
+    if not carrying:
+        return served
+    slots = {n: units.cost[n].max_batch(units.shape[n][0], first=units.shape[n][1], last=units.shape[n][2])
+             for p in carrying for n in p.nodes}
+    through = {n: sum(p.tokens_per_s for p in carrying if n in p.nodes) for n in slots}
+    fill = min(slots[n] / through[n] for n in slots) * share
+    held = {p.nodes: max(p.tokens_per_s * fill, 1e-9) for p in carrying}
+    trips = round_trips(units, [(p.nodes, held[p.nodes], p.tpot_s) for p in carrying], 1)
+    return [replace(p, tokens_per_s=held[p.nodes] / trips[p.nodes], tpot_s=trips[p.nodes]) if p.nodes in trips else p
+            for p in served]
 
 
 def scaled(paths: list[PathEstimate], ratio: dict[tuple[str, ...], float]) -> list[PathEstimate]:

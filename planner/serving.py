@@ -18,7 +18,7 @@ from scipy.optimize import brentq, linprog
 
 from planner import lanes as lane_model
 from planner.cluster import Link
-from planner.engines import LANE_ENGINES
+from planner.engines import GROUP_ENGINES, LANE_ENGINES
 from planner.flow import COORDINATOR, BalancedFlow, FlowResult, hop_link, max_flow
 from planner.problem import TOKEN_ID_BYTES, Placement, PlacementProblem
 
@@ -371,17 +371,23 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
                      "throughput is likely high)")
 
     choice = lane_model.LaneChoice(None, 1.0, {})
-    if lanes is True and problem.cluster.engine in LANE_ENGINES:
+    # an engine that moves each path's sequences as one group: one lane per path whatever is asked, its
+    # sequences in flight as many as KV holds (planner/lanes.py: grouped)
+    grouped = problem.cluster.engine in GROUP_ENGINES
+    if not grouped and lanes is True and problem.cluster.engine in LANE_ENGINES:
         choice = lane_model.choose(units, _latencies(units, paths, flow.node_flow, 1.0)[0])
-    elif lanes is not False and lanes is not True:   # a given count
+    elif not grouped and lanes is not False and lanes is not True:   # a given count
         choice = lane_model.rate(units, _latencies(units, paths, flow.node_flow, 1.0)[0], lanes) or choice
         if choice.lanes is None:
             notes.append(f"lanes: {lanes} per path estimated as one per stage: paths share a stage, where the "
                          "lane model does not hold (docs/planner.md#lanes)")
     ratio = choice.tpot_ratio   # per path: round trip with the chosen lanes over one lane per stage's
 
+    def served_at(load: float, latencies: list[PathEstimate]) -> list[PathEstimate]:
+        return lane_model.grouped(units, latencies, load) if grouped else lane_model.scaled(latencies, ratio)
+
     def meets(load: float) -> bool:
-        est = lane_model.scaled(_latencies(units, paths, flow.node_flow, load)[0], ratio)
+        est = served_at(load, _latencies(units, paths, flow.node_flow, load)[0])
         tpot = _mean([(p.tpot_s, p.tokens_per_s) for p in est])
         ttft = _mean([(p.ttft_s, p.tokens_per_s) for p in est])
         return (max_tpot_s is None or tpot <= max_tpot_s) and (max_ttft_s is None or ttft <= max_ttft_s)
@@ -404,7 +410,10 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
                          f"{LOAD_STEPS}, to within {high - low:.1e} of the consistent flow (the lower end kept)")
     final, batch = _latencies(units, paths, flow.node_flow, max(load, 1e-9))
     offered = sum(p.tokens_per_s for p in final)
-    final = lane_model.scaled(final, ratio)
+    before = {p.nodes: p.tokens_per_s for p in final}
+    final = served_at(load, final)
+    if grouped:   # each path's tokens/s over the flow's: what its stages carry (_with_lanes)
+        ratio = {p.nodes: before[p.nodes] / p.tokens_per_s for p in final if p.tokens_per_s > 0}
     laned = sum(p.tokens_per_s for p in final)
     final = _within_kv(problem, placement, final)
     kept = sum(p.tokens_per_s for p in final) / laned if laned > 0 else 1.0
@@ -412,9 +421,10 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
         notes.append(f"path rates trimmed to {kept:.1%} so the sequences in flight fit every stage's KV")
     gain = laned / offered if offered > 0 else 1.0
     capacity = fixed.capacity
-    if choice.lanes is not None:
-        notes.append(f"lanes: {choice.lanes} per path, {gain - 1:+.0%} tokens/s against one lane per stage by the "
-                     "lane model (docs/planner.md#lanes)")
+    if grouped or choice.lanes is not None:
+        what = f"one group per path ({problem.cluster.engine}'s scheduling)" if grouped else f"lanes: {choice.lanes} per path"
+        notes.append(f"{what}, {gain - 1:+.0%} tokens/s against one lane per stage by the lane model "
+                     "(docs/planner.md#lanes)")
         flow, capacity = _with_lanes(flow, capacity, paths, ratio)
     weights = [(p.tpot_s, p.tokens_per_s) for p in final]
     return ServingEstimate(
@@ -422,14 +432,19 @@ def _estimate(problem: PlacementProblem, placement: Placement, max_tpot_s: float
         tpot_s=_mean(weights) if final else None,
         ttft_s=_mean([(p.ttft_s, p.tokens_per_s) for p in final]) if final else None,
         load=load, flow=flow, node_capacity=capacity, node_batch=batch, paths=tuple(final),
-        notes=tuple(notes), complete=not fixed.cut_short and bisected == LOAD_STEPS, lanes=choice.lanes)
+        notes=tuple(notes), complete=not fixed.cut_short and bisected == LOAD_STEPS,
+        lanes=choice.lanes)   # None on a group engine: its one lane per path is its own, not a setting
 
 
 def _with_lanes(flow: FlowResult, capacity: dict[str, float], paths, ratio: dict[tuple[str, ...], float]
                 ) -> tuple[FlowResult, dict[str, float]]:
-    """Flows and capacities with each path's stages carrying what its lanes serve (paths share no stage
-    where lanes are chosen, so each stage scales with its one path)."""
-    factor = {n: 1.0 / ratio.get(nodes, 1.0) for nodes, _ in paths for n in nodes}
+    """Flows and capacities with each path's stages carrying what its lanes serve (a stage that several
+    paths share, as one group each, scales by their rates' mean)."""
+    carried: dict[str, list[tuple[float, float]]] = {}
+    for nodes, rate in paths:
+        for n in nodes:
+            carried.setdefault(n, []).append((1.0 / ratio.get(nodes, 1.0), rate))
+    factor = {n: _mean(values) if sum(w for _, w in values) > 0 else values[0][0] for n, values in carried.items()}
     edges = {(a, b): value * factor.get(b if a == COORDINATOR else a, 1.0) for (a, b), value in flow.edge_flows.items()}
     scaled_flow = replace(flow, value=sum(v for (a, _), v in edges.items() if a == COORDINATOR), edge_flows=edges,
                           node_flow={n: value * factor.get(n, 1.0) for n, value in flow.node_flow.items()})

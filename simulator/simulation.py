@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from planner.costmodel import CostParams
+from planner.engines import GROUP_ENGINES
 from planner.errors import InputError
 from planner.flow import max_flow
 from planner.layout import Layout
@@ -50,7 +50,7 @@ class SimConfig:
     duration_s: float = 600.0       # measured
     warmup_s: float | None = None   # simulated first, excluded from the metrics; None: automatic
     seed: int = 0
-    token_budget: int = CostParams.prefill_chunk_tokens  # tokens per stage iteration: decode + prompt chunks
+    token_budget: int | None = None  # tokens per stage iteration, decode + prompt chunks (None: the engine's)
     microbatches: int | None = None  # decode micro-batches per path (lanes), filled evenly; None: the layout's
     #                                   `lanes`, or one per stage where it has none
 
@@ -81,7 +81,7 @@ def _check(layout: Layout, config: SimConfig) -> None:
                          file=cluster.path, field=f"[gpu {gpu}] throughput",
                          fix="give it measured decode_ms/prefill_ms tables (docs/formats.md) "
                              "or use a catalog GPU type")
-    if config.token_budget < MIN_TOKEN_BUDGET:
+    if config.token_budget is not None and config.token_budget < MIN_TOKEN_BUDGET:
         raise InputError(f"a token budget of {config.token_budget} tokens per iteration is too small",
                          field="--token-budget", fix=f"give at least {MIN_TOKEN_BUDGET}")
 
@@ -89,8 +89,10 @@ def _check(layout: Layout, config: SimConfig) -> None:
 class Simulation:
     def __init__(self, layout: Layout, config: SimConfig) -> None:
         self.layout, self.config = layout, config
-        self.lanes = config.microbatches or layout.lanes   # None: one per stage of each path
         cluster = layout.cluster
+        # None: one per stage of each path; an engine that moves a path's sequences as one group, one
+        self.lanes = config.microbatches or layout.lanes or (1 if cluster.engine in GROUP_ENGINES else None)
+        self.token_budget = config.token_budget or cluster.cost_params.prefill_chunk_tokens
         problem = PlacementProblem(cluster)
         units = layout.placement.units()
         _check(layout, config)
@@ -111,7 +113,7 @@ class Simulation:
         memos: dict = {}   # step-time tables, shared by stages of one GPU type and layer count
         for name, span in units.items():
             stage = Stage(name, problem.host_of(name), problem.cost_of(name), span, problem.layers,
-                          config.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
+                          self.token_budget, cluster.activation_bytes_per_token(), (self.warmup_s, self.end_s),
                           memos, self.loop)
             stage.deliver_to_coordinator = self.at_coordinator
             self.stages[name] = stage
@@ -436,7 +438,7 @@ class Simulation:
                     "workload": config.workload.label, "in_flight": self.in_flight or None,
                     "lengths": config.lengths, "prompt_tokens_mean": self.lengths.prompt_mean,
                     "output_tokens_mean": self.lengths.output_mean, "scheduler": config.scheduler,
-                    "seed": config.seed, "token_budget": config.token_budget, "lanes": self.lanes,
+                    "seed": config.seed, "token_budget": self.token_budget, "lanes": self.lanes,
                     "warmup_s": self.warmup_s, "warmup_auto": self.auto_warmup,
                     "duration_s": config.duration_s}
         bins = int(math.ceil(self.end_s / rec.bin_s))

@@ -44,9 +44,11 @@ def _engine_plans(cluster_file: str, own: Plan, time_limit: float, seed: int, ma
                   max_ttft_s: float | None) -> list[dict]:
     """The default method's best plan for each engine (for vllm: only what vLLM can run), each predicted
     with every engine's cost model: what the vLLM-runnable constraint costs."""
-    clusters = {engine: load_cluster(cluster_file, engine=engine) for engine in ENGINES}
+    # vLLM and the runtime always, and the plan's own engine (helix) when it is another
+    engines = [engine for engine in ENGINES if engine in ("runtime", "vllm") or engine == own.cluster.engine]
+    clusters = {engine: load_cluster(cluster_file, engine=engine) for engine in engines}
     entries = []
-    for engine in ENGINES:
+    for engine in engines:
         try:
             plan = own if engine == own.cluster.engine else solve_plan(
                 clusters[engine], DEFAULT_METHOD, time_limit=time_limit, seed=seed, max_tpot_s=max_tpot_s,
@@ -60,7 +62,7 @@ def _engine_plans(cluster_file: str, own: Plan, time_limit: float, seed: int, ma
         except NotRunnable as exc:
             refusal = exc.problem
         predictions = {}
-        for judge in ENGINES:
+        for judge in engines:
             problem = PlacementProblem(clusters[judge], max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s)
             try:
                 s = plan.serving if judge == engine else score(problem, plan.result, max_tpot_s, max_ttft_s).serving
@@ -174,16 +176,17 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
 def _print_engine_plans(console, entries: list[dict]) -> None:
     """The best plan for each engine beside each other, both engines' predictions, and what it costs
     to plan only what vLLM can run."""
-    table = Table(title=f"what vLLM can run: {DEFAULT_METHOD}'s best plan for each engine, predicted on both")
-    for col in ("plan", "runs on vLLM", *(f"{e} {what}" for e in ENGINES for what in ("tok/s", "TPOT ms")), "GPUs"):
+    engines = [entry["solved_for"] for entry in entries]   # each plan is predicted on every engine solved for
+    table = Table(title=f"what vLLM can run: {DEFAULT_METHOD}'s best plan for each engine, predicted on each")
+    for col in ("plan", "runs on vLLM", *(f"{e} {what}" for e in engines for what in ("tok/s", "TPOT ms")), "GPUs"):
         table.add_column(col, justify="left" if col in ("plan", "runs on vLLM") else "right")
     for entry in entries:
         label = f"--engine {entry['solved_for']}"
         if "error" in entry:
-            table.add_row(label, "[red]failed[/]", *[""] * (2 * len(ENGINES) + 1))
+            table.add_row(label, "[red]failed[/]", *[""] * (2 * len(engines) + 1))
             continue
         cells = [label, "yes" if entry["vllm_runnable"] else "no"]
-        for judge in ENGINES:
+        for judge in engines:
             p = entry["predictions"][judge]
             cells += [f"{p['throughput_tokens_per_s']:,.0f}", f"{p['tpot_s'] * 1e3:.1f}" if p["tpot_s"] else "-"] \
                 if p else ["-", "-"]

@@ -9,7 +9,8 @@ import click
 from planner.cli.console import make_console
 from planner.cli.options import FiniteRange
 from planner.errors import InputError, InputWarning
-from planner.export import EXPORTERS
+from planner.engines import GROUP_ENGINES
+from planner.export import EXPORTERS, TARGET_ENGINE
 from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import DEFAULT_ROUTER, ROUTERS
@@ -69,6 +70,11 @@ def export_cmd(layout_file: str, out_dir: str, target: str, checkpoint: str | No
         warnings.warn(InputWarning(f"{layout_file}: [layout] lanes = {layout.lanes} does not apply to --to {target}: "
                                    "it has no lane setting, so the layout's predicted figures are not what it "
                                    "serves (for vLLM, re-plan with --engine vllm)"))
+    engine, runs_on = layout.cluster.engine, TARGET_ENGINE[target]
+    if engine != runs_on and {engine, runs_on} & set(GROUP_ENGINES):   # their scheduling differs most
+        warnings.warn(InputWarning(f"{layout_file}: planned for the {engine} engine, exported --to {target}, which "
+                                   f"schedules a path's sequences as {runs_on} does, so the layout's predicted figures "
+                                   f"are not what it serves; re-plan with --engine {runs_on} for the layout it serves best"))
     console = make_console()
     for path in written:
         console.print(f"wrote {path}")

@@ -9,12 +9,14 @@ import click
 
 from planner.engines import DEFAULT_ENGINE, ENGINES
 
-ENGINE_HELP = ("Serving engine whose speed the cost model predicts: vllm (CUDA graphs, paged attention; "
-               "constants fitted to published vLLM profiles) or runtime (the bundled runtime; a GPU's "
-               "measured profile when it has one). docs/cost-model.md#engines-and-calibration.")
+ENGINE_HELP = ("Serving engine whose speed and scheduling the cost model predicts: vllm (CUDA graphs, paged "
+               "attention; constants fitted to published vLLM profiles), runtime (the bundled runtime; a GPU's "
+               "measured profile when it has one) or helix (Helix: vLLM's layers, each path's sequences as one "
+               "group). docs/cost-model.md#engines-and-calibration.")
+CLUSTER_ENGINE = f" Default: the cluster file's `engine`, else {DEFAULT_ENGINE}."
 
 
-def engine_option(default: str | None = DEFAULT_ENGINE, help_extra: str = "") -> click.decorators.FC:
+def engine_option(default: str | None = None, help_extra: str = CLUSTER_ENGINE) -> click.decorators.FC:
     return click.option("--engine", type=click.Choice(ENGINES), default=default,
                         show_default=default is not None, help=ENGINE_HELP + help_extra)
 

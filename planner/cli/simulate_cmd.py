@@ -36,9 +36,10 @@ MAX_SIMULATED_S = 1e6    # 11.6 days: longer runs are a typo, not a study
               help="Routing policy: the path each request takes.")
 @click.option("--microbatches", type=click.IntRange(min=1, max=MAX_LANES), default=SimConfig.microbatches,
               help="Decode micro-batches (lanes) kept apart on each path. Default: the layout's `lanes`, else one "
-                   "per stage of the path.")
-@click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget, show_default=True,
-              help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left.")
+                   "per stage of the path (one per path on an engine that runs a path's sequences as one group: helix).")
+@click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget,
+              help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left. Default: the "
+                   "engine's (256 for runtime and vllm, 2,048 for helix, whose prompts run whole).")
 @click.option("--seed", type=click.IntRange(min=0), default=SimConfig.seed, show_default=True,
               help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, callback=plot_path,
@@ -46,7 +47,7 @@ MAX_SIMULATED_S = 1e6    # 11.6 days: longer runs are a typo, not a study
 @engine_option(default=None, help_extra=" Default: the engine the layout was planned for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys: docs/formats.md).")
 def simulate_cmd(layout_file: str, duration: float, warmup: float | None, workload: str, lengths: str, scheduler: str,
-                 microbatches: int | None, token_budget: int, seed: int, plot: str | None, engine: str | None,
+                 microbatches: int | None, token_budget: int | None, seed: int, plot: str | None, engine: str | None,
                  as_json: bool) -> None:
     """Simulate serving a layout, event by event: throughput, TTFT, TPOT, end-to-end latency, per-node
     utilisation and KV use, the busiest link. Deterministic for a seed."""

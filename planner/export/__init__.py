@@ -17,3 +17,5 @@ EXPORTERS = {  # name -> (layout, out_dir, **options) -> paths written
     "vllm": export_vllm,
     "helix": export_helix,
 }
+# the engine each target serves with (planner/engines.py): what a plan for it should be made for
+TARGET_ENGINE = {"runtime": "runtime", "vllm-replicas": "vllm", "vllm": "vllm", "helix": "helix"}

@@ -8,11 +8,13 @@ import math
 import time
 from collections.abc import Iterator
 
+from planner.engines import GROUP_ENGINES
 from planner.errors import SolveError
 from planner.problem import Placement, PlacementProblem, group_name
 from planner.serving import estimate
 from planner.solvers import baselines
 from planner.solvers.base import Progress, SolveResult
+from planner.solvers.branches import branch_placements
 from planner.solvers.chains import chain_candidates
 from planner.solvers.milp import solve_max_flow
 from planner.solvers.pipeline_dp import disjoint_chains
@@ -149,6 +151,14 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     # limits (compare's "milp at this TPOT" on hetero with 10 s fell below tp-pp's own 458 tokens/s)
     limited = problem.max_tpot_s is not None or problem.max_ttft_s is not None
     for placement in [] if limited else short_trip_placements(problem, starts_deadline):
+        starts.append(placement)
+        if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
+            break
+        consider(placement)
+    # a fast trunk and slow branches: for an engine that moves a path's sequences as one group, the
+    # structure that keeps each group's walk short and the trunk's KV room large
+    grouped = problem.cluster.engine in GROUP_ENGINES
+    for placement in branch_placements(problem, starts_deadline) if grouped else []:
         starts.append(placement)
         if time.perf_counter() + (RESERVED_SCORINGS + 1) * slowest > deadline:
             break

@@ -22,15 +22,15 @@ IN_FLIGHT_SHARES = (1.0, 0.75, 0.5, 0.25)
 MAX_CHAINS = 4
 
 
-def _layer_time(problem: PlacementProblem, name: str, batch: float) -> float:
+def layer_time(problem: PlacementProblem, name: str, batch: float) -> float:
     """Seconds one layer of this GPU adds to a token's round trip at `batch` sequences per step."""
     return problem.cost(name).seconds_per_output_token(1, batch) * batch
 
 
-def _room(problem: PlacementProblem, name: str, start: int, in_flight: int) -> int:
-    """Most layers from `start` this GPU holds with KV room for `in_flight` requests."""
+def room(problem: PlacementProblem, name: str, start: int, in_flight: int, most: int | None = None) -> int:
+    """Most layers from `start` (at most `most`) this GPU holds with KV room for `in_flight` requests."""
     best = 0
-    for k in range(1, problem.layers - start + 1):
+    for k in range(1, min(problem.layers - start, most or problem.layers) + 1):
         end = start + k
         if not problem.fits(name, start, end):
             break
@@ -41,7 +41,7 @@ def _room(problem: PlacementProblem, name: str, start: int, in_flight: int) -> i
 
 def _chain(problem: PlacementProblem, names: list[str], in_flight: int, batch: float) -> dict[str, tuple[int, int]] | None:
     """Layer ranges for one chain of `names` aiming at `in_flight` sequences, or None if it cannot hold the model."""
-    speed = {n: _layer_time(problem, n, batch) for n in names}
+    speed = {n: layer_time(problem, n, batch) for n in names}
     by_type: dict[str, list[str]] = {}
     for n in sorted(names, key=lambda n: (speed[n], names.index(n))):
         by_type.setdefault(problem.by_name[n].gpu, []).append(n)
@@ -53,7 +53,7 @@ def _chain(problem: PlacementProblem, names: list[str], in_flight: int, batch: f
         share = math.ceil(left / len(members))
         for n in members:
             # estimated from the middle of the model; checked exactly below
-            k = min(share, _room(problem, n, 1, in_flight), left)
+            k = min(share, room(problem, n, 1, in_flight), left)
             if k > 0:
                 counts[n] = k
                 left -= k
@@ -78,7 +78,7 @@ def short_trip_placements(problem: PlacementProblem, deadline: float = math.inf)
     names = [n.name for n in problem.nodes]
     cap = problem.cluster.cost_params.max_batch
     batch = max(1.0, min(cap, problem.cluster.cost_params.prefill_chunk_tokens / 4))
-    ranked = sorted(names, key=lambda n: (_layer_time(problem, n, batch), names.index(n)))
+    ranked = sorted(names, key=lambda n: (layer_time(problem, n, batch), names.index(n)))
     found: list[Placement] = []
     seen: set[tuple] = set()
     for chains in range(1, MAX_CHAINS + 1):
