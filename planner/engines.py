@@ -27,6 +27,7 @@ ENGINES = ("runtime", "vllm", "helix")
 DEFAULT_ENGINE = "runtime"  # the constants the cost model has always had describe the runtime
 LANE_ENGINES = ("runtime",)  # engines a plan can tell how many lanes a path runs (vLLM: one per pipeline stage)
 GROUP_ENGINES = ("helix",)   # engines that run each path's decoding sequences as one group (one lane per path)
+SINGLE_GPU_ENGINES = ("helix",)  # engines that place layers on single GPUs only (Helix has no tensor parallelism)
 
 
 @dataclass(frozen=True)

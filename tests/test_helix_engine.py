@@ -128,3 +128,12 @@ def test_exporting_a_helix_plan_to_another_engine_warns(tmp_path):
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "helix engine" in warned[0] and "--engine runtime" in warned[0]
     assert (tmp_path / "out" / "runtime.json").is_file()
+
+
+def test_helix_plans_keep_to_single_gpus():
+    """Helix places layers on single GPUs only (its export refuses groups): on l20x4, where the runtime's plan
+    pairs the GPUs of each host for tensor parallelism, the helix plan does not."""
+    runtime = json.loads(run_planner("solve", PROFILES / "l20x4.ini", "--time-limit", "5", "--json").stdout)
+    helix = run_planner("solve", PROFILES / "l20x4.ini", "--engine", "helix", "--time-limit", "5", "--json")
+    assert helix.returncode == 0, helix.stderr
+    assert runtime.get("tp_groups") and not json.loads(helix.stdout).get("tp_groups")

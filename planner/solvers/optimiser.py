@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterator
 
-from planner.engines import GROUP_ENGINES
+from planner.engines import GROUP_ENGINES, SINGLE_GPU_ENGINES
 from planner.errors import SolveError
 from planner.problem import Placement, PlacementProblem, group_name
 from planner.serving import estimate
@@ -114,11 +114,16 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
     cut_short = 0
     rtt, status = 0.0, "optimal"
     slowest = 0.0  # longest scoring so far: new work starts only if one more scoring still fits
+    single_gpus = problem.cluster.engine in SINGLE_GPU_ENGINES   # no tensor-parallel groups in its plans
+    needs_tp: set[tuple] = set()   # candidates passed over for their tensor-parallel groups
 
     def consider(placement: Placement) -> None:
         nonlocal best, slowest, unfinished, cut_short
         key = tuple(sorted(placement.used().items())) + tuple(placement.tp_groups)
         if key in scored or not placement.used():
+            return
+        if placement.tp_groups and single_gpus:
+            needs_tp.add(key)
             return
         scoring = time.perf_counter()
         served = estimate(problem, placement, max_tpot_s=problem.max_tpot_s, max_ttft_s=problem.max_ttft_s,
@@ -208,6 +213,9 @@ def optimise(problem: PlacementProblem, *, time_limit: float = 60.0, seed: int =
         notes.append(f"time limit: {cut_short} candidate placement(s) not ranked, their serving estimates "
                      "cut short by the deadline")
     if best is None:
+        if unfinished is None and needs_tp:
+            raise SolveError(f"every placement found needs tensor-parallel groups, which the {problem.cluster.engine} "
+                             "engine does not run (layers on single GPUs only); plan with --engine runtime or vllm")
         if unfinished is None:
             raise SolveError("time limit too short to find any placement; raise --time-limit")
         best = unfinished
