@@ -93,8 +93,10 @@ def format_bytes(n_bytes: float) -> str:
 
 
 def format_time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3g} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} us"
+    """Three significant figures in us, ms or s: the smallest unit whose rounded value stays under 1,000
+    (0.9996 s is "1 s", not "1e+03 ms")."""
+    for scale, unit in ((1e-6, "us"), (1e-3, "ms"), (1.0, "s")):
+        value = float(f"{seconds / scale:.3g}")
+        if value < 1000:
+            return f"{value:.3g} {unit}"
+    return f"{seconds:,.0f} s"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner.units import parse_bandwidth, parse_memory, parse_time
+from planner.units import format_time, parse_bandwidth, parse_memory, parse_time
 
 GIB = 1024**3
 
@@ -28,6 +28,15 @@ def test_times():
     assert parse_time("50 µs") == pytest.approx(50e-6)
     assert parse_time("0.2 s") == pytest.approx(0.2)
     assert parse_time("0 ms") == 0.0
+
+
+@pytest.mark.parametrize("seconds, shown", [(0.0, "0 us"), (5e-7, "0.5 us"), (0.000999, "999 us"),
+                                             (0.0009996, "1 ms"), (0.0123, "12.3 ms"), (0.99962, "1 s"),
+                                             (12.345, "12.3 s"), (999.6, "1,000 s"), (4321.0, "4,321 s")])
+def test_times_are_shown_in_the_unit_that_keeps_them_under_a_thousand(seconds, shown):
+    """A TPOT of 0.9996 s was printed as "1e+03 ms": rounding to three figures can carry into the next unit."""
+    assert format_time(seconds) == shown
+    assert parse_time(shown.replace(",", "")) == pytest.approx(seconds, rel=6e-3, abs=1e-9)
 
 
 def test_memory():
