@@ -52,7 +52,7 @@ class SimConfig:
     seed: int = 0
     token_budget: int | None = None  # tokens per stage iteration, decode + prompt chunks (None: the engine's)
     microbatches: int | None = None  # decode micro-batches per path (lanes), filled evenly; None: the layout's
-    #                                   `lanes`, or one per stage where it has none
+    #                                   `lanes`, or one per stage where it has none (helix: one per path)
 
 
 Progress = Callable[[float, float], None]   # (simulated seconds done, total)
@@ -90,8 +90,9 @@ class Simulation:
     def __init__(self, layout: Layout, config: SimConfig) -> None:
         self.layout, self.config = layout, config
         cluster = layout.cluster
-        # None: one per stage of each path; an engine that moves a path's sequences as one group, one
-        self.lanes = config.microbatches or layout.lanes or (1 if cluster.engine in GROUP_ENGINES else None)
+        # None: one per stage of each path. An engine that moves a path's sequences as one group runs one
+        # lane per path whatever the layout says (a layout's `lanes` is the runtime's setting)
+        self.lanes = config.microbatches or (1 if cluster.engine in GROUP_ENGINES else layout.lanes)
         self.token_budget = config.token_budget or cluster.cost_params.prefill_chunk_tokens
         problem = PlacementProblem(cluster)
         units = layout.placement.units()
