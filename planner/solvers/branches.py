@@ -7,8 +7,9 @@ GPUs hold many layers and so little KV, and every group walks every slow layer. 
 fastest type form a trunk holding the last (or the first) layers, each few enough to leave it KV room,
 and the other GPUs form 1 to MAX_BRANCHES parallel branches, each one chain over the other layers. A
 request holds KV on one branch only, and its group walks that branch's slow layers only. On the Helix
-paper's 24-GPU cluster, Helix's own simulator serves two such branches into four A100s of 9 layers each
-at 291.6 tokens/s, where one chain of the same GPUs serves 161.4 (docs/planner.md#the-helix-24-gpu-cluster).
+paper's 24-GPU cluster, Helix's own simulator serves two such branches into four A100s of 10 layers each
+(the plan this module gives there) at 269.6 tokens/s and with 9 layers at 291.6, where one chain of the
+same GPUs serves 161.4 and Helix's own layout 248.3 (docs/planner.md#the-helix-24-gpu-cluster).
 
 Candidates: every layer count per trunk GPU, every branch count, branches ahead of the trunk and after it;
 the serving estimate ranks them with everything else.
@@ -69,9 +70,9 @@ def branch_placements(problem: PlacementProblem, deadline: float = math.inf) -> 
                 continue
             first, last = spans[0][0] == 0, spans[-1][1] == total
             # the trunk holds every request in flight: the branches are planned for its KV room
-            room = min(problem.cost(n).max_batch(per_gpu, first and i == 0, last and i == len(trunk) - 1)
-                       for i, n in enumerate(trunk))
-            if room < 1:
+            trunk_room = min(problem.cost(n).max_batch(per_gpu, first and i == 0, last and i == len(trunk) - 1)
+                             for i, n in enumerate(trunk))
+            if trunk_room < 1:
                 continue
             branch_start = 0 if ahead else trunk_layers
             for count in range(1, min(MAX_BRANCHES, len(rest)) + 1):
@@ -83,7 +84,7 @@ def branch_placements(problem: PlacementProblem, deadline: float = math.inf) -> 
                     groups[pos if lap % 2 == 0 else count - 1 - pos].append(n)
                 ranges = dict(zip(trunk, spans))
                 for group in groups:
-                    chain = _branch(problem, group, branch_start, total - trunk_layers, math.ceil(room / count))
+                    chain = _branch(problem, group, branch_start, total - trunk_layers, math.ceil(trunk_room / count))
                     if chain is None:
                         ranges = {}
                         break
