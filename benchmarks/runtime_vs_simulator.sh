@@ -9,10 +9,12 @@
 #      predicts the same, for N = 1, 2 and 8 (prompts of 32 tokens, 32 output tokens). A path of three
 #      stages runs three lanes: up to 2 in flight at most two workers compute at once, at 8 all three do,
 #      and three single-threaded workers on a machine of fewer cores run slower than the profile (timed
-#      alone) says; the simulator knows nothing of shared cores (a GPU has its own), so at 8 a second
-#      prediction takes the profile's times x workers / cores (cluster-shared.ini);
+#      alone) says; the simulator knows nothing of shared cores (a GPU has its own), so at 2 and 8 a second
+#      prediction takes the profile's times x workers / cores (cluster-shared.ini; at 2 in flight two
+#      workers compute, but the host and every process's ZeroMQ I/O thread run beside them);
 #   5. the profile is taken again after the runs, and the simulator's 1- and 2-in-flight predictions from it
-#      say how far the machine's own speed moved while the runtime served.
+#      say how far the machine's own speed moved while the runtime served; a third prediction takes the
+#      mean of the two profiles, point by point (the machine as it was, on average, while it served).
 # Usage: bash benchmarks/runtime_vs_simulator.sh [WORKDIR]   (needs `pip install -e .[runtime]`)
 set -euo pipefail
 work="${1:-$(mktemp -d)}"
@@ -64,21 +66,44 @@ for n in 1 2 8; do
     --requests $((8 * n > 24 ? 8 * n : 24)) --concurrency $n --json > "run-$n.json"
   planner simulate layout.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n.json"
 done
-planner simulate layout-shared.ini --workload "offline:8" --duration 60 --warmup 10 --json > "sim-8-shared.json"
+for n in 2 8; do
+  planner simulate layout-shared.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-shared.json"
+done
 # the same profile taken again after the runs: how far this machine's own speed moved meanwhile (on a
 # shared VM the two can differ by a fifth, which no model of the runtime accounts for)
 profile_here > profile-after.ini
 cluster "$(cat profile-after.ini)" > cluster-after.ini
 sed 's/cluster.ini/cluster-after.ini/' layout.ini > layout-after.ini
+# the mean of the two profiles, point by point: they bracket the runs
+python3 - <<'EOF'
+import re
+def tables(path):
+    return {key: dict(re.findall(r"([0-9.]+):\s*([0-9.eE+-]+)", value)) if ":" in value else value
+            for key, value in re.findall(r"^(\w+_ms) = (.*)$", open(path).read(), flags=re.M)}
+before, after = tables("profile.ini"), tables("profile-after.ini")
+def mean(match):
+    key = match.group(1)
+    a, b = before[key], after[key]
+    if isinstance(a, str):
+        return f"{key} = {(float(a) + float(b)) / 2:.4g}"
+    return f"{key} = " + ", ".join(f"{x}: {(float(a[x]) + float(b[x])) / 2:.4g}" for x in a)
+open("profile-mean.ini", "w").write(re.sub(r"^(\w+_ms) = (.*)$", mean, open("profile.ini").read(), flags=re.M))
+EOF
+cluster "$(cat profile-mean.ini)" > cluster-mean.ini
+sed 's/cluster.ini/cluster-mean.ini/' layout.ini > layout-mean.ini
 for n in 1 2; do
   planner simulate layout-after.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-after.json"
+  planner simulate layout-mean.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-mean.json"
 done
 python3 - <<'EOF'
 import json
 print("| in flight | | output tokens/s | TTFT mean | TPOT mean |")
 print("|---|---|---:|---:|---:|")
 for n, label, name in ((1, "simulator", "sim-1"), (1, "simulator, profile taken after the runs", "sim-1-after"),
+                       (1, "simulator, mean of the two profiles", "sim-1-mean"),
                        (2, "simulator", "sim-2"), (2, "simulator, profile taken after the runs", "sim-2-after"),
+                       (2, "simulator, mean of the two profiles", "sim-2-mean"),
+                       (2, "simulator, times x workers / cores", "sim-2-shared"),
                        (8, "simulator", "sim-8"), (8, "simulator, times x workers / cores", "sim-8-shared")):
     run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"{name}.json"))
     if name == f"sim-{n}":
