@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 from planner.problem import Placement, PlacementProblem
-from planner.solvers.short_trips import layer_time, room
+from planner.solvers.short_trips import distinct_placements, joined, layer_time, room, snake_deal
 
 MAX_BRANCHES = 4
 
@@ -56,43 +57,30 @@ def branch_placements(problem: PlacementProblem, deadline: float = math.inf) -> 
     rest = [n for n in ranked if n not in trunk]
     if not rest:
         return []
-    found: list[Placement] = []
-    seen: set[tuple] = set()
     total = problem.layers
-    for per_gpu in range(1, total // len(trunk) + 1):
-        trunk_layers = per_gpu * len(trunk)
-        if trunk_layers >= total:
-            break
-        for ahead in (True, False):   # branches over the first layers, the trunk after them; or the reverse
-            trunk_start = total - trunk_layers if ahead else 0
-            spans = [(trunk_start + i * per_gpu, trunk_start + (i + 1) * per_gpu) for i in range(len(trunk))]
-            if not all(problem.fits(n, *span) for n, span in zip(trunk, spans)):
-                continue
-            first, last = spans[0][0] == 0, spans[-1][1] == total
-            # the trunk holds every request in flight: the branches are planned for its KV room
-            trunk_room = min(problem.cost(n).max_batch(per_gpu, first and i == 0, last and i == len(trunk) - 1)
-                             for i, n in enumerate(trunk))
-            if trunk_room < 1:
-                continue
-            branch_start = 0 if ahead else trunk_layers
-            for count in range(1, min(MAX_BRANCHES, len(rest)) + 1):
-                if time.perf_counter() > deadline:
-                    return found
-                groups: list[list[str]] = [[] for _ in range(count)]
-                for i, n in enumerate(rest):   # snake-dealt by speed: each branch gets its share of the fast ones
-                    lap, pos = divmod(i, count)
-                    groups[pos if lap % 2 == 0 else count - 1 - pos].append(n)
-                ranges = dict(zip(trunk, spans))
-                for group in groups:
-                    chain = _branch(problem, group, branch_start, total - trunk_layers, math.ceil(trunk_room / count))
-                    if chain is None:
-                        ranges = {}
-                        break
-                    ranges.update(chain)
-                if not ranges:
+
+    def found() -> Iterator[dict[str, tuple[int, int]] | None]:
+        for per_gpu in range(1, total // len(trunk) + 1):
+            trunk_layers = per_gpu * len(trunk)
+            if trunk_layers >= total:
+                return
+            for ahead in (True, False):   # branches over the first layers, the trunk after them; or the reverse
+                trunk_start = total - trunk_layers if ahead else 0
+                spans = [(trunk_start + i * per_gpu, trunk_start + (i + 1) * per_gpu) for i in range(len(trunk))]
+                if not all(problem.fits(n, *span) for n, span in zip(trunk, spans)):
                     continue
-                key = tuple(sorted(ranges.items()))
-                if key not in seen:
-                    seen.add(key)
-                    found.append(Placement({**dict.fromkeys(names, (0, 0)), **ranges}))
-    return found
+                first, last = spans[0][0] == 0, spans[-1][1] == total
+                # the trunk holds every request in flight: the branches are planned for its KV room
+                trunk_room = min(problem.cost(n).max_batch(per_gpu, first and i == 0, last and i == len(trunk) - 1)
+                                 for i, n in enumerate(trunk))
+                if trunk_room < 1:
+                    continue
+                branch_start = 0 if ahead else trunk_layers
+                for count in range(1, min(MAX_BRANCHES, len(rest)) + 1):
+                    if time.perf_counter() > deadline:
+                        return
+                    branches = joined(_branch(problem, group, branch_start, total - trunk_layers,
+                                              math.ceil(trunk_room / count)) for group in snake_deal(rest, count))
+                    yield None if branches is None else {**dict(zip(trunk, spans)), **branches}
+
+    return distinct_placements(names, found())

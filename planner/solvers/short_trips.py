@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 
 from planner.problem import Placement, PlacementProblem
 
@@ -71,6 +72,37 @@ def _chain(problem: PlacementProblem, names: list[str], in_flight: int, batch: f
     return ranges if start == problem.layers else None
 
 
+def snake_deal(ranked: list[str], count: int) -> list[list[str]]:
+    """GPUs ranked fastest first dealt into `count` groups back and forth, so each gets its share of the fast ones."""
+    groups: list[list[str]] = [[] for _ in range(count)]
+    for i, name in enumerate(ranked):
+        lap, pos = divmod(i, count)
+        groups[pos if lap % 2 == 0 else count - 1 - pos].append(name)
+    return groups
+
+
+def joined(parts: Iterable[dict[str, tuple[int, int]] | None]) -> dict[str, tuple[int, int]] | None:
+    """The ranges of several chains together; None if any of them is None (it could not be built)."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        if part is None:
+            return None
+        ranges.update(part)
+    return ranges
+
+
+def distinct_placements(names: list[str], found: Iterable[dict[str, tuple[int, int]] | None]) -> list[Placement]:
+    """Each distinct set of ranges found once, as a placement (the GPUs it does not name idle)."""
+    seen: set[tuple] = set()
+    placements = []
+    for ranges in found:
+        key = tuple(sorted(ranges.items())) if ranges else None
+        if key is not None and key not in seen:
+            seen.add(key)
+            placements.append(Placement({**dict.fromkeys(names, (0, 0)), **ranges}))
+    return placements
+
+
 def short_trip_placements(problem: PlacementProblem, deadline: float = math.inf) -> list[Placement]:
     """One candidate per (sequences in flight, number of disjoint chains) that holds the model."""
     if problem.static:
@@ -79,29 +111,15 @@ def short_trip_placements(problem: PlacementProblem, deadline: float = math.inf)
     cap = problem.cluster.cost_params.max_batch
     batch = max(1.0, min(cap, problem.cluster.cost_params.prefill_chunk_tokens / 4))
     ranked = sorted(names, key=lambda n: (layer_time(problem, n, batch), names.index(n)))
-    found: list[Placement] = []
-    seen: set[tuple] = set()
-    for chains in range(1, MAX_CHAINS + 1):
-        # snake-deal GPUs by speed so every chain gets its share of the fast ones
-        groups: list[list[str]] = [[] for _ in range(chains)]
-        for i, n in enumerate(ranked):
-            lap, pos = divmod(i, chains)
-            groups[pos if lap % 2 == 0 else chains - 1 - pos].append(n)
-        for share in IN_FLIGHT_SHARES:
-            if time.perf_counter() > deadline:
-                return found
-            in_flight = max(1, int(cap * share))
-            ranges: dict[str, tuple[int, int]] = {}
-            for group in groups:
-                chain = _chain(problem, [n for n in names if n in group], in_flight, min(batch, in_flight))
-                if chain is None:
-                    ranges = {}
-                    break
-                ranges.update(chain)
-            if not ranges:
-                continue
-            key = tuple(sorted(ranges.items()))
-            if key not in seen:
-                seen.add(key)
-                found.append(Placement({**dict.fromkeys(names, (0, 0)), **ranges}))
-    return found
+
+    def found() -> Iterator[dict[str, tuple[int, int]] | None]:
+        for chains in range(1, MAX_CHAINS + 1):
+            groups = snake_deal(ranked, chains)
+            for share in IN_FLIGHT_SHARES:
+                if time.perf_counter() > deadline:
+                    return
+                in_flight = max(1, int(cap * share))
+                yield joined(_chain(problem, [n for n in names if n in group], in_flight, min(batch, in_flight))
+                             for group in groups)
+
+    return distinct_placements(names, found())
