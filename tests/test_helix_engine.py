@@ -54,6 +54,10 @@ def test_the_cluster_file_names_its_engine_and_the_default_plan_branches_ahead_o
     assert all(set(a100s) <= set(p) for p in paths)   # the trunk: every path passes every A100
     first_stages = {p[0] for p in paths}
     assert len(first_stages) >= 2                       # parallel branches
+    # planning for the engine pays: 1.5x what the runtime's plan (a 20-stage chain) serves on Helix
+    # (the trunk-and-branches candidates make the difference: stage pools alone reach 1.33x)
+    chain = read_layout(LAYOUTS / "helix-single24-runtime.ini")
+    assert plan["throughput_tokens_per_s"] > 1.5 * estimate(PlacementProblem(chain.cluster), chain.placement).throughput
 
 
 def test_the_engine_option_overrides_the_cluster_file():
