@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -121,12 +122,10 @@ def check_part(args, results: dict, work: Path) -> None:
               "decode_eager": float((eager - reference).norm() / reference.norm()),
               "prefill": float(prompt_error)}
     chosen = kernels.PREFILL_CONFIG
-    for config in dict.fromkeys([chosen, *PREFILL_VARIANTS]):
-        kernels.PREFILL_CONFIG = config
+    for config in prefill_configs():
         mixed = MixedGraphs(fast, pools[1], 128, 8, sizes=(128,)).run(items, mixed_in).float()
         errors["mixed_graph" + ("" if config == chosen else "_prefill_%d-%d-%d" % config)] = float(
             (mixed - mixed_reference).norm() / mixed_reference.norm())
-    kernels.PREFILL_CONFIG = chosen
     results["check"] = errors
     print("accelerated vs plain torch, relative error:", {k: f"{v:.2e}" for k, v in errors.items()}, flush=True)
 
@@ -273,16 +272,34 @@ def mixed_part(args, results: dict, work: Path) -> None:
 PREFILL_VARIANTS = ((32, 4, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 2))
 
 
+def prefill_variants() -> list[tuple[int, int, int]]:
+    """The prefill kernel configurations to try: the one in use first, then PREFILL_VARIANTS."""
+    from runtime import kernels
+
+    return list(dict.fromkeys([kernels.PREFILL_CONFIG, *PREFILL_VARIANTS]))
+
+
+def prefill_configs() -> Iterator[tuple[int, int, int]]:
+    """Each of prefill_variants() set in turn as kernels.PREFILL_CONFIG (graphs captured meanwhile launch
+    it); the one in use is restored afterwards."""
+    from runtime import kernels
+
+    chosen = kernels.PREFILL_CONFIG
+    try:
+        for config in prefill_variants():
+            kernels.PREFILL_CONFIG = config
+            yield config
+    finally:
+        kernels.PREFILL_CONFIG = chosen
+
+
 def mixed_sweep(args, results: dict, stage, model, context: int) -> None:
     """One mixed graph per case (decode rows at `context`, a chunk of `c` tokens after `start` cached ones)
     under each configuration of the paged prefill kernel (keys per tile, warps, stages); ms per layer."""
-    from runtime import kernels
-
     cases = [(1, 16, 0), (1, 16, 2032), (1, 16, 7680), (1, 128, 0), (1, 511, 0), (1, 511, 1537), (1, 511, 7680),
              (16, 128, 0), (16, 496, 1552), (16, 496, 7680), (64, 16, 2032), (64, 448, 1600), (256, 16, 0),
              (256, 256, 1792)]
-    variants = list(dict.fromkeys([kernels.PREFILL_CONFIG, *PREFILL_VARIANTS]))
-    saved = kernels.PREFILL_CONFIG
+    variants = prefill_variants()
     table = []
     for batch, chunk, start in cases:
         kv, requests = filled_pool(stage, [context + 1] * batch + [start + chunk])
@@ -290,8 +307,7 @@ def mixed_sweep(args, results: dict, stage, model, context: int) -> None:
         items = [(r, context, 1) for r in requests[:batch]] + [(requests[batch], start, chunk)]
         inputs = torch.randn(batch + chunk, model.hidden_size, device="cuda").to(dtype)
         size = next(t for t in MIXED_TOKENS if t >= batch + chunk)
-        for config in variants:
-            kernels.PREFILL_CONFIG = config
+        for config in prefill_configs():
             graphs = MixedGraphs(stage, kv, size, batch + 1, sizes=(size,))
             graphs.run(items, inputs, size)
             ms = median_s(graphs.graphs[size][0].replay) / args.layers * 1e3
@@ -300,7 +316,6 @@ def mixed_sweep(args, results: dict, stage, model, context: int) -> None:
             del graphs
         del kv
         torch.cuda.empty_cache()
-    kernels.PREFILL_CONFIG = saved
     results["mixed_sweep"] = table
     names = ["%d-%d-%d" % c for c in variants]
     print(f"\nmixed step by prefill kernel configuration (keys per tile-warps-stages; the first in use), ms per "
