@@ -170,10 +170,10 @@ def load_cluster(path: str | Path, *, check_fit: bool = True, engine: str | None
 
     top = SectionReader(path, "cluster", ini["cluster"])
     top.unknown_keys({"model", "dtype", "coordinator", "engine"})
-    # the engine the cluster serves with: the commands' default for --engine
-    engine = engine or top.text("engine", DEFAULT_ENGINE)
-    if engine not in ENGINES:
-        raise top.fail("engine", f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
+    if engine is None:   # the engine the cluster serves with: the commands' default for --engine
+        engine = top.text("engine", DEFAULT_ENGINE)
+        if engine not in ENGINES:
+            raise top.fail("engine", f"unknown engine '{engine}'", f"use one of {', '.join(ENGINES)}")
     model_id = top.text("model")
     if model_id not in models:
         raise top.fail("model", f"unknown model '{model_id}'",
