@@ -2,10 +2,12 @@
 
 - throughput: output tokens reaching the coordinator in the window / its length ("decode"), and that
   plus the prompt tokens of requests whose prefill finished in the window ("total");
-- latency, over requests whose first token came after the warm-up and that finished in the window:
-  TTFT (arrival to first token back at the coordinator, the wait for admission included; offline
-  runs keep a backlog, so there it is mostly that wait, reported apart as queue_wait), TPOT ((finish - first token) /
-  (output tokens - 1), requests with 2+ output tokens), E2E (arrival to last token);
+- latency: TTFT (arrival to first token back at the coordinator, the wait for admission included;
+  offline runs keep a backlog, so there it is mostly that wait, reported apart as queue_wait) of every
+  request whose first token came in the window, finished or not (a request that outlasts the window
+  still had its first token: counting only finished ones left long runs with none); TPOT over every
+  decode token in the window (Recorder.decode_gap); E2E (arrival to last token) over requests whose
+  first token came after the warm-up and that finished in the window;
 - per stage: busy share of the window, peak KV reserved, mean decode batch; per link: busy share.
 """
 
@@ -48,9 +50,12 @@ class Recorder:
         if self.low <= now <= self.high:
             self.output_tokens += count
 
-    def prompt_done(self, now: float, tokens: int) -> None:
+    def first_token(self, request, now: float) -> None:
+        """A request's first token is back (its prompt done): its prompt tokens, TTFT and admission wait."""
         if self.low <= now <= self.high:
-            self.prompt_tokens += tokens
+            self.prompt_tokens += request.prompt
+            self.ttft.append(now - request.arrival_s)
+            self.queue_wait.append(request.admitted_s - request.arrival_s)
 
     def done(self, request, now: float) -> None:
         if not self.low <= now <= self.high:
@@ -58,9 +63,7 @@ class Recorder:
         self.completed += 1
         if request.first_s < self.low:
             return  # its first token came during the warm-up
-        self.ttft.append(request.first_s - request.arrival_s)
         self.e2e.append(now - request.arrival_s)
-        self.queue_wait.append(request.admitted_s - request.arrival_s)
 
     def decode_gap(self, now: float, gap: float) -> None:
         """Time since the same request's previous token, for every decode token in the window. TPOT is

@@ -320,7 +320,7 @@ class Simulation:
             leaving[cohort.key] = cohort if members else leaving.get(cohort.key)
         for request in firsts:
             request.first_s = now
-            recorder.prompt_done(now, request.prompt)
+            recorder.first_token(request, now)
             tokens += 1
             if request.output <= 1:
                 self._complete(request, now)

@@ -14,7 +14,8 @@ first from main, then, when the work outside the layers became charged (head, em
 overhead), from that change's own unoptimised simulator, which the optimised one matches; then again
 when the coordinator began holding each path's lanes together (a first token waits for its lane, a
 prompt rides with its lane's next step; one lane per stage by default); then when a closed loop's next
-request began arriving after the lanes leaving at that instant, as a client's does. Never re-record them
+request began arriving after the lanes leaving at that instant, as a client's does; then when TTFT and
+the admission wait began to be sampled at the first token rather than at completion. Never re-record them
 to make a speed change pass. Re-record (`python
 tests/test_simulator_snapshot.py --record`) only when what the simulator models changes on purpose
 (the cost model, stage or routing semantics), in the commit that changes it, saying so.
