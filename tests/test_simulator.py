@@ -275,6 +275,16 @@ def test_kv_reserved_before_the_window_counts_toward_the_peak(hetero_layout):
     assert max(s.peak_kv * s.kv_tokens for s in result.stages) == pytest.approx(4 * 1280, abs=1)
 
 
+def test_ttft_counts_requests_that_outlast_the_window(hetero_layout):
+    """Requests whose first token comes in the window have a TTFT whether or not they finish in it: in a
+    window shorter than a request, none finishes (no E2E), yet every arrival in it gets its first token."""
+    result = simulate(hetero_layout, SimConfig(workload=Poisson(1.0), duration_s=10, warmup_s=5, seed=1))
+    assert result.requests_completed == 0 and result.e2e["mean"] is None
+    ttfts = result.samples["ttft_s"]
+    assert len(ttfts) >= 5 and result.ttft["mean"] == pytest.approx(sum(ttfts) / len(ttfts))
+    assert 0 < min(ttfts) and max(ttfts) < 10 + 5
+
+
 def test_explicit_warmup_is_kept(hetero_layout):
     result = simulate(hetero_layout, SimConfig(workload=Offline(4), duration_s=20, warmup_s=10))
     assert (result.settings["warmup_s"], result.settings["warmup_auto"]) == (10, False)
