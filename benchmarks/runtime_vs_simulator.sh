@@ -10,12 +10,13 @@
 #      stages runs three lanes: up to 2 in flight at most two workers compute at once, at 8 all three do,
 #      and three single-threaded workers on a machine of fewer cores run slower than the profile (timed
 #      alone) says; the simulator knows nothing of shared cores (a GPU has its own), so at 2 and 8 a second
-#      prediction takes the profile's times x workers / cores (cluster-shared.ini; at 2 in flight two
+#      prediction takes the profile's times x workers / cores (cluster-shared-R.ini; at 2 in flight two
 #      workers compute, but the host and every process's ZeroMQ I/O thread run beside them);
-#   5. the profile is taken again after the runs, and the simulator's 1- and 2-in-flight predictions from it
-#      say how far the machine's own speed moved while the runtime served; a third prediction takes the
-#      mean of the two profiles, point by point (the machine as it was, on average, while it served).
-# Usage: bash benchmarks/runtime_vs_simulator.sh [WORKDIR]   (needs `pip install -e .[runtime]`)
+#   5. a CPU's speed drifts while it serves (on a shared VM by a tenth in a minute), so the check is
+#      repeated (REPEATS, default 3) with a profile between repeats: each repeat is predicted from the
+#      mean, point by point, of the two profiles that bracket it (the machine as it was, on average,
+#      while it served), and each figure's error is reported per repeat and as the median over repeats.
+# Usage: [REPEATS=3] bash benchmarks/runtime_vs_simulator.sh [WORKDIR]   (needs `pip install -e .[runtime]`)
 set -euo pipefail
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work"
@@ -37,92 +38,86 @@ cluster() {  # $1: the [gpu cpu-1t] section
   printf 'output_tokens = 32\n\n%s\n\n%s\n\n[host local]\ngpus = cpu-1t * 3\ngpu_link = 1 GB/s, 0.05 ms\n' "$model" "$1"
   printf 'address = 127.0.0.1\n'
 }
-cluster "$(printf '[gpu cpu-1t]\nmemory = 4 GiB\ndecode_ms = 1: 1\nprefill_ms = 1: 1')" > cluster.ini
-planner make-checkpoint ck --model small-qwen3 --cluster cluster.ini --seed 0
+cluster "$(printf '[gpu cpu-1t]\nmemory = 4 GiB\ndecode_ms = 1: 1\nprefill_ms = 1: 1')" > cluster-shape.ini
+planner make-checkpoint ck --model small-qwen3 --cluster cluster-shape.ini --seed 0
 profile_here() {  # this machine's [gpu cpu-1t] section, as one single-threaded worker runs the model
   planner profile --checkpoint ck --device cpu --threads 1 --layers 2 --decode-batches 1,2,4,8,16 \
     --prefill-tokens 16,32,64,128,256 --context 48 --prompt-tokens 32 --name cpu-1t --memory "4 GiB"
 }
-profile_here > profile.ini
-cluster "$(cat profile.ini)" > cluster.ini
-printf '[layout]\ncluster = cluster.ini\nmodel = small-qwen3\ndtype = fp32\nmethod = hand\n\n[nodes]\n' > layout.ini
-printf 'local:0 = 0, 2\nlocal:1 = 2, 4\nlocal:2 = 4, 6\n\n[flows]\ncoordinator -> local:0 = 100\n' >> layout.ini
-printf 'local:0 -> local:1 = 100\nlocal:1 -> local:2 = 100\nlocal:2 -> coordinator = 100\n' >> layout.ini
+repeats="${REPEATS:-3}"
+printf '[layout]\ncluster = CLUSTER\nmodel = small-qwen3\ndtype = fp32\nmethod = hand\n\n[nodes]\n' > layout.template
+printf 'local:0 = 0, 2\nlocal:1 = 2, 4\nlocal:2 = 4, 6\n\n[flows]\ncoordinator -> local:0 = 100\n' >> layout.template
+printf 'local:0 -> local:1 = 100\nlocal:1 -> local:2 = 100\nlocal:2 -> coordinator = 100\n' >> layout.template
 prompt=$(python3 -c "print(','.join(str(i * 37 % 8192) for i in range(1, 33)))")
-# the same profile with every time x workers / cores, for three workers sharing this machine's cores
-python3 - <<'EOF'
-import os, re
-share = max(1.0, 3 / (os.cpu_count() or 1))
-def scaled(match):
-    points = ", ".join(f"{x}: {float(ms) * share:.4g}" for x, ms in re.findall(r"(\d+):\s*([0-9.eE+-]+)", match.group(2)))
-    return f"{match.group(1)} = {points}"
-text = re.sub(r"^(decode_ms|prefill_ms|head_ms|embed_ms) = (.*)$", scaled, open("cluster.ini").read(), flags=re.M)
-open("cluster-shared.ini", "w").write(text)
-open("layout-shared.ini", "w").write(open("layout.ini").read().replace("cluster.ini", "cluster-shared.ini"))
-print(f"shared cores: layer, head and embedding times x {share:.2f} in cluster-shared.ini")
-EOF
-for n in 1 2 8; do
-  planner run --local layout.ini --checkpoint ck --threads 1 --prompt-ids "$prompt" --max-new-tokens 32 \
-    --requests $((8 * n > 24 ? 8 * n : 24)) --concurrency $n --json > "run-$n.json"
-  planner simulate layout.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n.json"
+profile_here > profile-0.ini
+cluster "$(cat profile-0.ini)" > cluster-0.ini   # what the runs read of the cluster: its host and model
+sed "s/CLUSTER/cluster-0.ini/" layout.template > layout-run.ini
+for r in $(seq 1 "$repeats"); do
+  for n in 1 2 8; do
+    planner run --local layout-run.ini --checkpoint ck --threads 1 --prompt-ids "$prompt" --max-new-tokens 32 \
+      --requests $((8 * n > 24 ? 8 * n : 24)) --concurrency $n --json > "run-$r-$n.json"
+  done
+  profile_here > "profile-$r.ini"
 done
-for n in 2 8; do
-  planner simulate layout-shared.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-shared.json"
-done
-# the same profile taken again after the runs: how far this machine's own speed moved meanwhile (on a
-# shared VM the two can differ by a fifth, which no model of the runtime accounts for)
-profile_here > profile-after.ini
-cluster "$(cat profile-after.ini)" > cluster-after.ini
-sed 's/cluster.ini/cluster-after.ini/' layout.ini > layout-after.ini
-# the mean of the two profiles, point by point: they bracket the runs
-python3 - <<'EOF'
-import re
+# repeat r's profile: the mean of profiles r-1 and r, point by point; and the same with every time
+# x workers / cores, for three workers sharing this machine's cores (2 and 8 in flight)
+python3 - "$repeats" <<'EOF'
+import os, re, sys
+TABLE = re.compile(r"^(\w+_ms) = (.*)$", flags=re.M)
 def tables(path):
     return {key: dict(re.findall(r"([0-9.]+):\s*([0-9.eE+-]+)", value)) if ":" in value else value
-            for key, value in re.findall(r"^(\w+_ms) = (.*)$", open(path).read(), flags=re.M)}
-before, after = tables("profile.ini"), tables("profile-after.ini")
-def mean(match):
-    key = match.group(1)
-    a, b = before[key], after[key]
-    if isinstance(a, str):
-        return f"{key} = {(float(a) + float(b)) / 2:.4g}"
-    return f"{key} = " + ", ".join(f"{x}: {(float(a[x]) + float(b[x])) / 2:.4g}" for x in a)
-open("profile-mean.ini", "w").write(re.sub(r"^(\w+_ms) = (.*)$", mean, open("profile.ini").read(), flags=re.M))
+            for key, value in TABLE.findall(open(path).read())}
+share = max(1.0, 3 / (os.cpu_count() or 1))
+SHARED = ("decode_ms", "prefill_ms", "head_ms", "embed_ms")   # the work the cores run
+for r in range(1, int(sys.argv[1]) + 1):
+    before, after = tables(f"profile-{r - 1}.ini"), tables(f"profile-{r}.ini")
+    for name, scale in ((f"profile-mean-{r}.ini", lambda key: 1.0), (f"profile-shared-{r}.ini",
+                        lambda key: share if key in SHARED else 1.0)):
+        def mean(match):
+            key = match.group(1)
+            a, b, k = before[key], after[key], scale(key)
+            if isinstance(a, str):
+                return f"{key} = {(float(a) + float(b)) / 2 * k:.4g}"
+            return f"{key} = " + ", ".join(f"{x}: {(float(a[x]) + float(b[x])) / 2 * k:.4g}" for x in a)
+        open(name, "w").write(TABLE.sub(mean, open(f"profile-{r - 1}.ini").read()))
+print(f"repeats predicted from the mean of their bracketing profiles; shared cores: layer, head and "
+      f"embedding times x {share:.2f}")
 EOF
-cluster "$(cat profile-mean.ini)" > cluster-mean.ini
-sed 's/cluster.ini/cluster-mean.ini/' layout.ini > layout-mean.ini
-for n in 1 2; do
-  planner simulate layout-after.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-after.json"
-  planner simulate layout-mean.ini --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$n-mean.json"
+for r in $(seq 1 "$repeats"); do
+  for kind in mean shared; do
+    cluster "$(cat profile-$kind-$r.ini)" > "cluster-$kind-$r.ini"
+    sed "s/CLUSTER/cluster-$kind-$r.ini/" layout.template > "layout-$kind-$r.ini"
+  done
+  for n in 1 2 8; do
+    planner simulate "layout-mean-$r.ini" --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$r-$n.json"
+  done
+  for n in 2 8; do
+    planner simulate "layout-shared-$r.ini" --workload "offline:$n" --duration 60 --warmup 10 --json > "sim-$r-$n-shared.json"
+  done
 done
-python3 - <<'EOF'
-import json
-print("| in flight | | output tokens/s | TTFT mean | TPOT mean |")
-print("|---|---|---:|---:|---:|")
-for n, label, name in ((1, "simulator", "sim-1"), (1, "simulator, profile taken after the runs", "sim-1-after"),
-                       (1, "simulator, mean of the two profiles", "sim-1-mean"),
-                       (2, "simulator", "sim-2"), (2, "simulator, profile taken after the runs", "sim-2-after"),
-                       (2, "simulator, mean of the two profiles", "sim-2-mean"),
-                       (2, "simulator, times x workers / cores", "sim-2-shared"),
-                       (8, "simulator", "sim-8"), (8, "simulator, times x workers / cores", "sim-8-shared")):
-    run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"{name}.json"))
-    if name == f"sim-{n}":
-        print(f"| {n} | runtime | {run['output_tokens_per_s']:.1f} | {run['ttft_s']['mean'] * 1e3:.1f} ms | "
-              f"{run['tpot_s']['mean'] * 1e3:.1f} ms |")
-    print(f"| {n} | {label} | {sim['decode_throughput_tokens_per_s']:.1f} | {sim['ttft_s']['mean'] * 1e3:.1f} ms | "
-          f"{sim['tpot_s']['mean'] * 1e3:.1f} ms |")
-    print(f"| {n} | error | {sim['decode_throughput_tokens_per_s'] / run['output_tokens_per_s'] - 1:+.0%} | "
-          f"{sim['ttft_s']['mean'] / run['ttft_s']['mean'] - 1:+.0%} | {sim['tpot_s']['mean'] / run['tpot_s']['mean'] - 1:+.0%} |")
-EOF
-python3 - <<'EOF'
-import json
-# where the time goes: each worker's mean step (its heartbeats' busy seconds / steps) and busy share against
-# the simulator's mean iteration and utilisation of the same stage; what a token takes beyond its steps is
-# the hops', the host's and the waits' share
+python3 - "$repeats" <<'EOF'
+import json, statistics, sys
+repeats = range(1, int(sys.argv[1]) + 1)
+def error(sim, run):
+    return (sim["decode_throughput_tokens_per_s"] / run["output_tokens_per_s"] - 1,
+            sim["tpot_s"]["mean"] / run["tpot_s"]["mean"] - 1)
+print("| in flight | prediction | runtime tok/s / TPOT ms, repeats | error tok/s / TPOT, repeats | median error |")
+print("|---:|---|---|---|---|")
+for n, label, suffix in ((1, "simulator", ""), (2, "simulator", ""), (2, "times x workers / cores", "-shared"),
+                         (8, "simulator", ""), (8, "times x workers / cores", "-shared")):
+    runs = [json.load(open(f"run-{r}-{n}.json")) for r in repeats]
+    errors = [error(json.load(open(f"sim-{r}-{n}{suffix}.json")), run) for r, run in zip(repeats, runs)]
+    served = ", ".join(f"{run['output_tokens_per_s']:.1f} / {run['tpot_s']['mean'] * 1e3:.1f}" for run in runs)
+    each = ", ".join(f"{a:+.0%}/{b:+.0%}" for a, b in errors)
+    median = tuple(statistics.median(e[i] for e in errors) for i in (0, 1))
+    print(f"| {n} | {label} | {served} | {each} | {median[0]:+.0%} / {median[1]:+.0%} |")
+# where the time goes, in the first repeat: each worker's mean step (its heartbeats' busy seconds / steps)
+# and busy share against the simulator's mean iteration and utilisation of the same stage
+print()
 print("| in flight | stage | runtime step ms / busy | simulator | steps per output token: runtime / simulator |")
 print("|---|---|---:|---:|---:|")
 for n in (1, 2, 8):
-    run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"sim-{n}.json"))
+    run, sim = json.load(open(f"run-1-{n}.json")), json.load(open(f"sim-1-{n}.json"))
     nodes = {node["name"]: node for node in sim["nodes"]}
     sim_tokens = sim["decode_throughput_tokens_per_s"] * sim["measured_seconds"]
     for worker in run["workers"]:
@@ -132,12 +127,11 @@ for n in (1, 2, 8):
               f"{worker['steps'] / run['output_tokens']:.2f} / {node['iterations'] / sim_tokens:.2f} |")
 # a token's TPOT split into one step at every stage and the rest (hops, the host, waits behind other lanes)
 for n in (1, 2, 8):
-    run, sim = json.load(open(f"run-{n}.json")), json.load(open(f"sim-{n}.json"))
+    run, sim = json.load(open(f"run-1-{n}.json")), json.load(open(f"sim-1-{n}.json"))
     served = sum(w["step_s"] or 0.0 for w in run["workers"])
     simulated = sum(node["mean_iteration_s"] for node in sim["nodes"])
     print(f"{n} in flight, TPOT = the stages' mean steps + the rest: runtime {served * 1e3:.2f} + "
           f"{(run['tpot_s']['mean'] - served) * 1e3:.2f} ms, simulator {simulated * 1e3:.2f} + "
           f"{(sim['tpot_s']['mean'] - simulated) * 1e3:.2f} ms")
 EOF
-grep _ms profile.ini
-sed -n '/\[nodes\]/,/^$/p' layout.ini
+grep _ms profile-0.ini
