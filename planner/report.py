@@ -86,7 +86,11 @@ def print_plan(console: Console, plan: Plan) -> None:
     gap = f", gap {result.gap:.1%}" if result.gap is not None else ""
     console.print(f"solver: {result.status} in {result.seconds:.2f} s{gap}")
     round_trip = f", {plan.round_trip_max_flow:,.0f} at its round trips" if serving.tpot_s is not None else ""
-    console.print(f"static max flow {serving.max_flow:,.0f} tokens/s{round_trip} (upper bound {plan.upper_bound:,.0f}); "
+    # the flows count each stage at the batch it runs with one lane per stage, prompt chunks sharing its
+    # token budget; fewer lanes leave stages gaps that run prompts apart, so their estimate may pass both
+    beyond = serving.lanes is not None and serving.throughput > min(serving.max_flow, plan.upper_bound)
+    bounds = f" at one lane per stage, which {serving.lanes} lanes per path pass" if beyond else ""
+    console.print(f"static max flow {serving.max_flow:,.0f} tokens/s{round_trip} (upper bound {plan.upper_bound:,.0f}){bounds}; "
                   f"predicted serving throughput [bold]{serving.throughput:,.0f}[/] tokens/s"
                   + (f", TPOT {format_time(serving.tpot_s)}, TTFT {format_time(serving.ttft_s)}"
                      if serving.tpot_s is not None else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -146,3 +147,27 @@ def test_the_lane_model_charges_waking_as_the_simulator_does(tmp_path):
     model_rise, sim_rise = (trips[WAKE][i] - trips[""][i] for i in (0, 1))
     assert sim_rise == pytest.approx(3.0e-3, rel=1e-6)
     assert model_rise == pytest.approx(sim_rise, rel=0.2)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())   # rich wraps lines at the terminal's width
+
+
+def _figure(text: str, label: str) -> float:
+    return float(re.search(label + r" ([0-9,.]+) tokens/s", _words(text)).group(1).replace(",", ""))
+
+
+def test_an_estimate_above_the_static_max_flow_says_why(tmp_path):
+    """The static max flow and its upper bound count each stage at its batch with one lane per stage; a plan
+    of fewer lanes may be estimated above both, and `solve` and `simulate` then say so rather than print a
+    bound that its own estimate passes. The even split of replicas-8b runs 2 lanes per path there."""
+    for method, passes in (("even", True), ("chains", False)):
+        out = tmp_path / f"{method}.ini"
+        done = run_planner("solve", ROOT / "profiles" / "replicas-8b.ini", "--engine", "runtime", "--method", method,
+                           "--out", out)
+        assert done.returncode == 0, done.stderr
+        served = _figure(done.stdout, "predicted serving throughput")
+        assert (served > _figure(done.stdout, "static max flow")) is passes, done.stdout
+        assert ("at one lane per stage, which 2 lanes per path pass" in _words(done.stdout)) is passes
+        simulated = _words(run_planner("simulate", out, "--duration", "10").stdout)
+        assert ("at one lane per stage, which" in simulated) is passes, simulated

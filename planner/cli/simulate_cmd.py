@@ -73,7 +73,7 @@ def simulate_cmd(layout_file: str, duration: float, warmup: float | None, worklo
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    print_result(console, result, layout_file)
+    print_result(console, result, layout_file, layout.lanes)
     if plot:
         console.print(f"plot written to {plot}")
 
@@ -83,7 +83,8 @@ def _ms(stats: dict) -> list[str]:
     return [format_time(stats[k]) if stats[k] is not None else "-" for k in ("mean", "p50", "p90", "p99")]
 
 
-def print_result(console, result, layout_file: str) -> None:
+def print_result(console, result, layout_file: str, planned_lanes: int | None = None) -> None:
+    """The run's figures; `planned_lanes`: the lanes per path the layout's predictions were made for."""
     s, ref = result.settings, result.reference
     console.print(f"[bold]{layout_file}[/]: {s['model']} ({s['method']} layout), workload {s['workload']}"
                   + (f" ({s['in_flight']} in flight)" if s["in_flight"] else "")
@@ -104,6 +105,8 @@ def print_result(console, result, layout_file: str) -> None:
         planner = f"planner: static max flow {ref['max_flow_tokens_per_s']:,.0f} tokens/s"
         if ref.get("round_trip_max_flow_tokens_per_s"):
             planner += f" ({ref['round_trip_max_flow_tokens_per_s']:,.0f} at its round trips)"
+        if planned_lanes is not None and (ref.get("predicted_throughput_tokens_per_s") or 0) > ref["max_flow_tokens_per_s"]:
+            planner += f" at one lane per stage, which {planned_lanes} lanes per path pass"   # as `planner solve` says
         if ref.get("predicted_throughput_tokens_per_s"):
             planner += f", predicted serving {ref['predicted_throughput_tokens_per_s']:,.0f} tokens/s"
         if ref.get("predicted_tpot_s"):
