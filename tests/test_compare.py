@@ -73,3 +73,13 @@ def test_sp_pp_strategy_row(run_cli):
     rows = {r["method"]: r for r in _rows(run_cli, HETERO, "--methods", "even,sp-pp", "--no-match-tpot",
                                           "--no-simulate")}
     assert "does not fit" in rows["sp-pp (1 request)"]["error"]
+
+
+def test_a_plan_served_above_its_static_max_flow_is_explained(run_cli):
+    """The even split of replicas-8b (2 lanes per path on the runtime) is estimated above its static max flow,
+    which counts one lane per stage; the table says why under it, naming that method and not the others."""
+    code, out, err = run_cli("compare", PROFILES / "replicas-8b.ini", "--engine", "runtime", "--methods",
+                             "even,chains", "--no-simulate", "--no-match-tpot", "--no-engines")
+    assert code == 0, err
+    words = " ".join(out.split())
+    assert "max flow: static, each stage at one lane per stage; fewer lanes per path serve more (even)." in words, out

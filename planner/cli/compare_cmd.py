@@ -243,6 +243,11 @@ def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, ma
     if any(row.get("status") == "model" for row in rows):
         console.print("sp-pp (1 request): seed 002's SP+PP on every GPU from its closed-form model (planner sp-pp), "
                       "one request at a time, not simulated.")
+    passed = [row["method"] for row in rows if "error" not in row and row["max_flow_tokens_per_s"] is not None
+              and row["throughput_tokens_per_s"] > row["max_flow_tokens_per_s"]]
+    if passed:   # as `planner solve` says it (docs/planner.md): the flow counts one lane per stage
+        console.print(f"max flow: static, each stage at one lane per stage; fewer lanes per path serve more "
+                      f"({', '.join(passed)}).")
     if with_sim:
         console.print(f"sim: the simulator, offline load for tok/s; Poisson arrivals at {LATENCY_LOAD:.0%} of the "
                       "planner's tok/s for TPOT and TTFT.")
