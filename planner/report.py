@@ -57,6 +57,13 @@ def plan_layout(plan: Plan) -> Layout:
     return Layout(plan.cluster, plan.result.method, plan.placement, flows, figures, plan.lanes)
 
 
+def lanes_past_bound(served: float, bound: float, lanes: int | None) -> str:
+    """What to say after a static bound (max flow, upper bound) that a plan's estimate passes thanks to its
+    lanes, else "". The bounds count each stage at its batch with one lane per stage, prompt chunks sharing
+    its token budget; fewer lanes leave stages gaps that run prompts apart (docs/planner.md)."""
+    return f" at one lane per stage, which {lanes} lanes per path pass" if lanes is not None and served > bound else ""
+
+
 def print_plan(console: Console, plan: Plan) -> None:
     serving, result = plan.serving, plan.result
     table = Table(title=f"{plan.cluster.model.id} on {plan.cluster.name}: method {result.method}")
@@ -86,10 +93,7 @@ def print_plan(console: Console, plan: Plan) -> None:
     gap = f", gap {result.gap:.1%}" if result.gap is not None else ""
     console.print(f"solver: {result.status} in {result.seconds:.2f} s{gap}")
     round_trip = f", {plan.round_trip_max_flow:,.0f} at its round trips" if serving.tpot_s is not None else ""
-    # the flows count each stage at the batch it runs with one lane per stage, prompt chunks sharing its
-    # token budget; fewer lanes leave stages gaps that run prompts apart, so their estimate may pass both
-    beyond = serving.lanes is not None and serving.throughput > min(serving.max_flow, plan.upper_bound)
-    bounds = f" at one lane per stage, which {serving.lanes} lanes per path pass" if beyond else ""
+    bounds = lanes_past_bound(serving.throughput, min(serving.max_flow, plan.upper_bound), serving.lanes)
     console.print(f"static max flow {serving.max_flow:,.0f} tokens/s{round_trip} (upper bound {plan.upper_bound:,.0f}){bounds}; "
                   f"predicted serving throughput [bold]{serving.throughput:,.0f}[/] tokens/s"
                   + (f", TPOT {format_time(serving.tpot_s)}, TTFT {format_time(serving.ttft_s)}"

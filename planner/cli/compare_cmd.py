@@ -17,7 +17,7 @@ from planner.ini import comma_items
 from planner.plan import Plan, score, served_at_tpot, solve as solve_plan
 from planner.problem import PlacementProblem
 from planner.vllm_runnable import NotRunnable, vllm_chains
-from planner.report import plan_layout
+from planner.report import lanes_past_bound, plan_layout
 from planner.solvers.registry import DEFAULT_METHOD, METHODS
 from simulator import SimConfig, simulate
 from simulator.workload import Poisson
@@ -140,7 +140,7 @@ def compare(cluster_file: str, names: str, time_limit: float, seed: int, max_tpo
             s = plan.serving
             row = {"method": name, "max_flow_tokens_per_s": s.max_flow, "throughput_tokens_per_s": s.throughput,
                    "tpot_s": s.tpot_s, "ttft_s": s.ttft_s, "gpus_used": len(plan.placement.used()),
-                   "seconds": plan.result.seconds, "status": plan.result.status}
+                   "seconds": plan.result.seconds, "status": plan.result.status, "lanes": plan.lanes}
             if latency and with_sim:
                 row.update(_simulated(plan, seed))
             rows.append(row)
@@ -243,9 +243,9 @@ def _print_table(console, cluster: Cluster, rows: list[dict], with_sim: bool, ma
     if any(row.get("status") == "model" for row in rows):
         console.print("sp-pp (1 request): seed 002's SP+PP on every GPU from its closed-form model (planner sp-pp), "
                       "one request at a time, not simulated.")
-    passed = [row["method"] for row in rows if "error" not in row and row["max_flow_tokens_per_s"] is not None
-              and row["throughput_tokens_per_s"] > row["max_flow_tokens_per_s"]]
-    if passed:   # as `planner solve` says it (docs/planner.md): the flow counts one lane per stage
+    passed = [row["method"] for row in rows if row.get("max_flow_tokens_per_s") is not None and lanes_past_bound(
+        row["throughput_tokens_per_s"], row["max_flow_tokens_per_s"], row["lanes"])]
+    if passed:   # as `planner solve` says it after each plan's max flow
         console.print(f"max flow: static, each stage at one lane per stage; fewer lanes per path serve more "
                       f"({', '.join(passed)}).")
     if with_sim:

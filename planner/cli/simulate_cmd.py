@@ -13,6 +13,7 @@ from planner.cli.options import FiniteRange, engine_option, plot_path
 from planner.lanes import MAX_LANES
 from planner.layout import read_layout
 from planner.routing import ROUTERS
+from planner.report import lanes_past_bound
 from planner.units import format_time
 from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
 from simulator.simulation import AUTO_WARMUP_MIN_S
@@ -105,8 +106,8 @@ def print_result(console, result, layout_file: str, planned_lanes: int | None = 
         planner = f"planner: static max flow {ref['max_flow_tokens_per_s']:,.0f} tokens/s"
         if ref.get("round_trip_max_flow_tokens_per_s"):
             planner += f" ({ref['round_trip_max_flow_tokens_per_s']:,.0f} at its round trips)"
-        if planned_lanes is not None and (ref.get("predicted_throughput_tokens_per_s") or 0) > ref["max_flow_tokens_per_s"]:
-            planner += f" at one lane per stage, which {planned_lanes} lanes per path pass"   # as `planner solve` says
+        planner += lanes_past_bound(ref.get("predicted_throughput_tokens_per_s") or 0, ref["max_flow_tokens_per_s"],
+                                    planned_lanes)
         if ref.get("predicted_throughput_tokens_per_s"):
             planner += f", predicted serving {ref['predicted_throughput_tokens_per_s']:,.0f} tokens/s"
         if ref.get("predicted_tpot_s"):
