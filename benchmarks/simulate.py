@@ -5,6 +5,7 @@
     python benchmarks/simulate.py --sizes 8,24 --runs 1 --duration 120
     python benchmarks/simulate.py --busy          # the busy case (issue 15): 24 GPUs, 3 regions, Qwen3-32B
     python benchmarks/simulate.py --busy --baseline /path/to/old/checkout --runs 5
+    python benchmarks/simulate.py --busy --pure   # also this checkout's pure-Python simulator, side by side
 
 Clusters are generated into a temporary folder: hosts of 4 GPUs of one catalog type, spread over
 regions (fast links inside a region, slower ones between regions, the coordinator in the first), and
@@ -18,7 +19,9 @@ generator's output; layout.ini, a 60 s solve); `--layout FILE` times another (so
 there when FILE does not exist, `--layout new.ini` to re-solve). Each run
 is a fresh process (`planner simulate` as a user runs it); with `--baseline DIR` every run of this
 checkout is paired with one of the checkout at DIR (its `simulator` and `planner` put first on the
-path) on the same layout, alternating, so both see the same machine load. Printed per checkout:
+path) on the same layout, alternating, so both see the same machine load; `--pure` adds this checkout
+with the compiled modules turned off (LAYER_PLANNER_PURE_SIMULATOR=1, setup.py). Printed per checkout:
+whether the simulator ran compiled,
 process wall seconds (interpreter start, imports, reading the layout and the run), seconds inside the
 run (the result's wall_seconds) and the CPU seconds of the run (less sensitive to other jobs on a shared
 machine), events, events/s, simulated seconds per wall second inside the run, and the process's peak
@@ -118,11 +121,12 @@ def child(layout_path: str, duration: float, warmup: float) -> None:
     print(json.dumps({"run_s": result.wall_seconds, "run_cpu_s": cpu, "events": result.events,
                       "tokens": result.decode_throughput,
                       "after_import_s": time.perf_counter() - began, "peak_rss_mb": peak_rss_mb(),
-                      "simulator": str(Path(sys.modules["simulator"].__file__).parent)}))
+                      "simulator": str(Path(sys.modules["simulator"].__file__).parent),
+                      "compiled": getattr(sys.modules["simulator"], "COMPILED_RUNNING", False)}))
 
 
-def timed_process(checkout: Path, layout: Path, duration: float, warmup: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(checkout))
+def timed_process(checkout: Path, extra_env: dict[str, str], layout: Path, duration: float, warmup: float) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(checkout), **extra_env)
     began = time.perf_counter()
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(layout),
                           "--duration", str(duration), "--warmup", str(warmup)],
@@ -135,33 +139,41 @@ def timed_process(checkout: Path, layout: Path, duration: float, warmup: float) 
 def busy(args: argparse.Namespace) -> None:
     layout = busy_layout(Path(args.layout) if args.layout else BUSY_LAYOUT)
     here = Path(__file__).resolve().parent.parent
-    checkouts = {"this checkout": here} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+    from simulator.native import PURE_ENV   # here, not at the top: a baseline's child may predate it
+
+    # row -> (checkout, environment added)
+    checkouts: dict[str, tuple[Path, dict[str, str]]] = {"this checkout": (here, {})}
+    if args.pure:
+        checkouts["pure Python"] = (here, {PURE_ENV: "1"})
+    if args.baseline:
+        checkouts["baseline"] = (Path(args.baseline).resolve(), {})
     runs: dict[str, list[dict]] = {name: [] for name in checkouts}
     for _ in range(args.runs):
-        for name, checkout in checkouts.items():
-            runs[name].append(timed_process(checkout, layout, args.duration, args.warmup))
+        for name, (checkout, extra_env) in checkouts.items():
+            runs[name].append(timed_process(checkout, extra_env, layout, args.duration, args.warmup))
     simulated = args.duration + args.warmup
     print(f"busy case: {layout.name}, offline, {args.warmup:g} s warm-up + {args.duration:g} s, "
           f"medians of {args.runs} runs, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'checkout':>14} {'wall s':>7} {'run s':>6} {'run CPU s':>9} {'events':>9} {'events/s':>9} "
+    print(f"{'checkout':>14} {'compiled':>8} {'wall s':>7} {'run s':>6} {'run CPU s':>9} {'events':>9} {'events/s':>9} "
           f"{'sim s / run s':>13} {'peak RSS MB':>11} {'tokens/s':>9}")
     for name, figures in runs.items():
         wall = statistics.median(f["wall_s"] for f in figures)
         run_s = statistics.median(f["run_s"] for f in figures)
         cpu_s = statistics.median(f["run_cpu_s"] for f in figures)
         events = figures[0]["events"]
-        print(f"{name:>14} {wall:>7.2f} {run_s:>6.2f} {cpu_s:>9.2f} {events:>9,} {events / run_s:>9,.0f} "
+        compiled = "yes" if figures[0]["compiled"] else "no"
+        print(f"{name:>14} {compiled:>8} {wall:>7.2f} {run_s:>6.2f} {cpu_s:>9.2f} {events:>9,} {events / run_s:>9,.0f} "
               f"{simulated / run_s:>13.0f} {statistics.median(f['peak_rss_mb'] for f in figures):>11.0f} "
               f"{figures[0]['tokens']:>9,.1f}")
         print(f"{'':>14} seconds inside each run: {', '.join(format(f['run_s'], '.2f') for f in figures)}")
-    if args.baseline:
-        same = all(f["events"] == runs["baseline"][0]["events"] and f["tokens"] == runs["baseline"][0]["tokens"]
-                   for figures in runs.values() for f in figures)
-        ratio = statistics.median(f["run_s"] for f in runs["baseline"]) / statistics.median(
-            f["run_s"] for f in runs["this checkout"])
-        cpu_ratio = statistics.median(f["run_cpu_s"] for f in runs["baseline"]) / statistics.median(
-            f["run_cpu_s"] for f in runs["this checkout"])
-        print(f"speed-up inside the run: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU; "
+    this = runs["this checkout"]
+    for name, figures in runs.items():
+        if name == "this checkout":
+            continue
+        same = all(f["events"] == this[0]["events"] and f["tokens"] == this[0]["tokens"] for f in this + figures)
+        ratio = statistics.median(f["run_s"] for f in figures) / statistics.median(f["run_s"] for f in this)
+        cpu_ratio = statistics.median(f["run_cpu_s"] for f in figures) / statistics.median(f["run_cpu_s"] for f in this)
+        print(f"this checkout against {name}, inside the run: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU; "
               f"events and throughput identical: {same}")
 
 
@@ -175,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--busy", action="store_true", help="the busy case: 24 GPUs, 3 regions, Qwen3-32B, MILP")
     parser.add_argument("--layout", help="--busy: time this layout file (solved and written there if missing)")
     parser.add_argument("--baseline", help="--busy: another checkout to time side by side, on the same layout")
+    parser.add_argument("--pure", action="store_true",
+                        help="--busy: also time this checkout's pure-Python simulator (not the compiled one)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

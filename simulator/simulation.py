@@ -16,7 +16,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Callable
+from typing import Callable, Final, Iterator
 
 import numpy as np
 
@@ -29,10 +29,10 @@ from planner.routing import COORDINATOR, DEFAULT_ROUTER, ROUTERS, RouteGraph, ma
 from simulator.engine import EventLoop
 from simulator.metrics import LinkReport, Recorder, SimResult, StageReport, summarise
 from simulator.network import Link
-from simulator.stage import LANES_PER_PATH, Cohort, Stage
+from simulator.stage import LANES_PER_PATH, Chunk, Cohort, Stage
 from simulator.workload import LENGTH_KINDS, Lengths, Offline, Poisson, Request, Trace, Workload
 
-TOKEN_ID_BYTES = 4         # the coordinator sends and receives token ids
+TOKEN_ID_BYTES: Final = 4         # the coordinator sends and receives token ids
 PROGRESS_STEPS = 200       # the run is cut into this many slices to report progress
 MIN_TOKEN_BUDGET = 32     # a decode batch larger than the budget defers prompt chunks, never decodes
 LENGTH_BLOCK = 4096        # closed-loop lengths are drawn this many at a time
@@ -99,7 +99,7 @@ class Simulation:
         _check(layout, config)
         # the metrics window [warmup_s, end_s]; with an automatic warm-up it opens once the run says when
         self.auto_warmup = config.warmup_s is None
-        self.warmup_s = math.inf if self.auto_warmup else config.warmup_s
+        self.warmup_s: float = math.inf if config.warmup_s is None else config.warmup_s
         self.end_s = self.warmup_s + config.duration_s
         self.window_open = False
         self.first_wave = 1            # requests to complete before an automatic warm-up may end
@@ -137,7 +137,7 @@ class Simulation:
         self.closed = isinstance(config.workload, Offline)
         _check_requests(config, cluster, config.duration_s + (AUTO_WARMUP_MIN_S if self.auto_warmup else self.warmup_s))
         self.in_flight = 0
-        if self.closed:
+        if isinstance(config.workload, Offline):
             self.in_flight = config.workload.in_flight or self.saturating_in_flight(problem, units)
         self.queue: deque[Request] = deque()
         self.paths: dict[tuple[str, ...], int] = {}
@@ -148,11 +148,11 @@ class Simulation:
         # hold them), so a path's lanes never fragment into batches of their own. By cohort key:
         self.lane_out: set[int] = set()                  # lanes whose cohort is on its way
         self.held_firsts: dict[int, list[Cohort]] = {}   # new members, each a cohort of one
-        self.held_prompts: dict[int, list[list]] = {}    # prompt chunks [request, tokens, context before]
+        self.held_prompts: dict[int, list[Chunk]] = {}   # prompt chunks
         self._next_id = 0
         self._lengths_buffer: list[tuple[int, int]] = []
         self._load = lambda unit: self.stages[unit].resident
-        self._arrivals = iter(())
+        self._arrivals: Iterator[tuple[float, int, int]] = iter(())
 
     # ---- construction helpers ---------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class Simulation:
     # ---- requests ---------------------------------------------------------------------------------
 
     def _new_request(self, now: float, prompt: int | None = None, output: int | None = None) -> Request:
-        if prompt is None:
+        if prompt is None or output is None:
             if not self._lengths_buffer:
                 prompts, outputs = self.lengths.sample(self.length_rng, LENGTH_BLOCK)
                 self._lengths_buffer = list(zip(prompts.tolist(), outputs.tolist()))[::-1]
@@ -276,7 +276,7 @@ class Simulation:
         if self.closed:
             self.queue.append(self._new_request(now))
 
-    def at_coordinator(self, now: float, payload: tuple[list, list]) -> None:
+    def at_coordinator(self, now: float, payload: tuple[list[Cohort], list[Request]]) -> None:
         """Tokens back at the coordinator: first tokens start decoding, finished requests leave,
         the rest go round again to the first stage of their path, each lane with what waited for it."""
         cohorts, firsts = payload
@@ -332,19 +332,19 @@ class Simulation:
             if cohort.key not in lane_out:
                 leaving.setdefault(cohort.key, None)
         recorder.tokens(now, tokens)
-        outgoing: dict[Stage, tuple[list[Cohort], list]] = {}
-        for key, cohort in leaving.items():
+        outgoing: dict[Stage, tuple[list[Cohort], list[Chunk]]] = {}
+        for key, going in leaving.items():
             for joining in self.held_firsts.pop(key, ()):
-                if cohort is None:
-                    cohort = joining
+                if going is None:
+                    going = joining
                 else:
-                    cohort.merge(joining)
+                    going.merge(joining)
             prompts = self.held_prompts.pop(key, ())
-            if cohort is None and not prompts:
+            if going is None and not prompts:
                 continue
             sent, chunks = outgoing.setdefault(self.path_stages[key // LANES_PER_PATH][0], ([], []))
-            if cohort is not None:
-                sent.append(cohort)
+            if going is not None:
+                sent.append(going)
                 lane_out.add(key)
             chunks.extend(prompts)
         for first, (sent, chunks) in outgoing.items():
@@ -386,13 +386,14 @@ class Simulation:
     def run(self, progress: Progress | None = None) -> SimResult:
         began = perf_counter()
         loop = self.loop
-        if self.closed:
+        workload = self.config.workload
+        if isinstance(workload, Offline):
             for _ in range(self.in_flight):
                 self.queue.append(self._new_request(0.0))
             self.admit(0.0)
             self.first_wave = max(1, self.in_flight - len(self.queue))   # admitted at the start
         else:
-            self._arrivals = self.config.workload.arrivals(self.arrival_rng, self.lengths)
+            self._arrivals = workload.arrivals(self.arrival_rng, self.lengths)
             first = next(self._arrivals, None)
             if first is not None:
                 loop.schedule(first[0], self.arrive, first)

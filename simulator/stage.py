@@ -30,19 +30,20 @@ import math
 from collections import deque
 from heapq import heappop, heappush
 from math import trunc  # int(x) of a float without calling the int type, which costs several times more
-from typing import Callable
+from typing import Any, Callable, Final   # Final: compiled, a constant is read as one (setup.py)
 
 from planner.costmodel import GpuCost
 from simulator.engine import EventLoop
 from simulator.network import Link
+from simulator.workload import Request
 
-INF = math.inf
-BUSY = -math.inf   # Stage.wake_at while an iteration runs: no arrival wakes it sooner
-CONTEXT_BUCKET = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
+INF: Final = math.inf
+BUSY: Final = -math.inf   # Stage.wake_at while an iteration runs: no arrival wakes it sooner
+CONTEXT_BUCKET: Final = 8  # decode/prefill times are memoised per 8 tokens of mean context (< 0.1% error)
 
 
-LANES_PER_PATH = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
-NO_PATH, MIXED = object(), object()   # Stage.only_next before any path is added; paths with different next hops
+LANES_PER_PATH: Final = 1 << 16  # a cohort's key: path id * LANES_PER_PATH + lane
+Chunk = list[Any]   # a prompt chunk on its way: [request, tokens, context before] (a split shortens it)
 
 
 class Memo(dict):
@@ -69,7 +70,7 @@ class Cohort:
 
     __slots__ = ("pid", "key", "members", "ctx", "round", "ends", "due", "last_s", "lasts")
 
-    def __init__(self, pid: int, lane: int, members: list, ctx: int) -> None:
+    def __init__(self, pid: int, lane: int, members: list[Request], ctx: int) -> None:
         self.pid, self.key, self.members, self.ctx = pid, pid * LANES_PER_PATH + lane, members, ctx
         self.round = 0
         self.ends: list[int] = []
@@ -108,17 +109,18 @@ class Stage:
         self.resident = 0
         # routing tables, filled as paths are interned: path id -> next stage (None: the coordinator)
         self.next_of: dict[int, Stage | None] = {}
-        self.only_next: Stage | None | object = NO_PATH   # the next hop of every path, MIXED if they differ
+        self.only_next: Stage | None = None   # the next hop of the first path added
+        self.paths_part = False               # the paths through it continue to different next hops
         self.link_to: dict[Stage | None, Link] = {}
         self.deliver_to_coordinator: Callable | None = None   # the simulation's handler
         # the event loop: events are pushed onto its heap directly (simulator/engine.py)
         self.loop = loop if loop is not None else EventLoop()
         self._heap, self._seq = self.loop.heap, self.loop.seq
         # queues
-        self.inbox: list[tuple] = []              # heap of (arrival time, seq, cohorts, prompt chunks)
+        self.inbox: list[tuple[float, int, list[Cohort], list[Chunk]]] = []   # heap of (arrival, seq, cohorts, chunks)
         self._received = 0
         self.ready: dict[int, Cohort] = {}        # arrived decode cohorts, merged by path
-        self.prefill: deque[list] = deque()       # arrived prompt chunks [request, tokens, context before]
+        self.prefill: deque[Chunk] = deque()      # arrived prompt chunks
         self.wake_at = INF   # when the idle stage wakes for an arrival (INF: none on its way); BUSY: iterating
         self.idle_since = 0.0   # when it last went idle
         self.wakes = cost.wakes   # a step after a wait costs more (a measured wake_ms): wake_time(waited)
@@ -190,16 +192,16 @@ class Stage:
     def add_path(self, pid: int, nxt: Stage | None, lanes: int = 1) -> None:
         """Path `pid`, of `lanes` micro-batches, continues to `nxt` after this stage (None: back to the
         coordinator)."""
+        if not self.next_of:
+            self.only_next = nxt
+        elif nxt is not self.only_next:
+            self.paths_part = True
         self.next_of[pid] = nxt
         self.lanes = max(self.lanes, lanes)
-        if self.only_next is NO_PATH:
-            self.only_next = nxt
-        elif self.only_next is not nxt:
-            self.only_next = MIXED
 
     # ---- events -----------------------------------------------------------------------------------
 
-    def receive(self, arrive: float, cohorts: list, chunks: list) -> None:
+    def receive(self, arrive: float, cohorts: list[Cohort], chunks: list[Chunk]) -> None:
         """A transfer lands at `arrive`; wake the stage then if it is idle with nothing due sooner."""
         heappush(self.inbox, (arrive, self._received, cohorts, chunks))
         self._received += 1
@@ -217,13 +219,13 @@ class Stage:
         go idle until the next arrival."""
         ready, prefill, inbox = self.ready, self.prefill, self.inbox
         while inbox and inbox[0][0] <= now:   # arrived transfers, in arrival order
-            _, _, cohorts, chunks = heappop(inbox)
+            _, _, cohorts, arrived = heappop(inbox)
             for cohort in cohorts:
                 have = ready.setdefault(cohort.key, cohort)
                 if have is not cohort:   # the same micro-batch, arrived in parts
                     have.merge(cohort)
-            if chunks:
-                prefill.extend(chunks)
+            if arrived:
+                prefill.extend(arrived)
         if not ready and not prefill:
             if inbox:
                 self.wake_at = arrive = inbox[0][0]
@@ -262,14 +264,16 @@ class Stage:
         else:
             seconds = 0.0
 
-        chunks = []
+        chunks: list[Chunk] = []
         room = self.budget - sequences
         tokens = finished = 0
         if prefill and room > 0:
             attention = 0.0
             while prefill and room > 0:
                 head = prefill[0]
-                request, left, before = head
+                request: Request = head[0]
+                left: int = head[1]
+                before: int = head[2]
                 if left <= room:   # the whole (rest of the) prompt: the queued chunk itself moves on
                     take = left
                     prefill.popleft()
@@ -285,9 +289,9 @@ class Stage:
                 attention += take * (before + take / 2)
             # one pass over all chunks: the context that makes the causal-attention FLOPs
             # (sum of take * (before + take / 2)) come out exact for the aggregate (may be negative)
-            context = attention / tokens - tokens / 2
-            pass_s = self._prefill_memo.get(trunc(context) // CONTEXT_BUCKET * self._span + tokens)
-            seconds += self.prefill_time(tokens, context) if pass_s is None else pass_s
+            pass_context = attention / tokens - tokens / 2
+            pass_s = self._prefill_memo.get(trunc(pass_context) // CONTEXT_BUCKET * self._span + tokens)
+            seconds += self.prefill_time(tokens, pass_context) if pass_s is None else pass_s
         seconds += self.step_time[sequences + len(chunks)] + extra
         if self.first:
             seconds += self.embed_time[sequences] + self.embed_time[tokens]
@@ -308,14 +312,13 @@ class Stage:
         # the iteration travels as the event's payload: its decode cohorts, prompt chunks and their sizes
         heappush(self._heap, (end, next(self._seq), self._on_finish, (batch, chunks, sequences, tokens)))
 
-    def finish(self, now: float, iteration: tuple[list, list, int, int]) -> None:
+    def finish(self, now: float, iteration: tuple[list[Cohort], list[Chunk], int, int]) -> None:
         """Send the iteration's outputs on, one transfer per next hop, then start the next iteration."""
         batch, chunks, sequences, tokens = iteration
         self.wake_at = INF
-        nxt = self.only_next
-        if nxt is MIXED:   # paths part here, but this iteration's outputs may still all take one hop
-            nxt = self._common_hop(batch, chunks)
-        if nxt is MIXED:
+        # where paths part, this iteration's outputs may still all take one hop
+        nxt = self._common_hop(batch, chunks) if self.paths_part else self.only_next
+        if nxt is self:   # they part: one transfer per next hop
             self._send_by_hop(now, batch, chunks)
         elif nxt is None:    # every output leaves the last stage: the first tokens of finished prompts
             firsts = [chunk[0] for chunk in chunks if chunk[1] + chunk[2] >= chunk[0].prompt]
@@ -333,25 +336,25 @@ class Stage:
             self.wake_at = arrive = inbox[0][0]
             heappush(self._heap, (arrive, next(self._seq), self._on_wake, None))
 
-    def _common_hop(self, batch: list, chunks: list) -> Stage | None | object:
-        """The next hop of every cohort and prompt chunk of an iteration, or MIXED."""
+    def _common_hop(self, batch: list[Cohort], chunks: list[Chunk]) -> Stage | None:
+        """The next hop of every cohort and prompt chunk of an iteration, or this stage itself where they
+        part (a stage never sends to itself)."""
         next_of = self.next_of
-        hop = NO_PATH
+        if batch:
+            hop = next_of[batch[0].pid]
+        elif chunks:
+            hop = next_of[chunks[0][0].pid]
+        else:
+            return self.only_next
         for cohort in batch:
-            nxt = next_of[cohort.pid]
-            if hop is NO_PATH:
-                hop = nxt
-            elif nxt is not hop:
-                return MIXED
+            if next_of[cohort.pid] is not hop:
+                return self
         for chunk in chunks:
-            nxt = next_of[chunk[0].pid]
-            if hop is NO_PATH:
-                hop = nxt
-            elif nxt is not hop:
-                return MIXED
+            if next_of[chunk[0].pid] is not hop:
+                return self
         return hop
 
-    def _send_by_hop(self, now: float, batch: list, chunks: list) -> None:
+    def _send_by_hop(self, now: float, batch: list[Cohort], chunks: list[Chunk]) -> None:
         """Outputs of a stage whose paths continue to different next hops: one transfer per hop, in the
         order the hops first appear among the iteration's cohorts, then its prompt chunks."""
         outputs: dict[Stage | None, list] = {}    # next hop -> [cohorts, chunks, first tokens, vectors]
@@ -364,7 +367,9 @@ class Stage:
             out[0].append(cohort)
             out[3] += len(cohort.members)
         for chunk in chunks:
-            request, take, before = chunk
+            request: Request = chunk[0]
+            take: int = chunk[1]
+            before: int = chunk[2]
             nxt = next_of[request.pid]
             if nxt is None and before + take < request.prompt:
                 continue  # a prompt chunk that is not the last: nothing leaves the last stage
@@ -380,7 +385,8 @@ class Stage:
         for nxt, (cohorts, sent, firsts, vectors) in outputs.items():
             self._send(now, nxt, cohorts, sent, firsts, vectors)
 
-    def _send(self, now: float, nxt: Stage | None, cohorts: list, chunks: list, firsts: list, vectors: int) -> None:
+    def _send(self, now: float, nxt: Stage | None, cohorts: list[Cohort], chunks: list[Chunk], firsts: list[Request],
+              vectors: int) -> None:
         """One transfer of `vectors` outputs to the next hop: hidden states to a stage, or sampled token
         ids back to the coordinator (`nxt` None; `firsts`: requests whose prompt is done)."""
         link = self.link_to[nxt]

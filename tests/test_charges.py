@@ -19,7 +19,7 @@ from planner.layout import Layout, predicted as layout_estimate
 from planner.problem import Placement, PlacementProblem
 from planner.serving import estimate
 from simulator import SimConfig, simulate
-from simulator.workload import Offline
+from simulator.workload import Offline, Request
 from simulator.stage import Cohort, Stage
 
 QWEN8 = load_model_catalog()["qwen3-8b"]
@@ -185,8 +185,7 @@ def test_a_prompt_finishing_at_the_last_stage_pays_the_head_once():
 
     def prefill_iteration(span):
         stage = Stage("s", "h", cost, span, 36, 256, 8192, (0.0, 1e9))
-        request = type("R", (), {"prompt": 200})()
-        stage.prefill.append([request, 200, 0])
+        stage.prefill.append([Request(0, 0.0, 200, 16), 200, 0])
         stage.start(0.0)
         (end, *_), = stage.loop.heap
         return end

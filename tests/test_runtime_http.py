@@ -32,6 +32,7 @@ from runtime import http as http_api  # noqa: E402
 from runtime.chat import load_chat_template  # noqa: E402
 from runtime.checkpoint import make_checkpoint  # noqa: E402
 from runtime.demo import TINY_MODELS, chain_layout, cpu_cluster  # noqa: E402
+from conftest import planner_script  # noqa: E402
 from runtime.launch import ForkServer, LocalRun  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
@@ -483,7 +484,6 @@ def test_killing_a_middle_worker_during_32_streams_loses_nothing(checkpoint, for
 def test_planner_host_command_serves_the_openai_client(checkpoint, forkserver, tmp_path):
     """`planner host` as a user starts it (workers from the fork server, as launch scripts would start them)."""
     import re
-    import shutil
     import signal
     import subprocess
 
@@ -498,7 +498,7 @@ def test_planner_host_command_serves_the_openai_client(checkpoint, forkserver, t
     path = write_runtime_config(config, tmp_path / "runtime.json")
     workers = [forkserver.start(["--config", str(path), "--node", w.node, "--checkpoint", str(checkpoint / "ck")],
                                 tmp_path / f"w{i}.log") for i, w in enumerate(config.workers)]
-    host = subprocess.Popen([shutil.which("planner"), "host", "--config", str(path), "--http-port", "0"],
+    host = subprocess.Popen([planner_script(), "host", "--config", str(path), "--http-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = host.stdout.readline()

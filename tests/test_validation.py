@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import BASE_CLUSTER, ROOT, run_planner
+from conftest import BASE_CLUSTER, ROOT, planner_script, run_planner
 
 
 def base(**replace: str) -> str:
@@ -238,8 +237,7 @@ def test_installed_command_one_line_error(tmp_path):
     """The real `planner` script (and `python -m planner`) in a subprocess."""
     path = tmp_path / "bad.ini"
     path.write_text(r("dtype = fp16", "dtype = int4"))
-    exe = shutil.which("planner")
-    commands = [[sys.executable, "-m", "planner"]] + ([[exe]] if exe else [])
+    commands = [[sys.executable, "-m", "planner"], [planner_script()]]
     for prefix in commands:
         proc = subprocess.run(prefix + ["show", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert proc.returncode == 2, proc

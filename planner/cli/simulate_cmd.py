@@ -21,27 +21,28 @@ from simulator.workload import WORKLOAD_HELP
 
 PROGRESS_AFTER_S = 30.0  # simulated seconds: shorter runs finish before a bar is worth drawing
 MAX_SIMULATED_S = 1e6    # 11.6 days: longer runs are a typo, not a study
+DEFAULTS = SimConfig()   # an instance: a compiled dataclass's class attributes are not its defaults
 
 
 @click.command(name="simulate")
 @click.argument("layout_file", type=click.Path())
-@click.option("--duration", type=FiniteRange(min=0, min_open=True, max=MAX_SIMULATED_S), default=SimConfig.duration_s, show_default=True,
+@click.option("--duration", type=FiniteRange(min=0, min_open=True, max=MAX_SIMULATED_S), default=DEFAULTS.duration_s, show_default=True,
               help="Simulated seconds measured, after the warm-up.")
 @click.option("--warmup", type=FiniteRange(min=0, max=MAX_SIMULATED_S), default=None, show_default="auto",
               help="Simulated seconds run first and left out of the metrics; auto: until as many requests "
                    f"have finished as were admitted at the start, at least {AUTO_WARMUP_MIN_S:g} s.")
 @click.option("--workload", default="offline", show_default=True, help=WORKLOAD_HELP + " (docs/simulator.md).")
-@click.option("--lengths", type=click.Choice(LENGTH_KINDS), default=SimConfig.lengths, show_default=True,
+@click.option("--lengths", type=click.Choice(LENGTH_KINDS), default=DEFAULTS.lengths, show_default=True,
               help="Prompt/output lengths around the cluster's [workload] means (trace: from the file).")
-@click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=SimConfig.scheduler, show_default=True,
+@click.option("--scheduler", type=click.Choice(sorted(ROUTERS)), default=DEFAULTS.scheduler, show_default=True,
               help="Routing policy: the path each request takes.")
-@click.option("--microbatches", type=click.IntRange(min=1, max=MAX_LANES), default=SimConfig.microbatches,
+@click.option("--microbatches", type=click.IntRange(min=1, max=MAX_LANES), default=DEFAULTS.microbatches,
               help="Decode micro-batches (lanes) kept apart on each path. Default: the layout's `lanes`, else one "
                    "per stage of the path (one per path on an engine that runs a path's sequences as one group: helix).")
-@click.option("--token-budget", type=click.IntRange(min=1), default=SimConfig.token_budget,
+@click.option("--token-budget", type=click.IntRange(min=1), default=DEFAULTS.token_budget,
               help="Tokens per stage iteration: decode tokens first, prompt chunks in what is left. Default: the "
                    "engine's (256 for runtime and vllm, 2,048 for helix, whose prompts run whole).")
-@click.option("--seed", type=click.IntRange(min=0), default=SimConfig.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
               help="Seed for lengths, arrivals and routing.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, callback=plot_path,
               help="Latency CDFs, throughput over time and per-node use, to this PNG.")
