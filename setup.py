@@ -37,7 +37,8 @@ def compiled_extensions() -> list:
         extensions = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *SOURCES],
                               opt_level="3", group_name="simulator_native")
     except (Exception, SystemExit) as error:  # mypyc exits on a type error
-        print(f"layer-planner: the simulator is not compiled ({error!r}); its pure-Python modules run, "
+        why = "mypy reported the errors above" if isinstance(error, SystemExit) else repr(error)
+        print(f"layer-planner: the simulator is not compiled ({why}); its pure-Python modules run, "
               "with the same results, slower", file=sys.stderr)
         return []
     for extension in extensions:
