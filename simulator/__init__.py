@@ -19,4 +19,4 @@ from simulator.workload import LENGTH_KINDS, parse_workload
 
 COMPILED_RUNNING = is_compiled(_stage)   # the event loop runs compiled (benchmarks/simulate.py says so)
 
-__all__ = ["LENGTH_KINDS", "SimConfig", "SimResult", "Simulation", "parse_workload", "simulate"]
+__all__ = ["COMPILED_RUNNING", "LENGTH_KINDS", "SimConfig", "SimResult", "Simulation", "parse_workload", "simulate"]

@@ -79,3 +79,17 @@ def test_compiled_modules_run_only_while_every_source_matches_the_record(tmp_pat
     assert not native.compiled_match(tmp_path)
     record.write_text("{not json")
     assert not native.compiled_match(tmp_path)
+
+
+def test_planner_simulate_says_which_simulator_ran():
+    def line(pure: bool) -> str:
+        env = {key: value for key, value in os.environ.items() if key != native.PURE_ENV}
+        if pure:
+            env[native.PURE_ENV] = "1"
+        result = subprocess.run([planner_script(), "simulate", "layouts/hetero.ini", "--duration", "20", "--warmup", "5"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return next(text for text in result.stdout.splitlines() if text.startswith("simulated "))
+
+    assert "pure Python" in line(pure=True)
+    assert line(pure=False).endswith("; compiled)" if simulator.COMPILED_RUNNING else "docs/simulator.md#speed)")

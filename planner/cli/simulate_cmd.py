@@ -15,7 +15,7 @@ from planner.layout import read_layout
 from planner.routing import ROUTERS
 from planner.report import lanes_past_bound
 from planner.units import format_time
-from simulator import LENGTH_KINDS, SimConfig, parse_workload, simulate
+from simulator import COMPILED_RUNNING, LENGTH_KINDS, SimConfig, parse_workload, simulate
 from simulator.simulation import AUTO_WARMUP_MIN_S
 from simulator.workload import WORKLOAD_HELP
 
@@ -95,7 +95,8 @@ def print_result(console, result, layout_file: str, planned_lanes: int | None = 
     warmup = f"{s['warmup_s']:g} s warm-up" + (" (auto)" if s["warmup_auto"] else "")
     console.print(f"simulated {warmup} + {s['duration_s']:g} s measured in "
                   f"{result.wall_seconds:.2f} s ({result.simulated_seconds / max(result.wall_seconds, 1e-9):,.0f}x "
-                  f"real time, {result.events:,} events)")
+                  f"real time, {result.events:,} events; "
+                  + ("compiled)" if COMPILED_RUNNING else "pure Python, docs/simulator.md#speed)"))
     line = (f"throughput [bold]{result.decode_throughput:,.1f}[/] output tokens/s "
             f"({result.total_throughput:,.1f} with prompt tokens); {result.requests_completed:,} requests completed")
     if result.requests_waiting:
