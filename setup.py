@@ -14,7 +14,6 @@ matches, so an editable install whose sources were edited since runs the edited 
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ SOURCES = [f"simulator/{name}.py" for name in NATIVE["COMPILED"]]
 
 
 def compiled_extensions() -> list:
-    if os.environ.get(NATIVE["PURE_ENV"]):
+    if NATIVE["pure_requested"]():
         return []
     try:
         from mypyc.build import mypycify

@@ -25,6 +25,11 @@ RECORD_NAME = "_compiled.json"
 PURE_ENV = "LAYER_PLANNER_PURE_SIMULATOR"
 
 
+def pure_requested() -> bool:
+    """LAYER_PLANNER_PURE_SIMULATOR set to anything but empty, 0, false, no or off."""
+    return os.environ.get(PURE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def source_hashes(folder: Path) -> dict[str, str]:
     """sha256 of each compiled module's source in `folder`."""
     return {name: hashlib.sha256((folder / f"{name}.py").read_bytes()).hexdigest() for name in COMPILED}
@@ -32,7 +37,7 @@ def source_hashes(folder: Path) -> dict[str, str]:
 
 def compiled_match(folder: Path) -> bool:
     """Whether the compiled modules in `folder` may run: recorded at build time, sources unchanged since."""
-    if os.environ.get(PURE_ENV):
+    if pure_requested():
         return False
     try:
         recorded = json.loads((folder / RECORD_NAME).read_text())

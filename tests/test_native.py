@@ -74,6 +74,9 @@ def test_compiled_modules_run_only_while_every_source_matches_the_record(tmp_pat
     assert native.compiled_match(tmp_path)
     monkeypatch.setenv(native.PURE_ENV, "1")
     assert not native.compiled_match(tmp_path)
+    for off in ("0", "false", "", "Off"):
+        monkeypatch.setenv(native.PURE_ENV, off)
+        assert native.compiled_match(tmp_path)
     monkeypatch.delenv(native.PURE_ENV)
     (tmp_path / "stage.py").write_text("# stage, edited\n")
     assert not native.compiled_match(tmp_path)
