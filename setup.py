@@ -34,7 +34,7 @@ def compiled_extensions() -> list:
         # pip's build environment has none of the dependencies: their types are Any there; modules the
         # compiled ones import (planner's) are read for their types, not checked
         extensions = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *SOURCES],
-                              opt_level="3", group_name="simulator_native")
+                              opt_level="3", group_name=NATIVE["GROUP_NAME"])
     except (Exception, SystemExit) as error:  # mypyc exits on a type error
         why = "mypy reported the errors above" if isinstance(error, SystemExit) else repr(error)
         print(f"layer-planner: the simulator is not compiled ({why}); its pure-Python modules run, "

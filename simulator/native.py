@@ -3,9 +3,10 @@
 The compiled modules run only while they match the sources they were built from. setup.py records each
 source's hash beside them (RECORD_NAME); `run_sources_unless_compiled_match` puts a finder of the sources
 ahead of the import system's when any source differs (an editable install edited since), when there is
-no record (nothing compiled, or a build that failed part-way) or when LAYER_PLANNER_PURE_SIMULATOR is
-set. Both give the same results for a seed (tests/test_native.py); the compiled ones faster. Standard
-library only: setup.py reads this file before anything is installed.
+no record (nothing compiled, or a build that failed part-way), when the compiled library does not load
+(built for another interpreter) or when LAYER_PLANNER_PURE_SIMULATOR is set. Both give the same results
+for a seed (tests/test_native.py), the compiled ones faster. Standard library only: setup.py reads this
+file before anything is installed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 COMPILED = ("engine", "network", "metrics", "workload", "stage", "simulation")  # dependencies first
+GROUP_NAME = "simulator_native"   # mypyc's shared library of the compiled modules: <GROUP_NAME>__mypyc
 RECORD_NAME = "_compiled.json"
 PURE_ENV = "LAYER_PLANNER_PURE_SIMULATOR"
 
@@ -61,8 +63,14 @@ class SourceFinder(importlib.abc.MetaPathFinder):
 
 def run_sources_unless_compiled_match(folder: Path) -> None:
     """Called by simulator/__init__.py before it imports any compiled module."""
-    if compiled_match(folder) or any(isinstance(finder, SourceFinder) for finder in sys.meta_path):
+    if any(isinstance(finder, SourceFinder) for finder in sys.meta_path):
         return
+    if compiled_match(folder):
+        try:
+            importlib.import_module(f"{GROUP_NAME}__mypyc")
+            return
+        except ImportError:   # built for another interpreter, or a library it needs is gone
+            pass
     sys.meta_path.insert(0, SourceFinder(folder))
 
 

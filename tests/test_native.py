@@ -3,6 +3,7 @@ compiled modules no longer match them (simulator/native.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -62,6 +63,15 @@ def test_an_edited_source_runs_in_place_of_its_compiled_module(tmp_path):
     stage.write_text(stage.read_text() + "\n# edited after the build\n")
     compiled, origin = running(tmp_path)
     assert not compiled and origin == str(stage)
+
+
+@COMPILED
+def test_a_compiled_library_that_does_not_load_leaves_the_sources_running(tmp_path):
+    shutil.copytree(Path(simulator.__file__).parent, tmp_path / "simulator")
+    library = Path(importlib.util.find_spec(f"{native.GROUP_NAME}__mypyc").origin)
+    (tmp_path / library.name).write_bytes(b"not a shared library")   # found first: tmp_path leads the path
+    compiled, origin = running(tmp_path)
+    assert not compiled and origin == str(tmp_path / "simulator" / "stage.py")
 
 
 def test_compiled_modules_run_only_while_every_source_matches_the_record(tmp_path, monkeypatch):
