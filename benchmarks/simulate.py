@@ -126,7 +126,9 @@ def child(layout_path: str, duration: float, warmup: float) -> None:
 
 
 def timed_process(checkout: Path, extra_env: dict[str, str], layout: Path, duration: float, warmup: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(checkout), **extra_env)
+    # the checkout first; what the path held after it (dependencies installed with --target, say)
+    path = os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, **extra_env)
     began = time.perf_counter()
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(layout),
                           "--duration", str(duration), "--warmup", str(warmup)],
