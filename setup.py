@@ -1,7 +1,7 @@
 """The build: the simulator's event loop compiled with mypyc where this machine can (docs/simulator.md#speed).
 
 `pip install` runs this (pyproject.toml holds everything else). mypyc turns the typed modules of
-simulator.native.COMPILED into C extensions, which run the busy case at about 1.8x the events per second.
+simulator.native.COMPILED into C extensions, which run the busy case at about twice the events per second.
 Where it cannot (mypy missing, sources that do not type-check under the mypy installed, no C compiler)
 the install goes on with the pure-Python modules: the same results, slower. LAYER_PLANNER_PURE_SIMULATOR=1
 skips the compile.
