@@ -54,7 +54,8 @@ class SourceFinder(importlib.abc.MetaPathFinder):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: object = None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.partition(".")
         if package != "simulator" or name not in COMPILED:
             return None
