@@ -21,11 +21,14 @@ COMPILED = pytest.mark.skipif(not simulator.COMPILED_RUNNING,
                               reason="this install runs the pure-Python simulator (setup.py could not compile it)")
 
 
-def simulate_json(*args: str, pure: bool) -> dict:
+def environment(pure: bool = False, **extra: str) -> dict[str, str]:
+    """This process's environment with the compiled simulator on, or off (`pure`), and `extra` added."""
     env = {key: value for key, value in os.environ.items() if key != native.PURE_ENV}
-    if pure:
-        env[native.PURE_ENV] = "1"
-    result = subprocess.run([planner_script(), "simulate", *args, "--json"], cwd=ROOT, env=env,
+    return env | ({native.PURE_ENV: "1"} if pure else {}) | extra
+
+
+def simulate_json(*args: str, pure: bool) -> dict:
+    result = subprocess.run([planner_script(), "simulate", *args, "--json"], cwd=ROOT, env=environment(pure),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
@@ -44,12 +47,11 @@ def test_the_compiled_simulator_gives_what_its_sources_give(layout, args):
     assert compiled["events"] > 10_000
 
 
-def running(package_parent: Path, env_extra: dict[str, str] | None = None) -> tuple[bool, str]:
+def running(package_parent: Path, pure: bool = False) -> tuple[bool, str]:
     """(COMPILED_RUNNING, simulator.stage's file) of the simulator package under `package_parent`."""
-    env = {key: value for key, value in os.environ.items() if key != native.PURE_ENV}
-    env.update(env_extra or {}, PYTHONPATH=str(package_parent))
     out = subprocess.run([sys.executable, "-c", "import simulator; print(simulator.COMPILED_RUNNING, "
-                          "simulator._stage.__file__)"], cwd=package_parent, env=env, capture_output=True,
+                          "simulator._stage.__file__)"], cwd=package_parent,
+                         env=environment(pure, PYTHONPATH=str(package_parent)), capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
     return out[0] == "True", out[1]
 
@@ -58,7 +60,7 @@ def running(package_parent: Path, env_extra: dict[str, str] | None = None) -> tu
 def test_an_edited_source_runs_in_place_of_its_compiled_module(tmp_path):
     shutil.copytree(Path(simulator.__file__).parent, tmp_path / "simulator")
     assert running(tmp_path)[0]                                    # as built: compiled
-    assert not running(tmp_path, {native.PURE_ENV: "1"})[0]        # turned off
+    assert not running(tmp_path, pure=True)[0]                     # turned off
     stage = tmp_path / "simulator" / "stage.py"
     stage.write_text(stage.read_text() + "\n# edited after the build\n")
     compiled, origin = running(tmp_path)
@@ -96,11 +98,8 @@ def test_compiled_modules_run_only_while_every_source_matches_the_record(tmp_pat
 
 def test_planner_simulate_says_which_simulator_ran():
     def line(pure: bool) -> str:
-        env = {key: value for key, value in os.environ.items() if key != native.PURE_ENV}
-        if pure:
-            env[native.PURE_ENV] = "1"
         result = subprocess.run([planner_script(), "simulate", "layouts/hetero.ini", "--duration", "20", "--warmup", "5"],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                                cwd=ROOT, env=environment(pure), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return next(text for text in result.stdout.splitlines() if text.startswith("simulated "))
 
